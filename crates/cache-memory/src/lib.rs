@@ -1,0 +1,1 @@
+//! In-process `cache-core` backend on moka (in progress).

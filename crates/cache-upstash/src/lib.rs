@@ -1,0 +1,1 @@
+//! Upstash Redis REST client and a `cache-core` backend on it (not built yet: see issue 4).

@@ -1,0 +1,46 @@
+//! `cargo xtask`: the project's task runner (see matklad/cargo-xtask).
+//!
+//! Every task is plain Rust so it runs wherever `cargo` runs. One module per task.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a developer tool that reports progress on the terminal"
+)]
+
+mod bench;
+mod ci;
+mod util;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <TASK> [ARGS]
+
+Tasks:
+  ci          fmt check, clippy -D warnings and the whole test suite (what CI runs)
+  bench       criterion benchmarks of the cache crates (results under target/criterion)
+  help        this text
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let task = args.next();
+    let rest: Vec<String> = args.collect();
+    let result = match task.as_deref() {
+        Some("ci") => ci::run(&rest),
+        Some("bench") => bench::run(&rest),
+        None | Some("help" | "--help" | "-h") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
