@@ -8,7 +8,14 @@ fn run_ci(skip_lints: bool) -> anyhow::Result<()> {
         fmt.args(["fmt", "--all", "--", "--check"]);
         run_cmd(fmt)?;
         let mut clippy = cargo();
-        clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
         run_cmd(clippy)?;
     }
     let mut test = cargo();

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    #[allow(clippy::print_stderr, reason = "a binary reporting that it does nothing yet")]
+    #[allow(
+        clippy::print_stderr,
+        reason = "a binary reporting that it does nothing yet"
+    )]
     {
         eprintln!("chat-api: the server is not implemented yet (issue 5)");
     }

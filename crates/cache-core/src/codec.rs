@@ -1,0 +1,372 @@
+//! Values as JSON, and entries as bytes on the wire of a remote backend (format v1).
+//!
+//! # Wire format v1
+//!
+//! An entry whose value is JSON and whose encoded size is under the compression threshold is
+//! stored as plain JSON text, readable by any client (`redis-cli`, `@upstash/redis`):
+//!
+//! ```text
+//! {"c":<created µs>,"f":<fresh-until µs>,"x":<expires µs>,"v":<the value's JSON>}
+//! ```
+//!
+//! The fields always come in this order, so the decoder reads them without parsing the value.
+//! Anything else (a large value, or a value that is not JSON) is framed:
+//!
+//! ```text
+//! 0x00 'C' 'Z' 0x01 <algorithm> <payload>
+//! ```
+//!
+//! where the payload is the plain form above compressed with the algorithm (0 = none,
+//! 1 = LZ4 with a little-endian u32 length prefix, 2 = Zstandard). A leading NUL can never start
+//! JSON text, so a framed value is never mistaken for JSON. The golden tests in this module pin
+//! these bytes; changing them requires a new format version (see [`Namespace`](crate::Namespace)).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    entry::Entry,
+    error::{Error, Result},
+    time::Timestamp,
+};
+
+const FRAME_MAGIC: [u8; 4] = [0x00, b'C', b'Z', 0x01];
+const ALGO_NONE: u8 = 0;
+const ALGO_LZ4: u8 = 1;
+#[cfg_attr(
+    not(feature = "zstd"),
+    allow(dead_code, reason = "only zstd builds write it")
+)]
+const ALGO_ZSTD: u8 = 2;
+
+/// The compression applied to large values on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Never compress.
+    None,
+    /// LZ4 (the default): fast enough that compressing costs less than sending the bytes.
+    #[cfg(feature = "lz4")]
+    Lz4,
+    /// Zstandard at the given level (1 to 22).
+    #[cfg(feature = "zstd")]
+    Zstd(i32),
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        #[cfg(feature = "lz4")]
+        return Compression::Lz4;
+        #[cfg(not(feature = "lz4"))]
+        return Compression::None;
+    }
+}
+
+/// Encodes values as JSON and entries as wire bytes.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    compression: Compression,
+    threshold: usize,
+    max_decoded_len: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec {
+            compression: Compression::default(),
+            threshold: 1024,
+            max_decoded_len: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Codec {
+    /// The default codec: LZ4 above 1 KiB, decoded entries capped at 64 MiB.
+    pub fn new() -> Self {
+        Codec::default()
+    }
+
+    /// Sets the compression algorithm.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Compresses entries whose plain form is at least `bytes` long.
+    pub fn with_threshold(mut self, bytes: usize) -> Self {
+        self.threshold = bytes;
+        self
+    }
+
+    /// Refuses to decode entries that would expand past `bytes` (protects against hostile input).
+    pub fn with_max_decoded_len(mut self, bytes: usize) -> Self {
+        self.max_decoded_len = bytes;
+        self
+    }
+
+    /// The compression algorithm.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// The compression threshold in bytes.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// A value as JSON bytes.
+    pub fn encode_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
+        Ok(Bytes::from(serde_json::to_vec(value)?))
+    }
+
+    /// A value from JSON bytes.
+    pub fn decode_value<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|err| Error::Decode(format!("value: {err}")))
+    }
+
+    /// An entry as wire bytes (format v1).
+    pub fn encode_entry(&self, entry: &Entry) -> Bytes {
+        let plain = plain_form(entry);
+        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value).is_ok();
+        if is_json && plain.len() < self.threshold {
+            return plain.freeze();
+        }
+        let mut out = BytesMut::with_capacity(plain.len() / 2 + 16);
+        out.extend_from_slice(&FRAME_MAGIC);
+        match self.compression {
+            #[cfg(feature = "lz4")]
+            Compression::Lz4 if plain.len() >= self.threshold => {
+                out.put_u8(ALGO_LZ4);
+                out.extend_from_slice(&lz4_flex::compress_prepend_size(&plain));
+            }
+            #[cfg(feature = "zstd")]
+            Compression::Zstd(level) if plain.len() >= self.threshold => {
+                match zstd::bulk::compress(&plain, level) {
+                    Ok(compressed) => {
+                        out.put_u8(ALGO_ZSTD);
+                        out.extend_from_slice(&compressed);
+                    }
+                    // Compression of an in-memory buffer only fails on a bad level; store raw.
+                    Err(_) => {
+                        out.put_u8(ALGO_NONE);
+                        out.extend_from_slice(&plain);
+                    }
+                }
+            }
+            _ => {
+                out.put_u8(ALGO_NONE);
+                out.extend_from_slice(&plain);
+            }
+        }
+        out.freeze()
+    }
+
+    /// An entry from wire bytes. Bytes this codec did not write give [`Error::Decode`].
+    pub fn decode_entry(&self, bytes: &[u8]) -> Result<Entry> {
+        if bytes.first() == Some(&0) {
+            let plain = self.unframe(bytes)?;
+            parse_plain(&plain, true)
+        } else {
+            parse_plain(bytes, false)
+        }
+    }
+
+    fn unframe(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let Some(rest) = bytes.strip_prefix(&FRAME_MAGIC) else {
+            return Err(Error::Decode("unknown frame header".into()));
+        };
+        let Some((&algo, payload)) = rest.split_first() else {
+            return Err(Error::Decode("truncated frame header".into()));
+        };
+        match algo {
+            ALGO_NONE => {
+                if payload.len() > self.max_decoded_len {
+                    return Err(Error::Decode("entry over the size limit".into()));
+                }
+                Ok(payload.to_vec())
+            }
+            #[cfg(feature = "lz4")]
+            ALGO_LZ4 => {
+                let Some(len) = payload.get(..4) else {
+                    return Err(Error::Decode("truncated lz4 length".into()));
+                };
+                let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                if len > self.max_decoded_len {
+                    return Err(Error::Decode(format!(
+                        "lz4 entry claims {len} bytes, over the {} byte limit",
+                        self.max_decoded_len
+                    )));
+                }
+                lz4_flex::decompress_size_prepended(payload)
+                    .map_err(|err| Error::Decode(format!("lz4: {err}")))
+            }
+            #[cfg(feature = "zstd")]
+            ALGO_ZSTD => zstd::bulk::decompress(payload, self.max_decoded_len)
+                .map_err(|err| Error::Decode(format!("zstd: {err}"))),
+            other => Err(Error::Decode(format!(
+                "compression algorithm {other} is not supported by this build"
+            ))),
+        }
+    }
+}
+
+fn plain_form(entry: &Entry) -> BytesMut {
+    let mut out = BytesMut::with_capacity(entry.value.len() + 64);
+    out.extend_from_slice(b"{\"c\":");
+    out.extend_from_slice(entry.created_at.as_micros().to_string().as_bytes());
+    out.extend_from_slice(b",\"f\":");
+    out.extend_from_slice(entry.fresh_until.as_micros().to_string().as_bytes());
+    out.extend_from_slice(b",\"x\":");
+    out.extend_from_slice(entry.expires_at.as_micros().to_string().as_bytes());
+    out.extend_from_slice(b",\"v\":");
+    out.extend_from_slice(&entry.value);
+    out.put_u8(b'}');
+    out
+}
+
+fn parse_plain(bytes: &[u8], framed: bool) -> Result<Entry> {
+    let mut rest = bytes;
+    let created_at = field(&mut rest, b"{\"c\":")?;
+    let fresh_until = field(&mut rest, b",\"f\":")?;
+    let expires_at = field(&mut rest, b",\"x\":")?;
+    let Some(value) = rest
+        .strip_prefix(b",\"v\":")
+        .and_then(|v| v.strip_suffix(b"}"))
+    else {
+        return Err(Error::Decode("not a cache entry (no value field)".into()));
+    };
+    // Plain entries are JSON by construction; a framed one may hold any bytes.
+    if value.is_empty()
+        || (!framed && serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err())
+    {
+        return Err(Error::Decode(
+            "not a cache entry (value is not JSON)".into(),
+        ));
+    }
+    Ok(Entry::new(
+        Bytes::copy_from_slice(value),
+        created_at,
+        fresh_until,
+        expires_at,
+    ))
+}
+
+fn field(rest: &mut &[u8], prefix: &[u8]) -> Result<Timestamp> {
+    let Some(after) = rest.strip_prefix(prefix) else {
+        return Err(Error::Decode(
+            "not a cache entry (unexpected header)".into(),
+        ));
+    };
+    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return Err(Error::Decode("not a cache entry (bad timestamp)".into()));
+    }
+    let text = std::str::from_utf8(&after[..digits]).expect("ASCII digits");
+    let micros: u64 = text
+        .parse()
+        .map_err(|_| Error::Decode("not a cache entry (timestamp out of range)".into()))?;
+    *rest = &after[digits..];
+    Ok(Timestamp::from_micros(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &[u8]) -> Entry {
+        Entry::new(
+            Bytes::copy_from_slice(value),
+            Timestamp::from_micros(1_700_000_000_000_000),
+            Timestamp::from_micros(1_700_000_300_000_000),
+            Timestamp::from_micros(1_700_000_360_000_000),
+        )
+    }
+
+    #[test]
+    fn golden_plain_entry() {
+        let bytes = Codec::new().encode_entry(&entry(br#"{"name":"general"}"#));
+        assert_eq!(
+            &bytes[..],
+            br#"{"c":1700000000000000,"f":1700000300000000,"x":1700000360000000,"v":{"name":"general"}}"#
+        );
+        // Other clients can read it as JSON.
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["v"]["name"], "general");
+    }
+
+    #[test]
+    fn golden_raw_frame_for_non_json_value() {
+        let bytes = Codec::new().encode_entry(&entry(b"\xff\x00bin"));
+        let mut expected = vec![0x00, b'C', b'Z', 0x01, 0x00];
+        expected.extend_from_slice(
+            b"{\"c\":1700000000000000,\"f\":1700000300000000,\"x\":1700000360000000,\"v\":\xff\x00bin}",
+        );
+        assert_eq!(&bytes[..], &expected[..]);
+    }
+
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn golden_lz4_frame() {
+        let value = format!("\"{}\"", "a".repeat(64));
+        let codec = Codec::new().with_threshold(32);
+        let bytes = codec.encode_entry(&entry(value.as_bytes()));
+        assert_eq!(&bytes[..5], &[0x00, b'C', b'Z', 0x01, 0x01]);
+        // LZ4 block format is stable: pin the exact bytes.
+        assert_eq!(
+            &bytes[5..],
+            &[
+                135, 0, 0, 0, 137, 123, 34, 99, 34, 58, 49, 55, 48, 1, 0, 53, 44, 34, 102, 21, 0,
+                20, 51, 26, 0, 54, 44, 34, 120, 21, 0, 19, 54, 22, 0, 127, 44, 34, 118, 34, 58, 34,
+                97, 1, 0, 40, 96, 97, 97, 97, 97, 34, 125
+            ][..]
+        );
+        assert_eq!(codec.decode_entry(&bytes).unwrap(), entry(value.as_bytes()));
+    }
+
+    #[test]
+    fn roundtrip_large_values_compressed() {
+        let value = serde_json::to_vec(&vec!["hello world"; 5000]).unwrap();
+        let codec = Codec::new();
+        let bytes = codec.encode_entry(&entry(&value));
+        assert_eq!(bytes[0], 0);
+        if cfg!(feature = "lz4") {
+            assert!(
+                bytes.len() < value.len() / 4,
+                "compressed {} bytes",
+                bytes.len()
+            );
+        }
+        assert_eq!(codec.decode_entry(&bytes).unwrap(), entry(&value));
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        let codec = Codec::new();
+        let cases: &[&[u8]] = &[
+            b"",
+            b"hello",
+            b"{\"name\":\"x\"}",
+            b"{\"c\":1,\"f\":2,\"x\":3,\"v\":}",
+            b"{\"c\":1,\"f\":2,\"x\":3,\"v\":not json}",
+            b"{\"c\":99999999999999999999999,\"f\":2,\"x\":3,\"v\":1}",
+            b"\x00",
+            b"\x00CZ",
+            b"\x00CZ\x01",
+            b"\x00CZ\x01\x09abc",
+            b"\x00CZ\x01\x01\xff\xff\xff\xff",
+            b"\x00CZ\x01\x01\x10\x00\x00\x00garbage",
+            b"\x00CZ\x02\x00{}",
+        ];
+        for case in cases {
+            let err = codec.decode_entry(case).unwrap_err();
+            assert!(err.is_codec(), "{case:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn size_limit_is_enforced() {
+        let codec = Codec::new().with_threshold(0).with_max_decoded_len(100);
+        let bytes = codec.encode_entry(&entry(&serde_json::to_vec(&"x".repeat(500)).unwrap()));
+        assert!(codec.decode_entry(&bytes).unwrap_err().is_codec());
+    }
+}

@@ -1,0 +1,538 @@
+//! [`TieredBackend`]: a fast L1 (memory) in front of a shared L2 (Upstash) that keeps working when
+//! L2 does not.
+//!
+//! - Every L2 call has a timeout; failures feed a circuit breaker that, once open, skips L2 so an
+//!   outage costs one timeout per probe interval.
+//! - L2 failures are never returned: reads fall back to L1 (a miss means "load from the source"),
+//!   writes and invalidations still reach L1.
+//! - A write or invalidation that could not reach L2 is remembered (deduplicated, bounded) and
+//!   replayed before L2 is read again; if too many piled up, the namespaces involved are invalidated
+//!   on L2 wholesale instead. Either way L2 never serves data a write has replaced.
+//! - L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one instance's L1 can be
+//!   after another instance wrote to L2.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{
+    backend::{CacheBackend, DynBackend},
+    breaker::{Breaker, BreakerConfig, Permit, ProbeGuard},
+    entry::Entry,
+    error::{Error, Result},
+    key::{Key, Tag},
+    stats::{CacheStats, Counter, Histogram},
+    time::{Clock, SystemClock, Timestamp},
+};
+
+/// Settings of a [`TieredBackend`].
+#[derive(Debug, Clone)]
+pub struct TieredConfig {
+    /// Timeout of every L2 call (default 500 ms).
+    pub l2_timeout: Duration,
+    /// Longest time an entry stays in L1 (default 5 s).
+    pub l1_max_ttl: Duration,
+    /// The L2 circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Most invalidations remembered during an L2 outage before falling back to invalidating the
+    /// whole namespace on recovery (default 10,000).
+    pub max_pending: usize,
+}
+
+impl Default for TieredConfig {
+    fn default() -> Self {
+        TieredConfig {
+            l2_timeout: Duration::from_millis(500),
+            l1_max_ttl: Duration::from_secs(5),
+            breaker: BreakerConfig::default(),
+            max_pending: 10_000,
+        }
+    }
+}
+
+/// L1 + L2 with timeouts, a breaker, fallback and recovery. See the module docs.
+pub struct TieredBackend {
+    l1: DynBackend,
+    l2: DynBackend,
+    config: TieredConfig,
+    clock: Box<dyn Clock>,
+    breaker: Breaker,
+    pending: Mutex<Pending>,
+    has_pending: AtomicBool,
+    // Serializes replays so one caller replays while the others skip L2.
+    replay_lock: tokio::sync::Mutex<()>,
+    counters: TierCounters,
+}
+
+#[derive(Debug, Default)]
+struct TierCounters {
+    l1_hits: Counter,
+    l1_misses: Counter,
+    l2_hits: Counter,
+    l2_misses: Counter,
+    l2_errors: Counter,
+    l2_timeouts: Counter,
+    l2_skipped: Counter,
+    l2_latency: Histogram,
+}
+
+/// Writes that did not reach L2.
+#[derive(Debug, Default)]
+struct Pending {
+    deletes: HashSet<Key>,
+    tags: HashMap<Tag, Timestamp>,
+    // Set when the queue overflowed: replay invalidates these namespaces instead.
+    overflow_namespaces: HashSet<Tag>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.deletes.len() + self.tags.len() + self.overflow_namespaces.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn overflow(&mut self) {
+        let namespaces: Vec<Tag> = self
+            .deletes
+            .iter()
+            .map(|k| k.namespace_tag().clone())
+            .chain(self.tags.keys().map(namespace_of_tag))
+            .collect();
+        self.overflow_namespaces.extend(namespaces);
+        self.deletes.clear();
+        self.tags.clear();
+    }
+
+    /// Puts back what a failed replay took out, keeping the newest stamps.
+    fn merge(&mut self, other: Pending) {
+        self.deletes.extend(other.deletes);
+        for (tag, at) in other.tags {
+            let slot = self.tags.entry(tag).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        self.overflow_namespaces.extend(other.overflow_namespaces);
+    }
+}
+
+/// `{prefix}:v{n}:#kind:…` → `{prefix}:v{n}:#*`, the tag of the namespace the tag belongs to.
+fn namespace_of_tag(tag: &Tag) -> Tag {
+    let namespace = tag.as_str().split_once(":#").and_then(|(base, _)| {
+        let (prefix, version) = base.rsplit_once(":v")?;
+        crate::key::Namespace::new(prefix, version.parse().ok()?).ok()
+    });
+    namespace.map_or_else(|| tag.clone(), |ns| ns.all_tag().clone())
+}
+
+impl std::fmt::Debug for TieredBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredBackend")
+            .field("l1", &self.l1.name())
+            .field("l2", &self.l2.name())
+            .field("config", &self.config)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+enum L2Gate {
+    Use,
+    Skip,
+}
+
+impl TieredBackend {
+    /// `l1` in front of `l2`.
+    pub fn new(l1: DynBackend, l2: DynBackend, config: TieredConfig) -> Self {
+        TieredBackend::with_clock(l1, l2, config, Box::new(SystemClock))
+    }
+
+    /// Like [`TieredBackend::new`] with a clock for the stamps of wholesale invalidations.
+    pub fn with_clock(
+        l1: DynBackend,
+        l2: DynBackend,
+        config: TieredConfig,
+        clock: Box<dyn Clock>,
+    ) -> Self {
+        TieredBackend {
+            l1,
+            l2,
+            breaker: Breaker::new(config.breaker),
+            config,
+            clock,
+            pending: Mutex::default(),
+            has_pending: AtomicBool::new(false),
+            replay_lock: tokio::sync::Mutex::new(()),
+            counters: TierCounters::default(),
+        }
+    }
+
+    /// The L1 backend.
+    pub fn l1(&self) -> &DynBackend {
+        &self.l1
+    }
+
+    /// The L2 backend.
+    pub fn l2(&self) -> &DynBackend {
+        &self.l2
+    }
+
+    /// Invalidations waiting for L2.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().expect("pending lock").len()
+    }
+
+    fn cap_for_l1(&self, entry: &Entry) -> Entry {
+        let cap = self.clock.now().saturating_add(self.config.l1_max_ttl);
+        if entry.expires_at <= cap {
+            entry.clone()
+        } else {
+            entry.with_times(entry.fresh_until.min(cap), cap)
+        }
+    }
+
+    /// Decides whether this call may use L2, probing and replaying pending writes first if needed.
+    async fn gate(&self) -> L2Gate {
+        match self.breaker.permit() {
+            Permit::Deny => {
+                self.counters.l2_skipped.inc();
+                L2Gate::Skip
+            }
+            Permit::Allow => {
+                if self.has_pending.load(Ordering::Acquire) && !self.replay(false).await {
+                    return L2Gate::Skip;
+                }
+                L2Gate::Use
+            }
+            Permit::Probe => {
+                let guard = ProbeGuard::new(&self.breaker);
+                let ok = self.replay(true).await;
+                guard.disarm();
+                if ok { L2Gate::Use } else { L2Gate::Skip }
+            }
+        }
+    }
+
+    /// Replays pending writes on L2. As a probe, pings first when nothing is
+    /// pending and resolves the breaker. Returns whether L2 may be used.
+    async fn replay(&self, probe: bool) -> bool {
+        let Ok(_lock) = self.replay_lock.try_lock() else {
+            // Someone else is replaying; until they finish, L2 may be behind.
+            if probe {
+                self.breaker.abandon_probe();
+            }
+            self.counters.l2_skipped.inc();
+            return false;
+        };
+        let batch = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        let result = if batch.is_empty() {
+            if probe {
+                self.timed(self.l2.ping()).await.map(drop)
+            } else {
+                Ok(())
+            }
+        } else {
+            self.replay_batch(&batch).await
+        };
+        match result {
+            Ok(()) => {
+                if !batch.is_empty() {
+                    tracing::info!(replayed = batch.len(), "replayed cache invalidations on L2");
+                }
+                let pending = self.pending.lock().expect("pending lock");
+                self.has_pending
+                    .store(!pending.is_empty(), Ordering::Release);
+                drop(pending);
+                self.breaker.on_success();
+                true
+            }
+            Err(_) => {
+                self.pending.lock().expect("pending lock").merge(batch);
+                self.breaker.on_failure();
+                false
+            }
+        }
+    }
+
+    async fn replay_batch(&self, batch: &Pending) -> Result<()> {
+        if !batch.overflow_namespaces.is_empty() {
+            let tags: Vec<Tag> = batch.overflow_namespaces.iter().cloned().collect();
+            let now = self.clock.now();
+            self.timed(self.l2.invalidate_tags(&tags, now)).await?;
+        }
+        // Group tag stamps so each distinct stamp is one call (usually all share few stamps).
+        let mut by_stamp: HashMap<Timestamp, Vec<Tag>> = HashMap::new();
+        for (tag, at) in &batch.tags {
+            by_stamp.entry(*at).or_default().push(tag.clone());
+        }
+        if by_stamp.len() > 1 {
+            // Many stamps: one call at the newest stamp is still correct (it only invalidates
+            // more) and costs one round trip.
+            let newest = by_stamp.keys().max().copied().unwrap_or_default();
+            let tags: Vec<Tag> = batch.tags.keys().cloned().collect();
+            self.timed(self.l2.invalidate_tags(&tags, newest)).await?;
+        } else if let Some((at, tags)) = by_stamp.into_iter().next() {
+            self.timed(self.l2.invalidate_tags(&tags, at)).await?;
+        }
+        if !batch.deletes.is_empty() {
+            let keys: Vec<Key> = batch.deletes.iter().cloned().collect();
+            self.timed(self.l2.delete_many(&keys)).await?;
+        }
+        Ok(())
+    }
+
+    fn remember(&self, f: impl FnOnce(&mut Pending)) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        f(&mut pending);
+        if pending.deletes.len() + pending.tags.len() > self.config.max_pending {
+            tracing::warn!(
+                max = self.config.max_pending,
+                "too many cache invalidations missed L2; its namespaces will be invalidated on recovery"
+            );
+            pending.overflow();
+        }
+        self.has_pending.store(true, Ordering::Release);
+    }
+
+    /// Runs an L2 call with the timeout, recording latency and errors.
+    async fn timed<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.config.l2_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                backend: self.l2.name(),
+                after: self.config.l2_timeout,
+            }),
+        };
+        self.counters.l2_latency.record(started.elapsed());
+        if let Err(err) = &result {
+            if err.is_timeout() {
+                self.counters.l2_timeouts.inc();
+            } else {
+                self.counters.l2_errors.inc();
+            }
+            tracing::debug!(error = %err, "cache L2 call failed");
+        }
+        result
+    }
+
+    /// An L2 call made after the gate let us through: feeds the breaker.
+    async fn l2_call<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let result = self.timed(call).await;
+        match &result {
+            Ok(_) => self.breaker.on_success(),
+            Err(_) => self.breaker.on_failure(),
+        }
+        result
+    }
+
+    async fn l1_get_many(&self, keys: &[Key]) -> Vec<Option<Entry>> {
+        match self.l1.get_many(keys).await {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::warn!(error = %err, "cache L1 read failed");
+                vec![None; keys.len()]
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CacheBackend for TieredBackend {
+    fn name(&self) -> &'static str {
+        "tiered"
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        if let Ok(Some(entry)) = self.l1.get(key).await {
+            self.counters.l1_hits.inc();
+            return Ok(Some(entry));
+        }
+        self.counters.l1_misses.inc();
+        if let L2Gate::Skip = self.gate().await {
+            return Ok(None);
+        }
+        match self.l2_call(self.l2.get(key)).await {
+            Ok(Some(entry)) => {
+                self.counters.l2_hits.inc();
+                let _ = self.l1.set(key, self.cap_for_l1(&entry)).await;
+                Ok(Some(entry))
+            }
+            Ok(None) => {
+                self.counters.l2_misses.inc();
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        let mut out = self.l1_get_many(keys).await;
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        self.counters
+            .l1_hits
+            .add((keys.len() - missing.len()) as u64);
+        self.counters.l1_misses.add(missing.len() as u64);
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        if let L2Gate::Skip = self.gate().await {
+            return Ok(out);
+        }
+        let l2_keys: Vec<Key> = missing.iter().map(|&i| keys[i].clone()).collect();
+        if let Ok(found) = self.l2_call(self.l2.get_many(&l2_keys)).await {
+            let mut fill = Vec::new();
+            for (&i, entry) in missing.iter().zip(found) {
+                match entry {
+                    Some(entry) => {
+                        self.counters.l2_hits.inc();
+                        fill.push((keys[i].clone(), self.cap_for_l1(&entry)));
+                        out[i] = Some(entry);
+                    }
+                    None => self.counters.l2_misses.inc(),
+                }
+            }
+            if !fill.is_empty() {
+                let _ = self.l1.set_many(&fill).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        let _ = self.l1.set(key, self.cap_for_l1(&entry)).await;
+        let reached = match self.gate().await {
+            L2Gate::Use => self.l2_call(self.l2.set(key, entry)).await.is_ok(),
+            L2Gate::Skip => false,
+        };
+        if !reached {
+            // L2 may still hold an older value for this key.
+            self.remember(|p| {
+                p.deletes.insert(key.clone());
+            });
+        }
+        Ok(())
+    }
+
+    async fn set_many(&self, items: &[(Key, Entry)]) -> Result<()> {
+        let capped: Vec<(Key, Entry)> = items
+            .iter()
+            .map(|(k, e)| (k.clone(), self.cap_for_l1(e)))
+            .collect();
+        let _ = self.l1.set_many(&capped).await;
+        let reached = match self.gate().await {
+            L2Gate::Use => self.l2_call(self.l2.set_many(items)).await.is_ok(),
+            L2Gate::Skip => false,
+        };
+        if !reached {
+            self.remember(|p| p.deletes.extend(items.iter().map(|(k, _)| k.clone())));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let in_l1 = self.l1.delete(key).await.unwrap_or(false);
+        let in_l2 = match self.gate().await {
+            L2Gate::Use => self.l2_call(self.l2.delete(key)).await.ok(),
+            L2Gate::Skip => None,
+        };
+        match in_l2 {
+            Some(existed) => Ok(in_l1 || existed),
+            None => {
+                self.remember(|p| {
+                    p.deletes.insert(key.clone());
+                });
+                Ok(in_l1)
+            }
+        }
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        let in_l1 = self.l1.delete_many(keys).await.unwrap_or(0);
+        let in_l2 = match self.gate().await {
+            L2Gate::Use => self.l2_call(self.l2.delete_many(keys)).await.ok(),
+            L2Gate::Skip => None,
+        };
+        match in_l2 {
+            Some(n) => Ok(n.max(in_l1)),
+            None => {
+                self.remember(|p| p.deletes.extend(keys.iter().cloned()));
+                Ok(in_l1)
+            }
+        }
+    }
+
+    async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()> {
+        let _ = self.l1.invalidate_tags(tags, at).await;
+        let reached = match self.gate().await {
+            L2Gate::Use => self
+                .l2_call(self.l2.invalidate_tags(tags, at))
+                .await
+                .is_ok(),
+            L2Gate::Skip => false,
+        };
+        if !reached {
+            self.remember(|p| {
+                for tag in tags {
+                    let slot = p.tags.entry(tag.clone()).or_insert(at);
+                    *slot = (*slot).max(at);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Pings L2 (through the breaker); L1 is in-process and always answers.
+    async fn ping(&self) -> Result<Duration> {
+        match self.gate().await {
+            L2Gate::Use => self.l2_call(self.l2.ping()).await,
+            L2Gate::Skip => Err(Error::Unavailable {
+                backend: self.l2.name(),
+            }),
+        }
+    }
+
+    fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let mut l1 = self.l1.stats().tiers.into_iter().next().unwrap_or_default();
+        l1.tier = "l1".into();
+        l1.hits = c.l1_hits.get();
+        l1.misses = c.l1_misses.get();
+        let mut l2 = self.l2.stats().tiers.into_iter().next().unwrap_or_default();
+        l2.tier = "l2".into();
+        l2.hits = c.l2_hits.get();
+        l2.misses = c.l2_misses.get();
+        l2.errors = c.l2_errors.get();
+        l2.timeouts = c.l2_timeouts.get();
+        l2.skipped = c.l2_skipped.get();
+        l2.latency = Some(c.l2_latency.snapshot());
+        CacheStats {
+            tiers: vec![l1, l2],
+            breaker: Some(self.breaker.stats()),
+            pending_invalidations: self.pending_len() as u64,
+            ..CacheStats::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_of_tag_finds_the_namespace_tag() {
+        let ns = crate::Namespace::new("chat", 2).unwrap();
+        assert_eq!(&namespace_of_tag(&ns.tag("channel", &[&5])), ns.all_tag());
+        assert_eq!(&namespace_of_tag(ns.all_tag()), ns.all_tag());
+    }
+}

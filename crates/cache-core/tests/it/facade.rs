@@ -1,0 +1,392 @@
+//! `Cache` (the typed facade): single-flight, the stale-fill race, read-your-writes,
+//! stale-while-revalidate, fail-safe, and fallback when the backend fails.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use cache_core::{
+    Cache, CacheConfig, Codec, Entry, Key, Namespace, Tag, TtlPolicy,
+    testing::{ChaosBackend, Fault, ManualClock, MapBackend},
+};
+use tokio::sync::oneshot;
+
+fn page_key() -> (Key, Tag) {
+    let ns = Namespace::new("test", 1).unwrap();
+    let tag = ns.tag("channel", &[&1]);
+    (
+        ns.key("page", &[&1]).tagged(std::slice::from_ref(&tag)),
+        tag,
+    )
+}
+
+fn policy() -> TtlPolicy {
+    TtlPolicy::new(Duration::from_secs(60))
+}
+
+#[derive(Debug)]
+struct DbError;
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("database unavailable")
+    }
+}
+impl std::error::Error for DbError {}
+
+/// Waits (yielding) until `cond` holds; panics after many rounds so a bug cannot hang the suite.
+async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("condition never became true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_runs_the_loader_once_for_concurrent_callers() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, _) = page_key();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (cache, key, loads, release_rx) = (
+            cache.clone(),
+            key.clone(),
+            loads.clone(),
+            release_rx.clone(),
+        );
+        callers.spawn(async move {
+            cache
+                .get_or_load(&key, &policy(), move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    let rx = release_rx.lock().unwrap().take().expect("loader ran twice");
+                    rx.await.unwrap();
+                    Ok::<_, DbError>(vec!["hello".to_owned()])
+                })
+                .await
+        });
+    }
+    // Every caller but the leader is waiting on the leader's load before it is released.
+    until(|| cache.stats().loads.coalesced == 99).await;
+    release_tx.send(()).unwrap();
+    while let Some(result) = callers.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), vec!["hello".to_owned()]);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().loads.loads, 1);
+    assert_eq!(cache.loads_in_flight(), 0);
+}
+
+/// SPEC §3.4: reader misses and reads the old value; writer commits and invalidates; reader stores
+/// the old value. The entry must not be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_fill_race_leaves_no_stale_entry() {
+    let backend = Arc::new(MapBackend::new());
+    let cache = Cache::new(backend.clone());
+    let (key, tag) = page_key();
+    let db = Arc::new(Mutex::new("old"));
+    let (read_tx, read_rx) = oneshot::channel();
+    let (store_tx, store_rx) = oneshot::channel::<()>();
+
+    // 1. The reader misses and reads the old value from the database, then stalls.
+    let reader = {
+        let (cache, key, db) = (cache.clone(), key.clone(), db.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&key, &policy(), move || async move {
+                    let value = db.lock().unwrap().to_string();
+                    read_tx.send(()).unwrap();
+                    store_rx.await.unwrap();
+                    Ok::<_, DbError>(value)
+                })
+                .await
+        })
+    };
+    read_rx.await.unwrap();
+    // 2. The writer commits and invalidates.
+    *db.lock().unwrap() = "new";
+    cache.invalidate(&[tag]).await.unwrap();
+    // 3. The reader stores what it read (its own answer may be old: it began before the write).
+    store_tx.send(()).unwrap();
+    assert_eq!(reader.await.unwrap().unwrap(), "old");
+
+    assert!(backend.raw(&key).is_some(), "the late fill was written");
+    assert_eq!(
+        cache.get::<String>(&key).await.unwrap(),
+        None,
+        "but is not served"
+    );
+    let next = cache
+        .get_or_load(&key, &policy(), move || async move {
+            Ok::<_, DbError>(db.lock().unwrap().to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(next, "new");
+}
+
+/// A read that starts after a write was acknowledged never joins a load that began before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_does_not_join_an_older_load() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, tag) = page_key();
+    let (read_tx, read_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let slow_old_load = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&key, &policy(), move || async move {
+                    read_tx.send(()).unwrap();
+                    release_rx.await.unwrap();
+                    Ok::<_, DbError>("v1".to_owned())
+                })
+                .await
+        })
+    };
+    read_rx.await.unwrap();
+    cache.invalidate(&[tag]).await.unwrap(); // the write of v2 is acknowledged here
+    let after_write = cache
+        .get_or_load(&key, &policy(), || async {
+            Ok::<_, DbError>("v2".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_write, "v2");
+    release_tx.send(()).unwrap();
+    assert_eq!(slow_old_load.await.unwrap().unwrap(), "v1");
+    assert_eq!(
+        cache.get::<String>(&key).await.unwrap().as_deref(),
+        Some("v2")
+    );
+}
+
+#[tokio::test]
+async fn a_write_is_visible_to_the_next_read() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, tag) = page_key();
+    let load = |v: &'static str| move || async move { Ok::<_, DbError>(v.to_owned()) };
+    assert_eq!(
+        cache
+            .get_or_load(&key, &policy(), load("v1"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        cache
+            .get_or_load(&key, &policy(), load("ignored"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+    cache.invalidate(&[tag]).await.unwrap();
+    assert_eq!(
+        cache
+            .get_or_load(&key, &policy(), load("v2"))
+            .await
+            .unwrap(),
+        "v2"
+    );
+}
+
+fn manual_cache() -> (Cache, Arc<ManualClock>, Arc<MapBackend>) {
+    let clock = Arc::new(ManualClock::default());
+    let backend = Arc::new(MapBackend::with_clock(clock.clone()));
+    let cache = Cache::with_config(
+        backend.clone(),
+        CacheConfig {
+            codec: Codec::default(),
+            clock: clock.clone(),
+        },
+    );
+    (cache, clock, backend)
+}
+
+fn graced() -> TtlPolicy {
+    TtlPolicy::new(Duration::from_secs(10))
+        .with_jitter(0.0)
+        .with_grace(Duration::from_secs(60))
+        .with_failsafe_throttle(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn stale_within_grace_is_served_and_refreshed_in_background() {
+    let (cache, clock, _) = manual_cache();
+    let (key, _) = page_key();
+    let ok = |v: &'static str| move || async move { Ok::<_, DbError>(v.to_owned()) };
+    cache.get_or_load(&key, &graced(), ok("v1")).await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        cache.get_or_load(&key, &graced(), ok("v2")).await.unwrap(),
+        "v1"
+    );
+    assert_eq!(cache.stats().loads.stale_served, 1);
+    until(|| cache.stats().loads.loads == 2 && cache.loads_in_flight() == 0).await;
+    assert_eq!(
+        cache.get::<String>(&key).await.unwrap().as_deref(),
+        Some("v2")
+    );
+}
+
+#[tokio::test]
+async fn fail_safe_serves_stale_on_loader_error_within_grace_and_not_after() {
+    let (cache, clock, _) = manual_cache();
+    let (key, _) = page_key();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = || {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<String, _>(DbError)
+        }
+    };
+    cache
+        .get_or_load(&key, &graced(), || async {
+            Ok::<_, DbError>("v1".to_owned())
+        })
+        .await
+        .unwrap();
+
+    // Within grace: the stale value is served and the failed refresh is absorbed.
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        cache.get_or_load(&key, &graced(), failing()).await.unwrap(),
+        "v1"
+    );
+    until(|| cache.stats().loads.failsafe_served == 1 && cache.loads_in_flight() == 0).await;
+    // The throttle keeps the failing source from being called on every request.
+    assert_eq!(
+        cache.get_or_load(&key, &graced(), failing()).await.unwrap(),
+        "v1"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // After grace: nothing stale is left to stand in, so the error comes through.
+    clock.advance(Duration::from_secs(61));
+    let err = cache
+        .get_or_load(&key, &graced(), failing())
+        .await
+        .unwrap_err();
+    assert!(err.is_loader(), "{err:?}");
+    assert_eq!(cache.stats().loads.load_errors, 2);
+}
+
+#[tokio::test]
+async fn a_failed_load_without_stale_value_is_an_error_and_is_not_cached() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, _) = page_key();
+    let err = cache
+        .get_or_load(&key, &policy(), || async { Err::<String, _>(DbError) })
+        .await
+        .unwrap_err();
+    assert!(err.is_loader());
+    assert!(err.to_string().contains("database unavailable"));
+    let ok = cache
+        .get_or_load(&key, &policy(), || async {
+            Ok::<_, DbError>("v".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok, "v");
+}
+
+#[tokio::test]
+async fn a_panicking_loader_fails_its_callers_without_hanging_them() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, _) = page_key();
+    let err = cache
+        .get_or_load(&key, &policy(), || async {
+            if true {
+                panic!("loader bug");
+            }
+            Ok::<String, DbError>(String::new())
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_loader());
+    assert_eq!(cache.loads_in_flight(), 0);
+    let ok = cache
+        .get_or_load(&key, &policy(), || async {
+            Ok::<_, DbError>("v".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok, "v");
+}
+
+#[tokio::test]
+async fn a_failing_backend_never_fails_get_or_load() {
+    let (chaos, control) = ChaosBackend::new(Arc::new(MapBackend::new()));
+    let cache = Cache::new(Arc::new(chaos));
+    control.set(Fault::Fail);
+    let (key, tag) = page_key();
+    let got = cache
+        .get_or_load(&key, &policy(), || async { Ok::<_, DbError>(42u32) })
+        .await
+        .unwrap();
+    assert_eq!(got, 42);
+    assert!(
+        cache.stats().loads.backend_errors >= 2,
+        "read and write failures are counted"
+    );
+    // The plain API reports backend errors instead.
+    assert!(cache.invalidate(&[tag]).await.unwrap_err().is_backend());
+}
+
+#[tokio::test]
+async fn undecodable_cached_bytes_are_a_miss_not_an_error() {
+    let backend = Arc::new(MapBackend::new());
+    let cache = Cache::new(backend.clone());
+    let (key, _) = page_key();
+    let now = cache.clock().now();
+    let garbage = Entry::new(
+        Bytes::from_static(b"{\"unexpected\":true}"),
+        now,
+        now.saturating_add(Duration::from_secs(60)),
+        now.saturating_add(Duration::from_secs(60)),
+    );
+    use cache_core::CacheBackend as _;
+    backend.set(&key, garbage).await.unwrap();
+    let got = cache
+        .get_or_load(&key, &policy(), || async { Ok::<_, DbError>(vec![1u8, 2]) })
+        .await
+        .unwrap();
+    assert_eq!(got, vec![1, 2]);
+    assert_eq!(cache.stats().loads.decode_errors, 1);
+    assert!(cache.get::<Vec<u8>>(&key).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn typed_batch_calls_roundtrip() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let ns = Namespace::new("test", 1).unwrap();
+    let items: Vec<(Key, String)> = (0..3)
+        .map(|i| (ns.key("item", &[&i]), format!("value {i}")))
+        .collect();
+    cache.set_many(&items, &policy()).await.unwrap();
+    let mut keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
+    keys.push(ns.key("item", &[&"missing"]));
+    let got = cache.get_many::<String>(&keys).await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Some("value 0".to_owned()),
+            Some("value 1".to_owned()),
+            Some("value 2".to_owned()),
+            None
+        ]
+    );
+    assert!(cache.remove(&keys[0]).await.unwrap());
+    assert_eq!(cache.get::<String>(&keys[0]).await.unwrap(), None);
+}
