@@ -1,1 +1,373 @@
-//! An Upstash-compatible REST server over a real `redis-server` (not built yet: see issue 3).
+//! An Upstash-compatible REST server over a real `redis-server`.
+//!
+//! It speaks the Upstash Redis REST protocol (`shared/reference/upstash-rest-protocol.md`) —
+//! JSON body form, path form, `/pipeline`, `/multi-exec`, `Upstash-Encoding: base64`,
+//! `Upstash-Response-Format: resp2`, bearer and `?_token=` auth, a read-only token, the
+//! `upstash-sync-token` header and the SSE endpoints — and forwards to a Redis server over RESP2,
+//! so `@upstash/redis`, `upstash-redis` (Python), `cache-upstash` and chat-api run against real
+//! Redis semantics with no Upstash account. Fault and latency injection are opt-in for benchmarks
+//! and failure tests.
+//!
+//! Start one in-process (tests do this on a free port):
+//!
+//! ```no_run
+//! # async fn demo() -> upstash_gateway::Result<()> {
+//! let gateway = upstash_gateway::Gateway::builder()
+//!     .redis_url("redis://127.0.0.1:6379")
+//!     .token("dev-token")
+//!     .bind("127.0.0.1:0")
+//!     .start()
+//!     .await?;
+//! println!("UPSTASH_REDIS_REST_URL={}", gateway.url());
+//! gateway.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `http` routes a request through method, auth, format and the command forms; `request` parses
+//!   commands out of it; `response` renders replies as Upstash JSON; `sse` streams pub/sub and
+//!   MONITOR; `admin` is the gateway's own `/__gateway/*` endpoints.
+//! - `command` holds the tables of refused, blocking and read-only commands.
+//! - `redis` is the RESP2 connection and pool; `resp` the wire codec.
+//! - `fault` is latency/failure injection; `auth` tokens; `error` the library error.
+//! - `testing` (feature `testing`): a `redis-server` fixture and an in-process gateway for tests.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod admin;
+mod auth;
+mod command;
+mod error;
+mod fault;
+mod http;
+mod redis;
+mod request;
+mod resp;
+mod response;
+mod sse;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
+
+pub use crate::{
+    auth::Secret,
+    error::{Error, ErrorKind, Result},
+    fault::{FaultConfig, FaultHandle},
+};
+use crate::{
+    auth::Tokens,
+    http::{AppState, SyncToken},
+    redis::{RedisPool, RedisTarget, RedisTimeouts},
+};
+
+/// Upstash's request size limit on the free and pay-as-you-go plans.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Entry point: [`Gateway::builder`].
+#[derive(Debug)]
+pub struct Gateway;
+
+impl Gateway {
+    /// A builder with the defaults: Redis at `redis://127.0.0.1:6379`, listening on
+    /// `127.0.0.1:8079`, no token (one must be set), no fault injection.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+}
+
+/// Configures and starts a gateway.
+#[derive(Clone)]
+pub struct GatewayBuilder {
+    redis_url: String,
+    token: Option<Secret>,
+    read_only_token: Option<Secret>,
+    admin_token: Option<Secret>,
+    bind: String,
+    max_body_bytes: usize,
+    max_concurrent_requests: usize,
+    max_streams: usize,
+    pool_size: usize,
+    connect_timeout: Duration,
+    redis_timeout: Duration,
+    pool_wait: Duration,
+    faults: FaultConfig,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        GatewayBuilder {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            token: None,
+            read_only_token: None,
+            admin_token: None,
+            bind: "127.0.0.1:8079".into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_concurrent_requests: 512,
+            max_streams: 256,
+            pool_size: 32,
+            connect_timeout: Duration::from_secs(2),
+            redis_timeout: Duration::from_secs(10),
+            pool_wait: Duration::from_secs(5),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field(
+                "redis",
+                &RedisTarget::parse(&self.redis_url)
+                    .map(|t| t.addr())
+                    .unwrap_or_else(|_| "<invalid>".into()),
+            )
+            .field("token", &self.token)
+            .field("read_only_token", &self.read_only_token)
+            .field("admin_token", &self.admin_token)
+            .field("bind", &self.bind)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_streams", &self.max_streams)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("pool_wait", &self.pool_wait)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl GatewayBuilder {
+    /// The Redis server: `redis://[user:password@]host[:port][/db]` (no TLS).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
+    /// The standard REST token (required): every forwarded command.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Secret::new(token));
+        self
+    }
+
+    /// An optional read-only token: only read commands.
+    pub fn read_only_token(mut self, token: impl Into<String>) -> Self {
+        self.read_only_token = Some(Secret::new(token));
+        self
+    }
+
+    /// Enables `/__gateway/fault` (run-time fault injection) behind this token.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(Secret::new(token));
+        self
+    }
+
+    /// The listen address, e.g. `127.0.0.1:0` for a free port.
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.bind = addr.into();
+        self
+    }
+
+    /// Largest accepted request body (default 10 MiB, as Upstash).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Requests handled at once (default 512); more wait up to the pool wait time, then get 503.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n;
+        self
+    }
+
+    /// Open SSE streams at once (default 256); each holds its own Redis connection.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
+        self
+    }
+
+    /// Pooled Redis connections (default 32).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Time to open a Redis connection (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time for Redis to answer one request's commands (default 10 s); then 504.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Time to wait for a free pooled connection or request slot (default 5 s); then 503.
+    pub fn pool_wait(mut self, timeout: Duration) -> Self {
+        self.pool_wait = timeout;
+        self
+    }
+
+    /// Initial fault and latency injection (default: none). Changeable later through
+    /// [`RunningGateway::faults`].
+    pub fn faults(mut self, faults: FaultConfig) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Binds the listener and starts serving on the current tokio runtime. Redis is connected to
+    /// lazily, so the gateway starts even while Redis is down (requests then get 503).
+    pub async fn start(self) -> Result<RunningGateway> {
+        let target = RedisTarget::parse(&self.redis_url)?;
+        let token = self
+            .token
+            .filter(|t| !t.expose().is_empty())
+            .ok_or_else(|| Error::Config("a non-empty REST token is required".into()))?;
+        let read_only_token = self.read_only_token.filter(|t| !t.expose().is_empty());
+        if read_only_token
+            .as_ref()
+            .is_some_and(|ro| ro.expose() == token.expose())
+        {
+            return Err(Error::Config(
+                "the read-only token must differ from the standard token".into(),
+            ));
+        }
+        let admin_token = self.admin_token.filter(|t| !t.expose().is_empty());
+        if admin_token.as_ref().is_some_and(|a| {
+            a.expose() == token.expose()
+                || read_only_token
+                    .as_ref()
+                    .is_some_and(|ro| ro.expose() == a.expose())
+        }) {
+            return Err(Error::Config(
+                "the admin token must differ from the REST tokens".into(),
+            ));
+        }
+        for (name, value) in [
+            ("pool size", self.pool_size),
+            ("max concurrent requests", self.max_concurrent_requests),
+            ("max streams", self.max_streams),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+
+        let listener = TcpListener::bind(&self.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.bind.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: self.bind.clone(),
+            source,
+        })?;
+
+        let timeouts = RedisTimeouts {
+            connect: self.connect_timeout,
+            command: self.redis_timeout,
+            pool_wait: self.pool_wait,
+        };
+        let faults = FaultHandle::new(self.faults);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            pool: RedisPool::new(target, timeouts, self.pool_size),
+            tokens: Tokens {
+                full: token,
+                read_only: read_only_token,
+            },
+            admin_token,
+            faults: faults.clone(),
+            max_body_bytes: self.max_body_bytes,
+            request_slots: Semaphore::new(self.max_concurrent_requests),
+            stream_slots: Arc::new(Semaphore::new(self.max_streams)),
+            sync_token: SyncToken::new(),
+            shutdown: shutdown_rx.clone(),
+        });
+        tracing::info!(%addr, redis = %state.pool.target().addr(), "upstash-gateway listening");
+
+        let app = axum::Router::new().fallback(http::handle).with_state(state);
+        let mut stop = shutdown_rx;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // Either an explicit shutdown or the handle being dropped ends the server.
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        });
+        Ok(RunningGateway {
+            addr,
+            shutdown: shutdown_tx,
+            task: Some(task),
+            faults,
+        })
+    }
+}
+
+/// A gateway serving in the background. Dropping it stops it (without waiting).
+#[derive(Debug)]
+pub struct RunningGateway {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    faults: FaultHandle,
+}
+
+/// How long [`RunningGateway::shutdown`] lets in-flight requests finish before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl RunningGateway {
+    /// The bound address (with the real port when `:0` was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`: the value for `UPSTASH_REDIS_REST_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Run-time control of fault and latency injection.
+    pub fn faults(&self) -> &FaultHandle {
+        &self.faults
+    }
+
+    /// Stops accepting, ends open streams, lets in-flight requests finish (at most 10 s), and waits.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(mut task) = self.task.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => {
+                    tracing::warn!(error = %err, "gateway server ended with an error")
+                }
+                Ok(Err(err)) => tracing::warn!(error = %err, "gateway server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; aborting them"
+                    );
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
