@@ -1,1 +1,345 @@
-//! In-process `cache-core` backend on moka (in progress).
+//! The in-process `cache-core` backend, on moka's async cache.
+//!
+//! - Capacity in bytes (default 64 MiB), measured by a weigher on the stored JSON plus a fixed
+//!   per-entry overhead; moka evicts by TinyLFU admission and LRU eviction.
+//! - Per-entry expiry from [`Entry::expires_at`](cache_core::Entry), so grace periods work.
+//! - Tags by invalidation stamps: an entry is visible only if it was created after every stamp of
+//!   its key's tags. A global generation counter lets a hit skip the stamp lookups when nothing was
+//!   invalidated since the entry was last checked, which keeps the hit path close to a raw moka get.
+//! - Stamps are kept only as long as an entry they could hide may live, so they cannot pile up.
+//! - Decoded values stay attached to their entry, so a hit through `cache_core::Cache` does not
+//!   deserialize.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cache_core::Cache;
+//! use cache_memory::{MemoryBackend, MemoryConfig};
+//!
+//! let cache = Cache::new(Arc::new(MemoryBackend::new(MemoryConfig::default())));
+//! ```
+
+#![warn(missing_docs)]
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use cache_core::{
+    CacheBackend, CacheStats, Clock, Entry, Key, Result, SystemClock, Tag, Timestamp,
+    stats::TierStats,
+};
+use moka::{Expiry, notification::RemovalCause};
+
+/// Bytes charged per entry on top of its key and value (moka's and our bookkeeping).
+const ENTRY_OVERHEAD: usize = 96;
+
+/// Settings of a [`MemoryBackend`].
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// Capacity in bytes (default 64 MiB).
+    pub max_bytes: u64,
+    /// The clock that decides expiry and stamps (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_bytes: 64 * 1024 * 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The default settings with a capacity of `max_bytes`.
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        MemoryConfig {
+            max_bytes,
+            ..MemoryConfig::default()
+        }
+    }
+}
+
+struct Stored {
+    entry: Entry,
+    // The invalidation generation at which this entry was last found valid (`u64::MAX`: never).
+    validated_gen: AtomicU64,
+}
+
+/// A moka-backed [`CacheBackend`]. See the crate docs.
+pub struct MemoryBackend {
+    entries: moka::future::Cache<Arc<str>, Arc<Stored>>,
+    stamps: moka::sync::Cache<Tag, Stamp>,
+    // Serializes stamp updates so stamps only move forward.
+    stamp_lock: Mutex<()>,
+    generation: AtomicU64,
+    // The latest `expires_at` ever stored: no entry outlives it, so neither need the stamps.
+    max_expires_at: AtomicU64,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    at: Timestamp,
+    keep_for: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct EntryExpiry {
+    clock: Arc<dyn Clock>,
+}
+
+impl EntryExpiry {
+    fn ttl(&self, stored: &Stored) -> Option<Duration> {
+        Some(
+            stored
+                .entry
+                .expires_at
+                .saturating_duration_since(self.clock.now()),
+        )
+    }
+}
+
+impl Expiry<Arc<str>, Arc<Stored>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<Stored>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        self.ttl(value)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<Stored>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.ttl(value)
+    }
+}
+
+struct StampExpiry;
+
+impl Expiry<Tag, Stamp> for StampExpiry {
+    fn expire_after_create(&self, _key: &Tag, value: &Stamp, _at: Instant) -> Option<Duration> {
+        Some(value.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Tag,
+        value: &Stamp,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep_for)
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .field("stamps", &self.stamps.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new(MemoryConfig::default())
+    }
+}
+
+impl MemoryBackend {
+    /// A backend with `config`.
+    pub fn new(config: MemoryConfig) -> Self {
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let entries = moka::future::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &Arc<str>, stored: &Arc<Stored>| {
+                u32::try_from(key.len() + stored.entry.value.len() + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryExpiry {
+                clock: Arc::clone(&config.clock),
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        let stamps = moka::sync::Cache::builder()
+            .expire_after(StampExpiry)
+            .build();
+        MemoryBackend {
+            entries,
+            stamps,
+            stamp_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            max_expires_at: AtomicU64::new(0),
+            clock: config.clock,
+            counters,
+        }
+    }
+
+    /// Runs moka's pending maintenance (evictions, expiry, counts) now. Counts in [`stats`] are
+    /// approximate until then.
+    ///
+    /// [`stats`]: CacheBackend::stats
+    pub async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+        self.stamps.run_pending_tasks();
+    }
+
+    /// Tag stamps currently kept.
+    pub fn stamp_count(&self) -> u64 {
+        self.stamps.run_pending_tasks();
+        self.stamps.entry_count()
+    }
+
+    fn lookup(&self, key: &Key, stored: &Stored) -> bool {
+        if !stored.entry.is_alive(self.clock.now()) {
+            return false;
+        }
+        // Read the generation before the stamps: an invalidation that lands after this load bumps
+        // the generation, so the entry is checked again on the next read.
+        let generation = self.generation.load(Ordering::Acquire);
+        if stored.validated_gen.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let created = stored.entry.created_at;
+        let valid = key
+            .tags()
+            .iter()
+            .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created));
+        if valid {
+            stored.validated_gen.store(generation, Ordering::Release);
+        }
+        valid
+    }
+
+    fn record(&self, hit: bool) {
+        let counter = if hit {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn put(&self, key: &Key, entry: Entry) {
+        self.max_expires_at
+            .fetch_max(entry.expires_at.as_micros(), Ordering::AcqRel);
+        let now = self.clock.now();
+        if !entry.is_alive(now) {
+            self.entries.invalidate(key.as_str()).await;
+            return;
+        }
+        let stored = Arc::new(Stored {
+            entry,
+            validated_gen: AtomicU64::new(u64::MAX),
+        });
+        // A late fill (older data) never replaces an entry holding newer data.
+        self.entries
+            .entry(Arc::<str>::from(key.as_str()))
+            .and_compute_with(|old| {
+                let keep_old = old.is_some_and(|old| {
+                    let old = old.value();
+                    old.entry.created_at > stored.entry.created_at && old.entry.is_alive(now)
+                });
+                std::future::ready(if keep_old {
+                    moka::ops::compute::Op::Nop
+                } else {
+                    moka::ops::compute::Op::Put(stored)
+                })
+            })
+            .await;
+    }
+}
+
+#[async_trait]
+impl CacheBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let found = match self.entries.get(key.as_str()).await {
+            Some(stored) if self.lookup(key, &stored) => Some(stored.entry.clone()),
+            _ => None,
+        };
+        self.record(found.is_some());
+        Ok(found)
+    }
+
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.put(key, entry).await;
+        Ok(())
+    }
+
+    async fn set_many(&self, items: &[(Key, Entry)]) -> Result<()> {
+        for (key, entry) in items {
+            self.put(key, entry.clone()).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        Ok(self.entries.remove(key.as_str()).await.is_some())
+    }
+
+    async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()> {
+        let now = self.clock.now();
+        let last_expiry = Timestamp::from_micros(self.max_expires_at.load(Ordering::Acquire));
+        // Keep the stamp while any entry it could hide may live, plus a margin for clock steps.
+        let keep_for = last_expiry.saturating_duration_since(now) + Duration::from_secs(1);
+        {
+            let _guard = self.stamp_lock.lock().expect("stamp lock");
+            for tag in tags {
+                let at = self.stamps.get(tag).map_or(at, |old| old.at.max(at));
+                self.stamps.insert(tag.clone(), Stamp { at, keep_for });
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        Ok(Duration::ZERO)
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats::single({
+            let mut tier = TierStats::default();
+            tier.tier = "memory".into();
+            tier.backend = "memory".into();
+            tier.hits = self.counters.hits.load(Ordering::Relaxed);
+            tier.misses = self.counters.misses.load(Ordering::Relaxed);
+            tier.entries = Some(self.entries.entry_count());
+            tier.bytes = Some(self.entries.weighted_size());
+            tier.evictions = Some(self.counters.evictions.load(Ordering::Relaxed));
+            tier
+        })
+    }
+}

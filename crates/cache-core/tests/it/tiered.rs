@@ -180,13 +180,16 @@ async fn an_l2_outage_never_fails_a_read_or_write() {
             Some(8),
             "served from L1"
         );
-        cache.invalidate(&[tag.clone()]).await.unwrap();
+        cache.invalidate(std::slice::from_ref(&tag)).await.unwrap();
         cache.remove(&key).await.unwrap();
         cache
             .set_many(&[(key.clone(), 9u32)], &policy)
             .await
             .unwrap();
-        cache.get_many::<u32>(&[key.clone()]).await.unwrap();
+        cache
+            .get_many::<u32>(std::slice::from_ref(&key))
+            .await
+            .unwrap();
     }
 }
 
