@@ -83,11 +83,8 @@ async fn fault(state: &AppState, request: Request) -> axum::response::Response {
         Method::GET => {}
         Method::DELETE => faults.clear(),
         Method::POST | Method::PUT => {
-            let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
-                Ok(body) => body,
-                Err(_) => {
-                    return error_response(StatusCode::BAD_REQUEST, "ERR body too large", state);
-                }
+            let Ok(body) = axum::body::to_bytes(request.into_body(), 64 * 1024).await else {
+                return error_response(StatusCode::BAD_REQUEST, "ERR body too large", state);
             };
             let update: FaultUpdate = match serde_json::from_slice(&body) {
                 Ok(update) => update,

@@ -149,15 +149,14 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
             &state,
         );
     };
-    let body = match axum::body::to_bytes(request.into_body(), state.max_body_bytes).await {
-        Ok(body) => body,
-        Err(_) => {
-            let message = format!(
-                "ERR max request size exceeded. Limit: {} bytes",
-                state.max_body_bytes
-            );
-            return error_response(StatusCode::BAD_REQUEST, &message, &state);
-        }
+    // A read error here is almost always the size limit (a client that hangs up mid-body never
+    // sees the answer anyway), so it gets Upstash's size-limit text.
+    let Ok(body) = axum::body::to_bytes(request.into_body(), state.max_body_bytes).await else {
+        let message = format!(
+            "ERR max request size exceeded. Limit: {} bytes",
+            state.max_body_bytes
+        );
+        return error_response(StatusCode::BAD_REQUEST, &message, &state);
     };
 
     let outcome = match route {

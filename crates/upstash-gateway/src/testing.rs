@@ -106,6 +106,34 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, like a hung
+    /// or partitioned server. Requests through the gateway then time out. Undo with
+    /// [`thaw`](Self::thaw); [`kill`](Self::kill) works on a frozen server too.
+    ///
+    /// # Panics
+    /// If the server is not running or the signal cannot be sent (Unix `kill` is used).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a server stopped by [`freeze`](Self::freeze) (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .lock()
+            .as_ref()
+            .map(Child::id)
+            .expect("redis-server is not running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run `kill` to signal redis-server");
+        assert!(status.success(), "kill {signal} {pid} failed: {status}");
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&self) -> bool {
         match self.lock().as_mut() {

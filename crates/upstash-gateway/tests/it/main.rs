@@ -1,1 +1,10 @@
-//! placeholder
+//! Integration tests of the gateway against a real `redis-server` started per test.
+//!
+//! One test binary (see the style guide): each module is an area of the protocol.
+
+mod client; // a tiny raw HTTP/1.1 client, so tests control paths, methods and headers exactly
+mod faults; // latency, failure rate, outage: builder and admin endpoint
+mod outage; // Redis killed or frozen under the gateway, and recovery
+mod protocol; // body form, path form, pipeline, multi-exec, encodings, status codes
+mod security; // tokens: missing, wrong, `_token`, read-only; refused commands; sync token
+mod streaming; // SSE subscribe / psubscribe / monitor
