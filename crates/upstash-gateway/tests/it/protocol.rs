@@ -475,3 +475,56 @@ async fn oversized_bodies_are_refused_with_upstash_error() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn hostile_input_gets_4xx_never_5xx() {
+    let env = TestGateway::start().await;
+    let client = Client::new(&env);
+    let bodies: [&[u8]; 9] = [
+        b"",
+        b"\xff\xfe\x00",
+        b"[",
+        b"[\"SET\"",
+        br#"["\ud800"]"#,
+        br#"[1e999999]"#,
+        br#"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"#,
+        br#"{"__proto__": 1}"#,
+        br#"["\u0000\u0001", "x"]"#,
+    ];
+    for body in bodies {
+        for path in ["/", "/pipeline", "/multi-exec"] {
+            let response = client.request("POST", path, body).await;
+            assert!(
+                (400..500).contains(&response.status),
+                "{path} {:?} -> {}",
+                String::from_utf8_lossy(body),
+                response.status
+            );
+            assert!(response.error().starts_with("ERR"), "{}", response.error());
+        }
+    }
+    for target in [
+        "/%zz/%",
+        "/%FF%FE",
+        "/get/%00%0A",
+        "//",
+        "/get//x",
+        "/set/k?=&&=x&%ZZ",
+    ] {
+        let response = client.request("GET", target, b"").await;
+        assert!(
+            response.status == 200 || response.status == 400,
+            "{target} -> {}",
+            response.status
+        );
+    }
+    // A big pipeline is fine.
+    let many: Vec<serde_json::Value> = (0..2000)
+        .map(|i| json!(["SET", format!("k{i}"), i]))
+        .collect();
+    let response = client.post_json("/pipeline", &json!(many), &[]).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json().as_array().unwrap().len(), 2000);
+    assert_eq!(client.ok(json!(["DBSIZE"])).await, json!(2000));
+    env.shutdown().await;
+}
