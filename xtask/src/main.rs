@@ -10,6 +10,7 @@
 
 mod bench;
 mod ci;
+mod conformance;
 mod util;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ cargo xtask <TASK> [ARGS]
 Tasks:
   ci          fmt check, clippy -D warnings and the whole test suite (what CI runs)
   bench       criterion benchmarks of the cache crates (results under target/criterion)
+  conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
   help        this text
 ";
 
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("conformance") => conformance::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

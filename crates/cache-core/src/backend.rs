@@ -80,37 +80,3 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// A snapshot of the backend's counters.
     fn stats(&self) -> CacheStats;
 }
-
-#[async_trait]
-impl<B: CacheBackend + ?Sized> CacheBackend for Arc<B> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        (**self).get(key).await
-    }
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        (**self).get_many(keys).await
-    }
-    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        (**self).set(key, entry).await
-    }
-    async fn set_many(&self, items: &[(Key, Entry)]) -> Result<()> {
-        (**self).set_many(items).await
-    }
-    async fn delete(&self, key: &Key) -> Result<bool> {
-        (**self).delete(key).await
-    }
-    async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
-        (**self).delete_many(keys).await
-    }
-    async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()> {
-        (**self).invalidate_tags(tags, at).await
-    }
-    async fn ping(&self) -> Result<Duration> {
-        (**self).ping().await
-    }
-    fn stats(&self) -> CacheStats {
-        (**self).stats()
-    }
-}

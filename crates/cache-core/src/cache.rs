@@ -125,7 +125,7 @@ impl Cache {
         let Some(entry) = self.inner.backend.get(key).await? else {
             return Ok(None);
         };
-        if !entry.is_fresh(self.inner.clock.now()) {
+        if !entry.is_fresh(self.inner.clock.now_for_expiry()) {
             return Ok(None);
         }
         self.decode(&entry).map(Some)
@@ -134,7 +134,7 @@ impl Cache {
     /// The fresh values of `keys`, in order, in one backend call.
     pub async fn get_many<T: CacheValue>(&self, keys: &[Key]) -> Result<Vec<Option<T>>> {
         let entries = self.inner.backend.get_many(keys).await?;
-        let now = self.inner.clock.now();
+        let now = self.inner.clock.now_for_expiry();
         Ok(entries
             .into_iter()
             .map(|entry| {
@@ -206,7 +206,7 @@ impl Cache {
         let mut stale = None;
         match inner.backend.get(key).await {
             Ok(Some(entry)) => {
-                let now = inner.clock.now();
+                let now = inner.clock.now_for_expiry();
                 if entry.is_fresh(now) {
                     match self.decode::<T>(&entry) {
                         Ok(value) => {

@@ -127,21 +127,22 @@ impl Codec {
     /// An entry as wire bytes (format v1).
     pub fn encode_entry(&self, entry: &Entry) -> Bytes {
         let plain = plain_form(entry);
+        let compress = plain.len() >= self.threshold && self.compression != Compression::None;
         let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value).is_ok();
-        if is_json && plain.len() < self.threshold {
+        if is_json && !compress {
             return plain.freeze();
         }
         let mut out = BytesMut::with_capacity(plain.len() / 2 + 16);
         out.extend_from_slice(&FRAME_MAGIC);
         match self.compression {
             #[cfg(feature = "lz4")]
-            Compression::Lz4 if plain.len() >= self.threshold => {
+            Compression::Lz4 if compress => {
                 out.put_u8(ALGO_LZ4);
                 out.extend_from_slice(&lz4_flex::compress_prepend_size(&plain));
             }
             #[cfg(feature = "zstd")]
-            Compression::Zstd(level) if plain.len() >= self.threshold => {
-                match zstd::bulk::compress(&plain, level) {
+            Compression::Zstd(level) if compress => {
+                match zstd_compress(&plain, level) {
                     Ok(compressed) => {
                         out.put_u8(ALGO_ZSTD);
                         out.extend_from_slice(&compressed);
@@ -201,13 +202,58 @@ impl Codec {
                     .map_err(|err| Error::Decode(format!("lz4: {err}")))
             }
             #[cfg(feature = "zstd")]
-            ALGO_ZSTD => zstd::bulk::decompress(payload, self.max_decoded_len)
-                .map_err(|err| Error::Decode(format!("zstd: {err}"))),
+            ALGO_ZSTD => {
+                // The frame header states the size (we always write it); allocate exactly that.
+                let len = match zstd::zstd_safe::get_frame_content_size(payload) {
+                    Ok(Some(len)) => len,
+                    _ => return Err(Error::Decode("zstd frame without a content size".into())),
+                };
+                if len > self.max_decoded_len as u64 {
+                    return Err(Error::Decode(format!(
+                        "zstd entry claims {len} bytes, over the {} byte limit",
+                        self.max_decoded_len
+                    )));
+                }
+                zstd_decompress(payload, len as usize)
+                    .map_err(|err| Error::Decode(format!("zstd: {err}")))
+            }
             other => Err(Error::Decode(format!(
                 "compression algorithm {other} is not supported by this build"
             ))),
         }
     }
+}
+
+// Zstandard contexts are costly to create (tens of µs), so each thread keeps one of each.
+#[cfg(feature = "zstd")]
+thread_local! {
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(feature = "zstd")]
+fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("just set");
+        compressor.compress(data)
+    })
+}
+
+#[cfg(feature = "zstd")]
+fn zstd_decompress(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("just set").decompress(data, len)
+    })
 }
 
 fn plain_form(entry: &Entry) -> BytesMut {
@@ -337,6 +383,33 @@ mod tests {
             );
         }
         assert_eq!(codec.decode_entry(&bytes).unwrap(), entry(&value));
+    }
+
+    #[test]
+    fn without_compression_large_json_stays_plain() {
+        let value = serde_json::to_vec(&"x".repeat(4096)).unwrap();
+        let codec = Codec::new().with_compression(Compression::None);
+        let bytes = codec.encode_entry(&entry(&value));
+        assert_eq!(bytes[0], b'{');
+        assert_eq!(codec.decode_entry(&bytes).unwrap(), entry(&value));
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn zstd_roundtrips_and_rejects_garbage() {
+        let value = serde_json::to_vec(&vec!["hello world"; 5000]).unwrap();
+        let codec = Codec::new().with_compression(Compression::Zstd(3));
+        let bytes = codec.encode_entry(&entry(&value));
+        assert_eq!(&bytes[..5], &[0x00, b'C', b'Z', 0x01, 0x02]);
+        assert!(bytes.len() < value.len() / 10);
+        assert_eq!(codec.decode_entry(&bytes).unwrap(), entry(&value));
+        // Any codec decodes any algorithm it was built with.
+        assert_eq!(Codec::new().decode_entry(&bytes).unwrap(), entry(&value));
+        let mut corrupt = bytes.to_vec();
+        corrupt.truncate(bytes.len() / 2);
+        assert!(codec.decode_entry(&corrupt).unwrap_err().is_codec());
+        let small = Codec::new().with_max_decoded_len(1000);
+        assert!(small.decode_entry(&bytes).unwrap_err().is_codec());
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub mod testing;
 
 pub use backend::{CacheBackend, DynBackend};
 pub use breaker::{BreakerConfig, BreakerState};
-pub use cache::{Cache, CacheConfig};
+pub use cache::{Cache, CacheConfig, CacheValue};
 pub use codec::{Codec, Compression};
 pub use entry::Entry;
 pub use error::{BoxError, Error, ErrorKind, Result};

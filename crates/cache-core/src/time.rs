@@ -52,6 +52,12 @@ impl fmt::Debug for Timestamp {
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time. Successive calls in one process must not go backwards.
     fn now(&self) -> Timestamp;
+
+    /// The current time for expiry checks, where ordering between threads does not matter.
+    /// Cheaper than [`Clock::now`] for clocks that have to enforce that ordering.
+    fn now_for_expiry(&self) -> Timestamp {
+        self.now()
+    }
 }
 
 /// The system clock, made strictly increasing within the process.
@@ -62,11 +68,19 @@ pub struct SystemClock;
 // are totally ordered.
 static LAST_MICROS: AtomicU64 = AtomicU64::new(0);
 
+fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 impl Clock for SystemClock {
+    fn now_for_expiry(&self) -> Timestamp {
+        Timestamp(wall_micros())
+    }
+
     fn now(&self) -> Timestamp {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let wall = wall_micros();
         let mut last = LAST_MICROS.load(Ordering::Relaxed);
         loop {
             let next = wall.max(last + 1);

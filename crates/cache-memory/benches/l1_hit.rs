@@ -1,1 +1,191 @@
-fn main() {}
+//! P1 (SPEC §10): an L1 hit through the typed facade vs a raw moka `get` of the same value, and
+//! `get_or_load` under 1, 8 and 64 concurrent callers (hits, and a stampede on a fresh miss).
+
+#![allow(missing_docs, reason = "a benchmark binary")]
+
+use std::{hint::black_box, sync::Arc, time::Duration};
+
+use cache_core::{
+    Cache, CacheValue, Key, Namespace, TieredBackend, TieredConfig, TtlPolicy, testing::MapBackend,
+};
+use cache_memory::MemoryBackend;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Channel {
+    id: String,
+    name: String,
+    kind: String,
+    member_count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Message {
+    id: String,
+    author: String,
+    content: String,
+    created_at: String,
+}
+
+fn channel() -> Channel {
+    Channel {
+        id: "01JCZ3K9X6Q4V8M2N7P5R1T0WY".into(),
+        name: "general".into(),
+        kind: "public".into(),
+        member_count: 42,
+    }
+}
+
+fn page() -> Arc<Vec<Message>> {
+    Arc::new(
+        (0..50)
+            .map(|i| Message {
+                id: format!("01JD{i:022}"),
+                author: format!("user{}", i % 7),
+                content: "ship it after the review, thanks!".into(),
+                created_at: "2026-11-25T21:00:00Z".into(),
+            })
+            .collect(),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn tiered() -> Cache {
+    Cache::new(Arc::new(TieredBackend::new(
+        Arc::new(MemoryBackend::default()),
+        Arc::new(MapBackend::new()),
+        TieredConfig {
+            l1_max_ttl: Duration::from_secs(3600),
+            ..TieredConfig::default()
+        },
+    )))
+}
+
+fn bench_value<T: CacheValue>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    value: T,
+) {
+    let mut group = c.benchmark_group(format!("l1_hit/{name}"));
+    let ns = Namespace::new("bench", 1).expect("namespace");
+    let tag = ns.tag("channel", &[&1]);
+    let key: Key = ns.key("value", &[&1]).tagged(&[tag]);
+    let policy = TtlPolicy::new(Duration::from_secs(3600));
+
+    let raw: moka::future::Cache<String, T> = moka::future::Cache::new(10_000);
+    rt.block_on(raw.insert(key.as_str().to_owned(), value.clone()));
+    let raw_key = key.as_str().to_owned();
+    group.bench_function("raw_moka_get", |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(raw.get(black_box(&raw_key)).await.expect("hit")) })
+    });
+
+    let memory = Cache::new(Arc::new(MemoryBackend::default()));
+    rt.block_on(memory.set(&key, &value, &policy)).expect("set");
+    group.bench_function("facade_memory_get", |b| {
+        b.to_async(rt).iter(|| async {
+            black_box(
+                memory
+                    .get::<T>(black_box(&key))
+                    .await
+                    .expect("ok")
+                    .expect("hit"),
+            )
+        })
+    });
+
+    let tiered = tiered();
+    rt.block_on(tiered.set(&key, &value, &policy)).expect("set");
+    group.bench_function("facade_tiered_get", |b| {
+        b.to_async(rt).iter(|| async {
+            black_box(
+                tiered
+                    .get::<T>(black_box(&key))
+                    .await
+                    .expect("ok")
+                    .expect("hit"),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn bench_l1_hit(c: &mut Criterion) {
+    let rt = runtime();
+    bench_value(c, &rt, "channel", channel());
+    bench_value(c, &rt, "page50_arc", page());
+}
+
+fn bench_get_or_load(c: &mut Criterion) {
+    let rt = runtime();
+    let cache = tiered();
+    let ns = Namespace::new("bench", 1).expect("namespace");
+    let tag = ns.tag("channel", &[&1]);
+    let key = ns.key("page", &[&1]).tagged(std::slice::from_ref(&tag));
+    let policy = TtlPolicy::new(Duration::from_secs(3600));
+    let mut group = c.benchmark_group("get_or_load");
+    for callers in [1usize, 8, 64] {
+        group.bench_with_input(BenchmarkId::new("hit", callers), &callers, |b, &n| {
+            b.to_async(&rt).iter(|| {
+                let (cache, key) = (cache.clone(), key.clone());
+                async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..n {
+                        let (cache, key) = (cache.clone(), key.clone());
+                        set.spawn(async move {
+                            cache
+                                .get_or_load(&key, &policy, || async {
+                                    Ok::<_, std::io::Error>(page())
+                                })
+                                .await
+                                .expect("loads")
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        black_box(r.expect("task"));
+                    }
+                }
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("stampede_after_invalidate", callers),
+            &callers,
+            |b, &n| {
+                b.to_async(&rt).iter(|| {
+                    let (cache, key, tag) = (cache.clone(), key.clone(), tag.clone());
+                    async move {
+                        cache.invalidate(&[tag]).await.expect("invalidate");
+                        let mut set = tokio::task::JoinSet::new();
+                        for _ in 0..n {
+                            let (cache, key) = (cache.clone(), key.clone());
+                            set.spawn(async move {
+                                cache
+                                    .get_or_load(&key, &policy, || async {
+                                        Ok::<_, std::io::Error>(page())
+                                    })
+                                    .await
+                                    .expect("loads")
+                            });
+                        }
+                        while let Some(r) = set.join_next().await {
+                            black_box(r.expect("task"));
+                        }
+                    }
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_l1_hit, bench_get_or_load);
+criterion_main!(benches);

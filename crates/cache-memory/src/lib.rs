@@ -109,7 +109,7 @@ impl EntryExpiry {
             stored
                 .entry
                 .expires_at
-                .saturating_duration_since(self.clock.now()),
+                .saturating_duration_since(self.clock.now_for_expiry()),
         )
     }
 }
@@ -219,7 +219,7 @@ impl MemoryBackend {
     }
 
     fn lookup(&self, key: &Key, stored: &Stored) -> bool {
-        if !stored.entry.is_alive(self.clock.now()) {
+        if !stored.entry.is_alive(self.clock.now_for_expiry()) {
             return false;
         }
         // Read the generation before the stamps: an invalidation that lands after this load bumps
