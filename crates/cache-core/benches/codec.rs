@@ -62,15 +62,15 @@ fn bench_codec(c: &mut Criterion) {
     for size in [1024, 16 * 1024, 256 * 1024] {
         let entry = entry(page(size));
         let mut group = c.benchmark_group(format!("codec/{}KiB", size / 1024));
-        group.throughput(Throughput::Bytes(entry.value.len() as u64));
+        group.throughput(Throughput::Bytes(entry.value().len() as u64));
         for (name, codec) in codecs() {
             let encoded = codec.encode_entry(&entry);
             eprintln!(
                 "codec/{}KiB/{name}: {} bytes -> {} bytes ({:.1}%)",
                 size / 1024,
-                entry.value.len(),
+                entry.value().len(),
                 encoded.len(),
-                100.0 * encoded.len() as f64 / entry.value.len() as f64
+                100.0 * encoded.len() as f64 / entry.value().len() as f64
             );
             group.bench_with_input(BenchmarkId::new("encode", name), &entry, |b, e| {
                 b.iter(|| codec.encode_entry(black_box(e)))

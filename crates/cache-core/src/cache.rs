@@ -122,10 +122,14 @@ impl Cache {
 
     /// The fresh value of `key`, if any. Backend errors are returned, not hidden.
     pub async fn get<T: CacheValue>(&self, key: &Key) -> Result<Option<T>> {
-        let Some(entry) = self.inner.backend.get(key).await? else {
-            return Ok(None);
+        let entry = match self.inner.backend.get_now(key) {
+            Some(entry) => entry,
+            None => match self.inner.backend.get(key).await? {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
         };
-        if !entry.is_fresh(self.inner.clock.now_for_expiry()) {
+        if !entry.is_fresh_when_alive(|| self.inner.clock.now_for_expiry()) {
             return Ok(None);
         }
         self.decode(&entry).map(Some)
@@ -204,10 +208,14 @@ impl Cache {
     {
         let inner = &self.inner;
         let mut stale = None;
-        match inner.backend.get(key).await {
+        let found = match inner.backend.get_now(key) {
+            Some(entry) => Ok(Some(entry)),
+            None => inner.backend.get(key).await,
+        };
+        match found {
             Ok(Some(entry)) => {
-                let now = inner.clock.now_for_expiry();
-                if entry.is_fresh(now) {
+                let now = || inner.clock.now_for_expiry();
+                if entry.is_fresh_when_alive(now) {
                     match self.decode::<T>(&entry) {
                         Ok(value) => {
                             inner.counters.hits.inc();
@@ -215,7 +223,7 @@ impl Cache {
                         }
                         Err(_) => inner.counters.decode_errors.inc(),
                     }
-                } else if entry.is_alive(now) {
+                } else if entry.is_alive(now()) {
                     stale = Some(entry);
                 }
             }
@@ -349,7 +357,7 @@ impl Cache {
         self.inner.counters.failsafe_served.inc();
         let throttled = entry.with_times(
             now.saturating_add(policy.failsafe_throttle()),
-            entry.expires_at,
+            entry.expires_at(),
         );
         if let Err(err) = self.inner.backend.set(key, throttled).await {
             self.inner.counters.backend_errors.inc();
@@ -374,7 +382,7 @@ impl Cache {
         if let Some(value) = entry.decoded::<T>() {
             return Ok(value.clone());
         }
-        let value: T = self.inner.codec.decode_value(&entry.value)?;
+        let value: T = self.inner.codec.decode_value(entry.value())?;
         entry.attach_decoded(Arc::new(value.clone()));
         Ok(value)
     }

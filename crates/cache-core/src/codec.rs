@@ -128,7 +128,7 @@ impl Codec {
     pub fn encode_entry(&self, entry: &Entry) -> Bytes {
         let plain = plain_form(entry);
         let compress = plain.len() >= self.threshold && self.compression != Compression::None;
-        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value).is_ok();
+        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(entry.value()).is_ok();
         if is_json && !compress {
             return plain.freeze();
         }
@@ -204,9 +204,8 @@ impl Codec {
             #[cfg(feature = "zstd")]
             ALGO_ZSTD => {
                 // The frame header states the size (we always write it); allocate exactly that.
-                let len = match zstd::zstd_safe::get_frame_content_size(payload) {
-                    Ok(Some(len)) => len,
-                    _ => return Err(Error::Decode("zstd frame without a content size".into())),
+                let Ok(Some(len)) = zstd::zstd_safe::get_frame_content_size(payload) else {
+                    return Err(Error::Decode("zstd frame without a content size".into()));
                 };
                 if len > self.max_decoded_len as u64 {
                     return Err(Error::Decode(format!(
@@ -257,15 +256,15 @@ fn zstd_decompress(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
 }
 
 fn plain_form(entry: &Entry) -> BytesMut {
-    let mut out = BytesMut::with_capacity(entry.value.len() + 64);
+    let mut out = BytesMut::with_capacity(entry.value().len() + 64);
     out.extend_from_slice(b"{\"c\":");
-    out.extend_from_slice(entry.created_at.as_micros().to_string().as_bytes());
+    out.extend_from_slice(entry.created_at().as_micros().to_string().as_bytes());
     out.extend_from_slice(b",\"f\":");
-    out.extend_from_slice(entry.fresh_until.as_micros().to_string().as_bytes());
+    out.extend_from_slice(entry.fresh_until().as_micros().to_string().as_bytes());
     out.extend_from_slice(b",\"x\":");
-    out.extend_from_slice(entry.expires_at.as_micros().to_string().as_bytes());
+    out.extend_from_slice(entry.expires_at().as_micros().to_string().as_bytes());
     out.extend_from_slice(b",\"v\":");
-    out.extend_from_slice(&entry.value);
+    out.extend_from_slice(entry.value());
     out.put_u8(b'}');
     out
 }

@@ -3,7 +3,10 @@
 use std::{
     any::Any,
     fmt,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -20,87 +23,130 @@ type Decoded = Arc<dyn Any + Send + Sync>;
 /// - `expires_at`: the physical expiry; between `fresh_until` and `expires_at` (the grace period)
 ///   a stale entry may still be served as a fallback.
 ///
-/// Cloning is cheap (reference counts). An in-process backend can keep the decoded value next to
-/// the bytes, so a hit costs no deserialization.
+/// Cloning costs one reference count. An in-process backend keeps the decoded value next to the
+/// bytes, so a hit through [`Cache`](crate::Cache) costs no deserialization.
 #[derive(Clone)]
-pub struct Entry {
-    /// The value, as written by [`Codec::encode_value`](crate::Codec::encode_value).
-    pub value: Bytes,
-    /// When the data was read from the source.
-    pub created_at: Timestamp,
-    /// Until when the entry is fresh.
-    pub fresh_until: Timestamp,
-    /// Until when the entry may be kept at all.
-    pub expires_at: Timestamp,
-    decoded: Arc<OnceLock<Decoded>>,
+pub struct Entry(Arc<Inner>);
+
+struct Inner {
+    value: Bytes,
+    created_at: Timestamp,
+    fresh_until: Timestamp,
+    expires_at: Timestamp,
+    decoded: OnceLock<Decoded>,
+    validated_generation: AtomicU64,
 }
 
 impl Entry {
-    /// A new entry.
+    /// A new entry. `fresh_until` is clamped to `expires_at`.
     pub fn new(
         value: Bytes,
         created_at: Timestamp,
         fresh_until: Timestamp,
         expires_at: Timestamp,
     ) -> Self {
-        Entry {
+        Entry(Arc::new(Inner {
             value,
             created_at,
             fresh_until: fresh_until.min(expires_at),
             expires_at,
-            decoded: Arc::default(),
-        }
+            decoded: OnceLock::new(),
+            validated_generation: AtomicU64::new(u64::MAX),
+        }))
+    }
+
+    /// The value, as written by [`Codec::encode_value`](crate::Codec::encode_value).
+    pub fn value(&self) -> &Bytes {
+        &self.0.value
+    }
+
+    /// When the data was read from the source.
+    pub fn created_at(&self) -> Timestamp {
+        self.0.created_at
+    }
+
+    /// Until when the entry is fresh.
+    pub fn fresh_until(&self) -> Timestamp {
+        self.0.fresh_until
+    }
+
+    /// Until when the entry may be kept at all.
+    pub fn expires_at(&self) -> Timestamp {
+        self.0.expires_at
     }
 
     /// Whether the entry is fresh at `now`.
     pub fn is_fresh(&self, now: Timestamp) -> bool {
-        now < self.fresh_until
+        now < self.0.fresh_until
+    }
+
+    /// Whether an entry that a backend returned (so it is alive) is fresh. Reads the clock only
+    /// for entries with a grace period: without one, alive means fresh, and a hit costs no clock
+    /// read.
+    pub fn is_fresh_when_alive(&self, now: impl FnOnce() -> Timestamp) -> bool {
+        self.0.fresh_until == self.0.expires_at || self.is_fresh(now())
     }
 
     /// Whether the entry may still be used at all at `now` (fresh or in grace).
     pub fn is_alive(&self, now: Timestamp) -> bool {
-        now < self.expires_at
+        now < self.0.expires_at
+    }
+
+    /// The same data with other times, sharing the bytes and the decoded value.
+    #[must_use]
+    pub fn with_times(&self, fresh_until: Timestamp, expires_at: Timestamp) -> Entry {
+        let entry = Entry::new(
+            self.0.value.clone(),
+            self.0.created_at,
+            fresh_until,
+            expires_at,
+        );
+        if let Some(decoded) = self.0.decoded.get() {
+            entry.attach_decoded(Arc::clone(decoded));
+        }
+        entry
+    }
+
+    /// For in-process backends: the invalidation generation at which this entry was last found
+    /// valid (`u64::MAX` if never), so a hit can skip tag lookups while nothing was invalidated.
+    pub fn validated_generation(&self) -> u64 {
+        self.0.validated_generation.load(Ordering::Acquire)
+    }
+
+    /// Records that the entry was found valid at `generation`.
+    pub fn set_validated_generation(&self, generation: u64) {
+        self.0
+            .validated_generation
+            .store(generation, Ordering::Release);
     }
 
     /// The decoded value of type `T`, if one was attached and is of that type.
     pub(crate) fn decoded<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.decoded.get()?.downcast_ref::<T>()
+        self.0.decoded.get()?.downcast_ref::<T>()
     }
 
     /// Attaches a decoded value so later hits on the same in-process entry skip decoding.
     pub(crate) fn attach_decoded(&self, value: Decoded) {
-        let _ = self.decoded.set(value);
-    }
-
-    /// The same entry with other times, sharing the bytes and the decoded value.
-    #[must_use]
-    pub fn with_times(&self, fresh_until: Timestamp, expires_at: Timestamp) -> Entry {
-        Entry {
-            value: self.value.clone(),
-            created_at: self.created_at,
-            fresh_until: fresh_until.min(expires_at),
-            expires_at,
-            decoded: Arc::clone(&self.decoded),
-        }
+        let _ = self.0.decoded.set(value);
     }
 }
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.value == other.value
-            && self.created_at == other.created_at
-            && self.fresh_until == other.fresh_until
-            && self.expires_at == other.expires_at
+        self.0.value == other.0.value
+            && self.0.created_at == other.0.created_at
+            && self.0.fresh_until == other.0.fresh_until
+            && self.0.expires_at == other.0.expires_at
     }
 }
 
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
-            .field("len", &self.value.len())
-            .field("created_at", &self.created_at)
-            .field("fresh_until", &self.fresh_until)
-            .field("expires_at", &self.expires_at)
+            .field("len", &self.0.value.len())
+            .field("created_at", &self.0.created_at)
+            .field("fresh_until", &self.0.fresh_until)
+            .field("expires_at", &self.0.expires_at)
             .finish_non_exhaustive()
     }
 }

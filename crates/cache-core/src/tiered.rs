@@ -194,10 +194,10 @@ impl TieredBackend {
 
     fn cap_for_l1(&self, entry: &Entry) -> Entry {
         let cap = self.clock.now().saturating_add(self.config.l1_max_ttl);
-        if entry.expires_at <= cap {
+        if entry.expires_at() <= cap {
             entry.clone()
         } else {
-            entry.with_times(entry.fresh_until.min(cap), cap)
+            entry.with_times(entry.fresh_until().min(cap), cap)
         }
     }
 
@@ -351,6 +351,12 @@ impl TieredBackend {
 impl CacheBackend for TieredBackend {
     fn name(&self) -> &'static str {
         "tiered"
+    }
+
+    fn get_now(&self, key: &Key) -> Option<Entry> {
+        let entry = self.l1.get_now(key)?;
+        self.counters.l1_hits.inc();
+        Some(entry)
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {

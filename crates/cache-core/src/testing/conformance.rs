@@ -364,7 +364,7 @@ pub async fn concurrent_use(backend: &DynBackend) {
                     .await
                     .expect("get")
                     .expect("shared key");
-                let parsed: Vec<u32> = serde_json::from_slice(&got.value).expect("whole value");
+                let parsed: Vec<u32> = serde_json::from_slice(got.value()).expect("whole value");
                 assert_eq!(parsed.len(), 2);
             }
         });

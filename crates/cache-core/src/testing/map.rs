@@ -77,7 +77,7 @@ impl MapBackend {
         let stamps = self.stamps.lock().expect("lock");
         key.tags()
             .iter()
-            .all(|tag| stamps.get(tag).is_none_or(|at| *at < entry.created_at))
+            .all(|tag| stamps.get(tag).is_none_or(|at| *at < entry.created_at()))
     }
 }
 
@@ -106,9 +106,9 @@ impl CacheBackend for MapBackend {
     /// Keeps an existing entry whose data is newer (a late fill never replaces a newer entry).
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
         let mut entries = self.entries.lock().expect("lock");
-        let newer_exists = entries
-            .get(key.as_str())
-            .is_some_and(|old| old.created_at > entry.created_at && old.is_alive(self.clock.now()));
+        let newer_exists = entries.get(key.as_str()).is_some_and(|old| {
+            old.created_at() > entry.created_at() && old.is_alive(self.clock.now())
+        });
         if !newer_exists {
             entries.insert(key.as_str().into(), entry);
         }
