@@ -1,1 +1,60 @@
-//! Upstash Redis REST client and a `cache-core` backend on it (not built yet: see issue 4).
+//! A complete client for the [Upstash Redis REST API](https://upstash.com/docs/redis/features/restapi),
+//! and a [`cache_core::CacheBackend`] on it.
+//!
+//! - [`Redis`]: built from the environment ([`Redis::from_env`], the `Redis.fromEnv()` of
+//!   `@upstash/redis`) or a [`RedisBuilder`]; typed commands returning Rust types
+//!   ([`Option<Bytes>`](bytes::Bytes), `i64`, `Vec<…>`), a raw [`Command`] escape hatch,
+//!   JSON helpers, [`Pipeline`]s and transactions with a typed [`Handle`] per command,
+//!   optional auto-pipelining, [`Script`]s with `EVALSHA`→`EVAL` fallback, a `SCAN` stream.
+//! - Binary-safe: replies use `Upstash-Encoding: base64` by default and values that are not
+//!   UTF-8 are sent in the body of a path-form request (see the `wire` module notes on
+//!   [`Error::InvalidRequest`]).
+//! - Every request has a timeout; only safe failures are retried ([`RetryPolicy`]); errors say
+//!   what happened ([`ErrorKind`]: not sent, timed out, transport, HTTP status, unexpected
+//!   response, Redis error, unauthorized, quota). The token never appears in `Debug` or errors.
+//! - Read-your-writes: the `upstash-sync-token` of each answer goes out on the very next request.
+//! - [`ClientStats`] count HTTP requests and billed commands.
+//! - [`UpstashBackend`]: entries, tags and invalidation stamps for `cache-core`, one request per
+//!   read, per batch read, and per invalidation.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use cache_upstash::Redis;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> cache_upstash::Result<()> {
+//! let redis = Redis::from_env()?;
+//! redis.set("greeting", "hello").await?;
+//! let mut pipe = redis.pipeline();
+//! let count = pipe.incr("visits");
+//! let greeting = pipe.get("greeting");
+//! let results = pipe.exec().await?;
+//! println!("{} visits, {:?}", results.get(&count)?, results.get(&greeting)?);
+//! # Ok(()) }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+mod auto_pipeline;
+mod backend;
+mod client;
+mod command;
+mod commands;
+mod config;
+mod error;
+mod pipeline;
+mod script;
+mod value;
+mod wire;
+
+pub use backend::{UpstashBackend, UpstashBackendConfig};
+pub use client::{ClientStats, Redis};
+pub use command::{Command, TypedCommand};
+pub use commands::{ScanOptions, SetOptions, cmd};
+pub use config::{RedisBuilder, RetryPolicy, Secret};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use pipeline::{Handle, Pipeline, PipelineResults};
+pub use script::Script;
+pub use value::{FromValue, IntoArg, Value};
+pub use wire::ResponseEncoding;
