@@ -160,7 +160,7 @@ pub(crate) const TOKEN_VARS: [&str; 2] = ["UPSTASH_REDIS_REST_TOKEN", "KV_REST_A
 ///
 /// let redis = Redis::builder()
 ///     .url("https://eu1-example-12345.upstash.io")
-///     .token("AXxxASQgNjM…")
+///     .token("AXxxASQgNjM0MjQ")
 ///     .timeout(Duration::from_millis(500))
 ///     .retry(RetryPolicy::default().max_retries(2))
 ///     .auto_pipeline(true)
@@ -200,10 +200,16 @@ impl RedisBuilder {
     /// A builder with the URL and token taken from the environment (see [`Redis::from_env`]),
     /// for adjusting the other options. Missing variables are reported by [`build`](Self::build).
     pub fn from_env() -> RedisBuilder {
+        RedisBuilder::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with variables read through `lookup` (testable without
+    /// touching the process environment).
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> RedisBuilder {
         let read = |names: [&str; 2]| {
             names
                 .iter()
-                .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+                .find_map(|name| lookup(name).filter(|v| !v.trim().is_empty()))
         };
         RedisBuilder {
             url: read(URL_VARS),
@@ -354,6 +360,33 @@ mod tests {
             let capped = policy.delay(10);
             assert!(capped >= Duration::from_millis(150) && capped <= Duration::from_millis(300));
         }
+    }
+
+    #[test]
+    fn env_falls_back_to_vercel_kv_names() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let kv = RedisBuilder::from_lookup(vars(&[
+            ("KV_REST_API_URL", "https://kv.example"),
+            ("KV_REST_API_TOKEN", "kv-token"),
+        ]));
+        assert_eq!(kv.url.as_deref(), Some("https://kv.example"));
+        assert_eq!(kv.token.as_ref().map(Secret::expose), Some("kv-token"));
+        let both = RedisBuilder::from_lookup(vars(&[
+            ("KV_REST_API_URL", "https://kv.example"),
+            ("UPSTASH_REDIS_REST_URL", "https://upstash.example"),
+            ("UPSTASH_REDIS_REST_TOKEN", " "),
+        ]));
+        assert_eq!(both.url.as_deref(), Some("https://upstash.example"));
+        assert!(both.token.is_none(), "a blank variable counts as unset");
+        let err = both.build().unwrap_err();
+        assert!(err.to_string().contains("UPSTASH_REDIS_REST_TOKEN"));
     }
 
     #[test]
