@@ -316,10 +316,7 @@ impl CacheBackend for UpstashBackend {
                     .map(|_| ())
             }
             // Already dead: make sure an older entry does not stay visible instead.
-            None => self
-                .timed(self.redis.del([key.as_str()]))
-                .await
-                .map(|_| ()),
+            None => self.timed(self.redis.del([key.as_str()])).await.map(|_| ()),
         }
     }
 
@@ -349,7 +346,10 @@ impl CacheBackend for UpstashBackend {
         let text = async {
             let results = pipeline.exec().await?;
             // `set_many` fails as a whole: report the first command that failed.
-            results.into_values().into_iter().try_for_each(|slot| slot.map(|_| ()))
+            results
+                .into_values()
+                .into_iter()
+                .try_for_each(|slot| slot.map(|_| ()))
         };
         let binary = futures_util::future::try_join_all(binary);
         self.timed(async { tokio::try_join!(text, binary).map(|_| ()) })
@@ -366,7 +366,8 @@ impl CacheBackend for UpstashBackend {
         if keys.is_empty() {
             return Ok(0);
         }
-        self.timed(self.redis.del(keys.iter().map(Key::as_str))).await
+        self.timed(self.redis.del(keys.iter().map(Key::as_str)))
+            .await
     }
 
     async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> cache_core::Result<()> {

@@ -309,7 +309,11 @@ impl Redis {
     }
 
     /// Stores `value` as JSON text under `key` (readable by any Upstash client).
-    pub async fn set_json<T: Serialize + ?Sized>(&self, key: impl IntoArg, value: &T) -> Result<()> {
+    pub async fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: impl IntoArg,
+        value: &T,
+    ) -> Result<()> {
         let json = serde_json::to_vec(value)?;
         self.set(key, json).await
     }
@@ -347,7 +351,11 @@ impl Redis {
         commands: &[Command],
         transaction: bool,
     ) -> Result<Vec<Slot>> {
-        let path = if transaction { "/multi-exec" } else { "/pipeline" };
+        let path = if transaction {
+            "/multi-exec"
+        } else {
+            "/pipeline"
+        };
         let request = wire::batch(commands, path)?;
         let idempotent = commands.iter().all(Command::is_idempotent);
         let body = self
@@ -356,7 +364,11 @@ impl Redis {
         match wire::parse_batch(&body, self.inner.encoding, commands.len())? {
             BatchReply::Slots(slots) => Ok(slots),
             BatchReply::Refused(message) => Err(Error::from_redis(
-                if transaction { "MULTI/EXEC" } else { "PIPELINE" },
+                if transaction {
+                    "MULTI/EXEC"
+                } else {
+                    "PIPELINE"
+                },
                 message,
             )),
         }
@@ -419,7 +431,10 @@ impl Redis {
             }
         }
         let started = Instant::now();
-        let response = builder.send().await.map_err(|err| self.transport_error(err))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| self.transport_error(err))?;
         if inner.read_your_writes {
             if let Some(token) = response.headers().get(SYNC_TOKEN) {
                 *lock(&inner.sync_token) = Some(token.clone());
@@ -482,5 +497,7 @@ fn classify_status(status: u16, body: Bytes) -> Result<Bytes> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -576,7 +576,10 @@ impl Redis {
     ///     .await?;
     /// # let _ = keys; Ok(()) }
     /// ```
-    pub fn scan_iter(&self, options: ScanOptions) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    pub fn scan_iter(
+        &self,
+        options: ScanOptions,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         struct State {
             redis: Redis,
             options: ScanOptions,

@@ -335,7 +335,10 @@ impl RedisBuilder {
         if text.trim().is_empty() {
             return Err(Error::config("REST token is empty"));
         }
-        if text.chars().any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii()) {
+        if text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+        {
             return Err(Error::config(
                 "REST token contains whitespace or non-ASCII characters (copy it again from the \
                  Upstash console)",
@@ -391,10 +394,20 @@ mod tests {
 
     #[test]
     fn url_and_token_are_validated_without_echoing_the_token() {
-        let builder = RedisBuilder::default().url("https://x.upstash.io/").token("s3cret");
+        let builder = RedisBuilder::default()
+            .url("https://x.upstash.io/")
+            .token("s3cret");
         assert_eq!(builder.validated_url().unwrap(), "https://x.upstash.io");
-        for bad in ["x.upstash.io", "ftp://x", "https://", "https://x?_token=s3cret"] {
-            let err = RedisBuilder::default().url(bad).validated_url().unwrap_err();
+        for bad in [
+            "x.upstash.io",
+            "ftp://x",
+            "https://",
+            "https://x?_token=s3cret",
+        ] {
+            let err = RedisBuilder::default()
+                .url(bad)
+                .validated_url()
+                .unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Config, "{bad}");
         }
         let err = RedisBuilder::default()

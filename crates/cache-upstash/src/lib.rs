@@ -6,9 +6,9 @@
 //!   ([`Option<Bytes>`](bytes::Bytes), `i64`, `Vec<…>`), a raw [`Command`] escape hatch,
 //!   JSON helpers, [`Pipeline`]s and transactions with a typed [`Handle`] per command,
 //!   optional auto-pipelining, [`Script`]s with `EVALSHA`→`EVAL` fallback, a `SCAN` stream.
-//! - Binary-safe: replies use `Upstash-Encoding: base64` by default and values that are not
-//!   UTF-8 are sent in the body of a path-form request (see the `wire` module notes on
-//!   [`Error::InvalidRequest`]).
+//! - Binary-safe: replies use `Upstash-Encoding: base64` by default, and a command with a
+//!   non-UTF-8 argument is sent in Upstash's path form with the value as the raw body (a JSON
+//!   body can only carry text; pipelines refuse such commands with [`Error::InvalidRequest`]).
 //! - Every request has a timeout; only safe failures are retried ([`RetryPolicy`]); errors say
 //!   what happened ([`ErrorKind`]: not sent, timed out, transport, HTTP status, unexpected
 //!   response, Redis error, unauthorized, quota). The token never appears in `Debug` or errors.

@@ -288,7 +288,10 @@ mod tests {
             FromValue::from_value(Value::Array(vec![data("a"), data("1")])).unwrap();
         assert_eq!(map["a"], 1);
         let err = i64::from_value(Value::Array(vec![])).unwrap_err();
-        assert_eq!(err.to_string(), "unexpected response: expected an integer, got array of 0 items");
+        assert_eq!(
+            err.to_string(),
+            "unexpected response: expected an integer, got array of 0 items"
+        );
         assert!(HashMap::<String, String>::from_value(Value::Array(vec![data("a")])).is_err());
     }
 }

@@ -320,17 +320,26 @@ mod tests {
 
     #[test]
     fn batches_refuse_binary_arguments() {
-        let ok = batch(&[Command::new("GET").arg("a"), Command::new("INCR").arg("b")], "/pipeline")
-            .unwrap();
+        let ok = batch(
+            &[Command::new("GET").arg("a"), Command::new("INCR").arg("b")],
+            "/pipeline",
+        )
+        .unwrap();
         assert_eq!(&ok.body[..], br#"[["GET","a"],["INCR","b"]]"#);
-        let err = batch(&[Command::new("SET").arg("a").arg(&[0xff][..])], "/pipeline").unwrap_err();
+        let err = batch(
+            &[Command::new("SET").arg("a").arg(&[0xff][..])],
+            "/pipeline",
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidRequest);
     }
 
     #[test]
     fn base64_replies_decode_recursively() {
         let body = br#"{"result":["YQ==",null,7,["Yg==",["OK"]],"T0s="]}"#;
-        let value = parse_single(body, ResponseEncoding::Base64).unwrap().unwrap();
+        let value = parse_single(body, ResponseEncoding::Base64)
+            .unwrap()
+            .unwrap();
         let data = |s: &'static [u8]| Value::Data(Bytes::from_static(s));
         assert_eq!(
             value,
@@ -350,7 +359,13 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_unexpected_responses() {
-        for body in [&b"{\"result\":\"YQ"[..], b"<html>", b"[]", b"{}", b"{\"result\":true}"] {
+        for body in [
+            &b"{\"result\":\"YQ"[..],
+            b"<html>",
+            b"[]",
+            b"{}",
+            b"{\"result\":true}",
+        ] {
             let err = parse_single(body, ResponseEncoding::Base64).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::UnexpectedResponse, "{body:?}");
         }

@@ -108,21 +108,50 @@ async fn p4_request_counts() {
     let key = ns.key("page", &[&1]).tagged(&tags);
 
     // Miss + fill: one MGET, one SET.
-    assert_eq!(cost(backend, async { assert!(backend.get(&key).await.unwrap().is_none()) }).await, (1, 1));
-    assert_eq!(cost(backend, async { backend.set(&key, entry("[1]")).await.unwrap() }).await, (1, 1));
+    assert_eq!(
+        cost(backend, async {
+            assert!(backend.get(&key).await.unwrap().is_none())
+        })
+        .await,
+        (1, 1)
+    );
+    assert_eq!(
+        cost(backend, async {
+            backend.set(&key, entry("[1]")).await.unwrap()
+        })
+        .await,
+        (1, 1)
+    );
     // L2 hit: one MGET of the entry and its 4 stamps (3 tags + the namespace tag).
-    assert_eq!(cost(backend, async { assert!(backend.get(&key).await.unwrap().is_some()) }).await, (1, 1));
+    assert_eq!(
+        cost(backend, async {
+            assert!(backend.get(&key).await.unwrap().is_some())
+        })
+        .await,
+        (1, 1)
+    );
     // Invalidation of 3 tags: one request (EVAL).
     assert_eq!(
-        cost(backend, async { backend.invalidate_tags(&tags, now()).await.unwrap() }).await,
+        cost(backend, async {
+            backend.invalidate_tags(&tags, now()).await.unwrap()
+        })
+        .await,
         (1, 1)
     );
     assert!(backend.get(&key).await.unwrap().is_none());
 
     // Batches: set_many of 10 JSON entries is one pipeline; get_many one MGET; delete_many one DEL.
-    let keys: Vec<Key> = (0..10).map(|i| ns.key("item", &[&i]).tagged(&tags[..1])).collect();
-    let items: Vec<(Key, Entry)> = keys.iter().map(|k| (k.clone(), entry("{\"a\":1}"))).collect();
-    assert_eq!(cost(backend, async { backend.set_many(&items).await.unwrap() }).await, (1, 10));
+    let keys: Vec<Key> = (0..10)
+        .map(|i| ns.key("item", &[&i]).tagged(&tags[..1]))
+        .collect();
+    let items: Vec<(Key, Entry)> = keys
+        .iter()
+        .map(|k| (k.clone(), entry("{\"a\":1}")))
+        .collect();
+    assert_eq!(
+        cost(backend, async { backend.set_many(&items).await.unwrap() }).await,
+        (1, 10)
+    );
     assert_eq!(
         cost(backend, async {
             let got = backend.get_many(&keys).await.unwrap();
@@ -132,12 +161,18 @@ async fn p4_request_counts() {
         (1, 1)
     );
     assert_eq!(
-        cost(backend, async { assert_eq!(backend.delete_many(&keys).await.unwrap(), 10) }).await,
+        cost(backend, async {
+            assert_eq!(backend.delete_many(&keys).await.unwrap(), 10)
+        })
+        .await,
         (1, 1)
     );
     let stats = backend.stats();
     let tier = &stats.tiers[0];
-    assert_eq!((tier.tier.as_str(), tier.backend.as_str()), ("upstash", "upstash"));
+    assert_eq!(
+        (tier.tier.as_str(), tier.backend.as_str()),
+        ("upstash", "upstash")
+    );
     assert_eq!(tier.requests, Some(backend.redis().stats().requests));
     assert_eq!(tier.commands, Some(backend.redis().stats().commands));
     assert!(tier.hits >= 11 && tier.misses >= 2, "{tier:?}");
@@ -148,7 +183,11 @@ async fn small_entries_are_plain_json_readable_by_any_client() {
     let fixture = backend().await;
     let ns = Namespace::new("interop", 1).unwrap();
     let key = ns.key("channel", &[&7]);
-    fixture.backend.set(&key, entry(r#"{"name":"général"}"#)).await.unwrap();
+    fixture
+        .backend
+        .set(&key, entry(r#"{"name":"général"}"#))
+        .await
+        .unwrap();
     let other_client = Redis::builder()
         .url(fixture.env.url())
         .token(fixture.env.token())
@@ -167,10 +206,23 @@ async fn foreign_bytes_are_a_counted_miss() {
     let ns = Namespace::new("foreign", 1).unwrap();
     let key = ns.key("k", &[&1]);
     let redis = fixture.backend.redis();
-    redis.set(key.as_str(), "written by someone else").await.unwrap();
+    redis
+        .set(key.as_str(), "written by someone else")
+        .await
+        .unwrap();
     assert!(fixture.backend.get(&key).await.unwrap().is_none());
-    redis.set(key.as_str(), &[0u8, b'C', b'Z', 1, 9, 9][..]).await.unwrap();
-    assert!(fixture.backend.get_many(&[key.clone()]).await.unwrap()[0].is_none());
+    redis
+        .set(key.as_str(), &[0u8, b'C', b'Z', 1, 9, 9][..])
+        .await
+        .unwrap();
+    assert!(
+        fixture
+            .backend
+            .get_many(std::slice::from_ref(&key))
+            .await
+            .unwrap()[0]
+            .is_none()
+    );
     assert_eq!(fixture.backend.decode_errors(), 2);
     // A garbage stamp hides the entry rather than letting it through.
     fixture.backend.set(&key, entry("1")).await.unwrap();
@@ -191,24 +243,38 @@ async fn compressed_entries_are_binary_and_still_one_request_each() {
         .chain([(ns.key("small", &[]), entry("1"))])
         .collect();
     // 1 pipeline for the small entry + 1 path-form request per compressed entry.
-    assert_eq!(cost(backend, async { backend.set_many(&items).await.unwrap() }).await, (4, 4));
+    assert_eq!(
+        cost(backend, async { backend.set_many(&items).await.unwrap() }).await,
+        (4, 4)
+    );
     let got = backend.get_many(&keys).await.unwrap();
-    assert!(got.iter().all(|e| e.as_ref().is_some_and(|e| e.value().len() == big.len())));
+    assert!(
+        got.iter()
+            .all(|e| e.as_ref().is_some_and(|e| e.value().len() == big.len()))
+    );
 }
 
 #[tokio::test]
 async fn entries_are_kept_no_longer_than_tag_retention_after_creation() {
-    let fixture = backend_with(
-        UpstashBackendConfig::default().with_tag_retention(Duration::from_secs(10)),
-    )
-    .await;
+    let fixture =
+        backend_with(UpstashBackendConfig::default().with_tag_retention(Duration::from_secs(10)))
+            .await;
     let ns = Namespace::new("retention", 1).unwrap();
     let key = ns.key("k", &[&1]);
     fixture.backend.set(&key, entry("1")).await.unwrap(); // TTL 60 s
     let pttl = fixture.backend.redis().pttl(key.as_str()).await.unwrap();
     assert!((1..=10_000).contains(&pttl), "{pttl}");
-    fixture.backend.invalidate_tags(std::slice::from_ref(ns.all_tag()), now()).await.unwrap();
-    let stamp_ttl = fixture.backend.redis().pttl(ns.all_tag().as_str()).await.unwrap();
+    fixture
+        .backend
+        .invalidate_tags(std::slice::from_ref(ns.all_tag()), now())
+        .await
+        .unwrap();
+    let stamp_ttl = fixture
+        .backend
+        .redis()
+        .pttl(ns.all_tag().as_str())
+        .await
+        .unwrap();
     assert!((9_000..=10_000).contains(&stamp_ttl), "{stamp_ttl}");
 }
 

@@ -37,7 +37,10 @@ async fn pipeline_has_typed_results_and_per_command_errors_in_one_request() {
     assert_eq!(results.get(&raw).unwrap(), Value::Int(4));
     assert_eq!(results.get(&missing).unwrap(), None);
     assert_eq!(results.len(), 7);
-    assert_eq!(results.into_values().iter().filter(|r| r.is_err()).count(), 1);
+    assert_eq!(
+        results.into_values().iter().filter(|r| r.is_err()).count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -122,7 +125,11 @@ async fn auto_pipelining_batches_concurrent_commands_in_order() {
     assert_eq!(replies, (1..=100).collect::<Vec<_>>());
     let stats = redis.stats();
     assert_eq!(stats.commands, 100);
-    assert!(stats.requests <= 2, "{} requests for 100 commands", stats.requests);
+    assert!(
+        stats.requests <= 2,
+        "{} requests for 100 commands",
+        stats.requests
+    );
 
     // A write and a read issued together: the read sees the write (no read/write split).
     let (set, get) = tokio::join!(redis.set("k", "v"), redis.get("k"));
@@ -137,7 +144,10 @@ async fn auto_pipelining_batches_concurrent_commands_in_order() {
 
     // Binary commands bypass the pipeline (path form) and still work.
     redis.set("bin", &[0xffu8][..]).await.unwrap();
-    assert_eq!(redis.get("bin").await.unwrap().as_deref(), Some(&[0xffu8][..]));
+    assert_eq!(
+        redis.get("bin").await.unwrap().as_deref(),
+        Some(&[0xffu8][..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,29 @@ async fn strings() {
     assert_eq!(redis.get("missing").await.unwrap(), None);
     redis.set("s", "hello").await.unwrap();
     assert_eq!(redis.get("s").await.unwrap(), Some(b("hello")));
-    assert!(!redis.set_with("s", "x", SetOptions::new().nx()).await.unwrap());
-    assert!(redis.set_with("s", "world", SetOptions::new().xx()).await.unwrap());
-    assert!(!redis.set_with("nope", "x", SetOptions::new().xx()).await.unwrap());
+    assert!(
+        !redis
+            .set_with("s", "x", SetOptions::new().nx())
+            .await
+            .unwrap()
+    );
+    assert!(
+        redis
+            .set_with("s", "world", SetOptions::new().xx())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !redis
+            .set_with("nope", "x", SetOptions::new().xx())
+            .await
+            .unwrap()
+    );
     assert_eq!(
-        redis.set_get("s", "again", SetOptions::new()).await.unwrap(),
+        redis
+            .set_get("s", "again", SetOptions::new())
+            .await
+            .unwrap(),
         Some(b("world"))
     );
     assert_eq!(redis.append("s", "!").await.unwrap(), 6);
@@ -43,7 +61,12 @@ async fn strings() {
     assert_eq!(redis.decr("n").await.unwrap(), 10);
     assert_eq!(redis.decr_by("n", 4).await.unwrap(), 6);
     assert_eq!(redis.incr_by_float("f", 1.5).await.unwrap(), 1.5);
-    let err = redis.incr("m1x").await.map(|_| ()).and(redis.incr_by("ok", 1).await).unwrap_err();
+    let err = redis
+        .incr("m1x")
+        .await
+        .map(|_| ())
+        .and(redis.incr_by("ok", 1).await)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Redis);
     assert!(err.to_string().contains("INCRBY"), "{err}");
 }
@@ -66,7 +89,11 @@ async fn expiry_and_keys() {
     assert!(redis.expire("t", 100).await.unwrap());
     assert!(!redis.expire("missing", 100).await.unwrap());
     redis
-        .set_with("short", "v", SetOptions::new().expire_in(Duration::from_millis(150)))
+        .set_with(
+            "short",
+            "v",
+            SetOptions::new().expire_in(Duration::from_millis(150)),
+        )
         .await
         .unwrap();
     assert_eq!(redis.exists(["short", "t", "missing"]).await.unwrap(), 2);
@@ -99,7 +126,10 @@ async fn sets_hashes_and_lists() {
     assert_eq!(members, vec![b("a"), b("b")]);
     assert_eq!(redis.srem("set", ["a", "z"]).await.unwrap(), 1);
 
-    assert_eq!(redis.hset("h", [("f1", "1"), ("f2", "two")]).await.unwrap(), 2);
+    assert_eq!(
+        redis.hset("h", [("f1", "1"), ("f2", "two")]).await.unwrap(),
+        2
+    );
     assert_eq!(redis.hget("h", "f2").await.unwrap(), Some(b("two")));
     assert_eq!(redis.hget("h", "nope").await.unwrap(), None);
     assert_eq!(redis.hincrby("h", "f1", 41).await.unwrap(), 42);
@@ -137,7 +167,9 @@ async fn sets_hashes_and_lists() {
 #[tokio::test]
 async fn scan_iteration_keys_dbsize_flushdb() {
     let (_env, redis) = gateway().await;
-    let pairs: Vec<(String, String)> = (0..250).map(|i| (format!("scan:{i}"), i.to_string())).collect();
+    let pairs: Vec<(String, String)> = (0..250)
+        .map(|i| (format!("scan:{i}"), i.to_string()))
+        .collect();
     redis.mset(pairs).await.unwrap();
     redis.set("other", "x").await.unwrap();
     let before = redis.stats().requests;
@@ -149,8 +181,14 @@ async fn scan_iteration_keys_dbsize_flushdb() {
     found.sort();
     found.dedup();
     assert_eq!(found.len(), 250);
-    assert!(redis.stats().requests - before > 5, "walked several cursors");
-    let (cursor, first) = redis.scan(0, &ScanOptions::new().count(1000)).await.unwrap();
+    assert!(
+        redis.stats().requests - before > 5,
+        "walked several cursors"
+    );
+    let (cursor, first) = redis
+        .scan(0, &ScanOptions::new().count(1000))
+        .await
+        .unwrap();
     assert_eq!((cursor, first.len()), (0, 251));
     let typed: Vec<Bytes> = redis
         .scan_iter(ScanOptions::new().kind("hash"))
@@ -174,15 +212,32 @@ async fn scripts_fall_back_from_evalsha_to_eval() {
         reply,
         vec![Value::Data(b("k")), Value::Data(b("a")), Value::Int(42)]
     );
-    assert_eq!(redis.stats().requests - before, 2, "EVALSHA (NOSCRIPT) then EVAL");
+    assert_eq!(
+        redis.stats().requests - before,
+        2,
+        "EVALSHA (NOSCRIPT) then EVAL"
+    );
     let again: Vec<Value> = script.run(&redis, ["k"], ["a", "1"]).await.unwrap();
     assert_eq!(again[2], Value::Int(2));
-    assert_eq!(redis.stats().requests - before, 3, "now cached: EVALSHA only");
+    assert_eq!(
+        redis.stats().requests - before,
+        3,
+        "now cached: EVALSHA only"
+    );
 
     let other = Script::new("return 7");
-    assert_eq!(redis.script_exists([other.sha1()]).await.unwrap(), vec![false]);
-    assert_eq!(redis.script_load(other.source()).await.unwrap(), other.sha1());
-    assert_eq!(redis.script_exists([other.sha1()]).await.unwrap(), vec![true]);
+    assert_eq!(
+        redis.script_exists([other.sha1()]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        redis.script_load(other.source()).await.unwrap(),
+        other.sha1()
+    );
+    assert_eq!(
+        redis.script_exists([other.sha1()]).await.unwrap(),
+        vec![true]
+    );
     assert_eq!(
         redis.evalsha(other.sha1(), [""; 0], [""; 0]).await.unwrap(),
         Value::Int(7)
@@ -191,7 +246,10 @@ async fn scripts_fall_back_from_evalsha_to_eval() {
         redis.eval("return ARGV[1]", [""; 0], ["x"]).await.unwrap(),
         Value::Data(b("x"))
     );
-    let err = redis.evalsha("0000000000000000000000000000000000000000", [""; 0], [""; 0]).await.unwrap_err();
+    let err = redis
+        .evalsha("0000000000000000000000000000000000000000", [""; 0], [""; 0])
+        .await
+        .unwrap_err();
     assert_eq!(err.redis_code(), Some("NOSCRIPT"));
 }
 
@@ -200,11 +258,24 @@ async fn server_commands_and_raw_commands() {
     let (_env, redis) = gateway().await;
     assert_eq!(redis.ping().await.unwrap(), "PONG");
     assert_eq!(redis.echo("hi").await.unwrap(), b("hi"));
-    assert!(redis.info("server").await.unwrap().contains("redis_version"));
+    assert!(
+        redis
+            .info("server")
+            .await
+            .unwrap()
+            .contains("redis_version")
+    );
     assert!(redis.info("").await.unwrap().contains("# Server"));
     assert_eq!(redis.publish("chan", "msg").await.unwrap(), 0);
     let added: i64 = redis
-        .query(Command::new("zadd").arg("z").arg(1).arg("one").arg(2).arg("two"))
+        .query(
+            Command::new("zadd")
+                .arg("z")
+                .arg(1)
+                .arg("one")
+                .arg(2)
+                .arg("two"),
+        )
         .await
         .unwrap();
     assert_eq!(added, 2);
@@ -222,7 +293,10 @@ async fn binary_values_and_keys_round_trip_exactly() {
     let (env, redis) = gateway().await;
     let all_bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
     redis.set("bin", all_bytes.clone()).await.unwrap();
-    assert_eq!(redis.get("bin").await.unwrap().as_deref(), Some(&all_bytes[..]));
+    assert_eq!(
+        redis.get("bin").await.unwrap().as_deref(),
+        Some(&all_bytes[..])
+    );
     // What Redis itself stored: a bulk string of exactly those bytes.
     let raw = env.redis().raw_command(&[b"GET", b"bin"]);
     assert!(raw.ends_with(&[&all_bytes[..], b"\r\n"].concat()));
@@ -230,15 +304,29 @@ async fn binary_values_and_keys_round_trip_exactly() {
     let key = [0xffu8, 0x00, b'k'];
     assert!(
         redis
-            .set_with(&key[..], &[0x80u8, 0x81][..], SetOptions::new().px(60_000).nx())
+            .set_with(
+                &key[..],
+                &[0x80u8, 0x81][..],
+                SetOptions::new().px(60_000).nx()
+            )
             .await
             .unwrap()
     );
-    assert_eq!(redis.get(&key[..]).await.unwrap().as_deref(), Some(&[0x80u8, 0x81][..]));
-    assert!(redis.pttl(&key[..]).await.unwrap() > 0);
-    redis.hset("hb", [(&[0xc3u8, 0x28][..], &[0xa0u8, 0xa1][..])]).await.unwrap();
     assert_eq!(
-        redis.hget("hb", &[0xc3u8, 0x28][..]).await.unwrap().as_deref(),
+        redis.get(&key[..]).await.unwrap().as_deref(),
+        Some(&[0x80u8, 0x81][..])
+    );
+    assert!(redis.pttl(&key[..]).await.unwrap() > 0);
+    redis
+        .hset("hb", [(&[0xc3u8, 0x28][..], &[0xa0u8, 0xa1][..])])
+        .await
+        .unwrap();
+    assert_eq!(
+        redis
+            .hget("hb", &[0xc3u8, 0x28][..])
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&[0xa0u8, 0xa1][..])
     );
     // Text with every kind of escape, through the JSON body.
@@ -255,14 +343,28 @@ async fn json_helpers() {
         name: String,
     }
     let (_env, redis) = gateway().await;
-    let channel = Channel { id: 1, name: "général".into() };
+    let channel = Channel {
+        id: 1,
+        name: "général".into(),
+    };
     redis.set_json("c", &channel).await.unwrap();
-    assert_eq!(redis.get("c").await.unwrap(), Some(b(r#"{"id":1,"name":"général"}"#)));
+    assert_eq!(
+        redis.get("c").await.unwrap(),
+        Some(b(r#"{"id":1,"name":"général"}"#))
+    );
     assert_eq!(redis.get_json::<Channel>("c").await.unwrap(), Some(channel));
     assert_eq!(redis.get_json::<Channel>("none").await.unwrap(), None);
-    assert!(!redis.set_json_with("c", &1, SetOptions::new().nx()).await.unwrap());
+    assert!(
+        !redis
+            .set_json_with("c", &1, SetOptions::new().nx())
+            .await
+            .unwrap()
+    );
     redis.set("bad", "not json").await.unwrap();
-    assert_eq!(redis.get_json::<Channel>("bad").await.unwrap_err().kind(), ErrorKind::Json);
+    assert_eq!(
+        redis.get_json::<Channel>("bad").await.unwrap_err().kind(),
+        ErrorKind::Json
+    );
 }
 
 #[tokio::test]
@@ -274,7 +376,11 @@ async fn plain_json_encoding_and_wrong_token() {
         .unwrap();
     plain.set("k", "välue").await.unwrap();
     assert_eq!(plain.get("k").await.unwrap(), Some(b("välue")));
-    let wrong = Redis::builder().url(env.url()).token("wrong-token").build().unwrap();
+    let wrong = Redis::builder()
+        .url(env.url())
+        .token("wrong-token")
+        .build()
+        .unwrap();
     let err = wrong.get("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unauthorized);
     assert!(!format!("{err:?}").contains(env.token()));

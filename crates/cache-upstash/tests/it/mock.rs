@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use cache_upstash::{Command, ErrorKind, Redis, RetryPolicy, Value};
 use bytes::Bytes;
+use cache_upstash::{Command, ErrorKind, Redis, RetryPolicy, Value};
 use serde_json::json;
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
@@ -93,7 +93,10 @@ async fn server_errors_retry_reads_but_never_incr() {
     assert_eq!(err.kind(), ErrorKind::Http);
     assert!(err.is_retryable());
     let err = redis.incr("k").await.unwrap_err();
-    assert!(matches!(err, cache_upstash::Error::Http { status: 503, .. }));
+    assert!(matches!(
+        err,
+        cache_upstash::Error::Http { status: 503, .. }
+    ));
     let stats = redis.stats();
     assert_eq!((stats.requests, stats.retries, stats.failures), (4, 2, 2));
 }
@@ -159,7 +162,9 @@ async fn malformed_and_truncated_bodies_are_unexpected_responses() {
         .await;
     Mock::given(method("POST"))
         .and(body_json(json!(["GET", "cut"])))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"result":"YWJj"#, "application/json"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(r#"{"result":"YWJj"#, "application/json"),
+        )
         .mount(&server)
         .await;
     Mock::given(method("POST"))
@@ -206,7 +211,11 @@ async fn slow_answers_time_out_reads_are_retried_incr_is_not() {
     let err = redis.incr("k").await.unwrap_err();
     assert!(err.is_timeout());
     // 3 + 1 attempts of 300 ms, not 4 × 2 s.
-    assert!(started.elapsed() < Duration::from_millis(1800), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -226,7 +235,11 @@ async fn connection_refused_is_not_sent_and_retried_even_for_incr() {
     assert_eq!(err.kind(), ErrorKind::NotSent, "{err}");
     assert!(!err.may_have_executed());
     let stats = redis.stats();
-    assert_eq!((stats.requests, stats.retries), (0, 3), "never-sent requests are not billed");
+    assert_eq!(
+        (stats.requests, stats.retries),
+        (0, 3),
+        "never-sent requests are not billed"
+    );
 }
 
 #[tokio::test]
@@ -389,8 +402,15 @@ async fn configuration_errors_are_clear() {
     let err = Redis::builder().token("t").build().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("UPSTASH_REDIS_REST_URL"));
-    let err = Redis::builder().url("https://x.upstash.io").build().unwrap_err();
+    let err = Redis::builder()
+        .url("https://x.upstash.io")
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("UPSTASH_REDIS_REST_TOKEN"));
-    let err = Redis::builder().url("redis://x:6379").token("t").build().unwrap_err();
+    let err = Redis::builder()
+        .url("redis://x:6379")
+        .token("t")
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("https://"));
 }
