@@ -1,0 +1,432 @@
+//! Configuration: one typed [`Config`], parsed once from flags and the environment ([`Cli`]).
+//!
+//! Every setting is a `--flag` and an environment variable of the same name (SPEC §7.1); the binary
+//! loads `.env.local` and `.env` into the environment first, so the precedence is
+//! flag > environment > `.env.local` > `.env` > default. Tests build a [`Config`] directly.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// A secret string (the Upstash token): its `Debug` and `Display` never show the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into())
+    }
+
+    /// The secret itself; call only where it is sent to the service it belongs to.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is empty (not configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "SecretString(<empty>)"
+        } else {
+            "SecretString(<redacted>)"
+        })
+    }
+}
+
+/// Which cache backend to run on (SPEC §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheBackendKind {
+    /// Tiered when Upstash credentials are set, memory otherwise.
+    Auto,
+    /// The in-process moka cache only.
+    Memory,
+    /// Upstash Redis only.
+    Upstash,
+    /// Memory (L1) in front of Upstash (L2).
+    Tiered,
+}
+
+/// An on/off switch (`RATE_LIMIT=on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Whether anyone may register (`REGISTRATION=open|closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    /// `POST /api/v1/users` creates users.
+    Open,
+    /// `POST /api/v1/users` answers 403 `registration_closed`.
+    Closed,
+}
+
+/// The default database: a SQLite file under `./data/`, created on start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/chat.db";
+
+/// The chat HTTP and WebSocket server.
+///
+/// Every flag can also be set by the environment variable named next to it, or in `.env` /
+/// `.env.local` in the working directory. `RUST_LOG` sets the log filter (default `info`).
+#[derive(Parser, Debug)]
+#[command(name = "chat-api", version, about)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_ADDR", default_value = "127.0.0.1:3000")]
+    pub chat_addr: SocketAddr,
+
+    /// Database: sqlite://path/to/file.db (created and migrated on start) or postgres://…
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Cache backend: auto picks tiered when Upstash credentials are set, memory otherwise.
+    #[arg(long, env = "CACHE_BACKEND", value_enum, default_value = "auto")]
+    pub cache_backend: CacheBackendKind,
+
+    /// Upstash REST URL (falls back to KV_REST_API_URL).
+    #[arg(long, env = "UPSTASH_REDIS_REST_URL")]
+    pub upstash_redis_rest_url: Option<String>,
+
+    /// Upstash REST token (falls back to KV_REST_API_TOKEN). A secret: prefer the environment.
+    #[arg(long, env = "UPSTASH_REDIS_REST_TOKEN", hide_env_values = true)]
+    pub upstash_redis_rest_token: Option<String>,
+
+    /// Prefix of every cache key (several apps can share one Redis).
+    #[arg(long, env = "CACHE_PREFIX", default_value = "chat")]
+    pub cache_prefix: String,
+
+    /// Capacity of the in-process cache in MiB.
+    #[arg(long, env = "CACHE_MEMORY_MIB", default_value_t = 64)]
+    pub cache_memory_mib: u64,
+
+    /// Seconds a user's channel list stays fresh in the cache (the original used 300).
+    #[arg(long, env = "CACHE_CHANNELS_TTL_SECS", default_value_t = 300)]
+    pub cache_channels_ttl_secs: u64,
+
+    /// Seconds the latest page of a channel stays fresh in the cache (the original used 120).
+    #[arg(long, env = "CACHE_MESSAGES_TTL_SECS", default_value_t = 120)]
+    pub cache_messages_ttl_secs: u64,
+
+    /// Seconds token and membership lookups stay fresh in the cache.
+    #[arg(long, env = "CACHE_LOOKUPS_TTL_SECS", default_value_t = 300)]
+    pub cache_lookups_ttl_secs: u64,
+
+    /// Seconds past freshness an entry may be served stale while it is refreshed, or when the
+    /// database fails (0 disables stale serving).
+    #[arg(long, env = "CACHE_GRACE_SECS", default_value_t = 0)]
+    pub cache_grace_secs: u64,
+
+    /// Milliseconds every L2 (Upstash) call may take in tiered mode.
+    #[arg(long, env = "CACHE_L2_TIMEOUT_MS", default_value_t = 500)]
+    pub cache_l2_timeout_ms: u64,
+
+    /// Milliseconds an entry may stay in L1 in tiered mode (bounds cross-instance staleness).
+    #[arg(long, env = "CACHE_L1_MAX_TTL_MS", default_value_t = 5_000)]
+    pub cache_l1_max_ttl_ms: u64,
+
+    /// Per-user rate limits (off for benchmarks).
+    #[arg(long, env = "RATE_LIMIT", value_enum, default_value = "on")]
+    pub rate_limit: Switch,
+
+    /// Whether POST /api/v1/users registers new users.
+    #[arg(long, env = "REGISTRATION", value_enum, default_value = "open")]
+    pub registration: Registration,
+
+    /// Largest request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a request may take before it is answered 503 `timeout`.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+
+    /// Seconds between WebSocket heartbeats; a client silent for two intervals is disconnected.
+    #[arg(long, env = "WS_HEARTBEAT_SECS", default_value_t = 30)]
+    pub ws_heartbeat_secs: u64,
+}
+
+/// An invalid setting, found when the configuration is checked or a backend is built.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The checked configuration of the server. Its `Debug` hides the database URL's credentials and
+/// the Upstash token.
+#[derive(Clone)]
+pub struct Config {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Database URL (`sqlite:` or `postgres:`).
+    pub database_url: String,
+    /// Pool size.
+    pub database_max_connections: u32,
+    /// Cache backend.
+    pub cache_backend: CacheBackendKind,
+    /// Upstash REST URL, if configured.
+    pub upstash_url: Option<String>,
+    /// Upstash REST token, if configured.
+    pub upstash_token: SecretString,
+    /// Cache key prefix.
+    pub cache_prefix: String,
+    /// L1 capacity in bytes.
+    pub cache_memory_bytes: u64,
+    /// Channel-list freshness.
+    pub channels_ttl: Duration,
+    /// Latest-page freshness.
+    pub messages_ttl: Duration,
+    /// Token and membership lookup freshness.
+    pub lookups_ttl: Duration,
+    /// Stale grace period.
+    pub cache_grace: Duration,
+    /// Tiered L2 timeout.
+    pub l2_timeout: Duration,
+    /// Tiered L1 cap.
+    pub l1_max_ttl: Duration,
+    /// Rate limiting on.
+    pub rate_limit: bool,
+    /// Registration open.
+    pub registration_open: bool,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// WebSocket heartbeat interval.
+    pub ws_heartbeat: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("database", &redact_url(&self.database_url))
+            .field("cache_backend", &self.cache_backend)
+            .field("upstash_url", &self.upstash_url.as_deref().map(redact_url))
+            .field("upstash_token", &self.upstash_token)
+            .field("rate_limit", &self.rate_limit)
+            .field("registration_open", &self.registration_open)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:password@host/db` → `scheme://***@host/db`: URLs may carry credentials.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Default for Config {
+    /// The defaults of the command line, without reading the environment.
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database_max_connections: 16,
+            cache_backend: CacheBackendKind::Auto,
+            upstash_url: None,
+            upstash_token: SecretString::default(),
+            cache_prefix: crate::cache::KEY_PREFIX.to_owned(),
+            cache_memory_bytes: 64 * 1024 * 1024,
+            channels_ttl: Duration::from_secs(300),
+            messages_ttl: Duration::from_secs(120),
+            lookups_ttl: Duration::from_secs(300),
+            cache_grace: Duration::ZERO,
+            l2_timeout: Duration::from_millis(500),
+            l1_max_ttl: Duration::from_secs(5),
+            rate_limit: true,
+            registration_open: true,
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            ws_heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Cli {
+    /// Checks the flags and turns them into a [`Config`]. `kv_fallback` supplies the Vercel KV
+    /// names (`KV_REST_API_URL`, `KV_REST_API_TOKEN`) read when the Upstash ones are unset.
+    pub fn into_config(
+        self,
+        kv_fallback: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let upstash_url = non_empty(self.upstash_redis_rest_url)
+            .or_else(|| non_empty(kv_fallback("KV_REST_API_URL")));
+        let upstash_token = non_empty(self.upstash_redis_rest_token)
+            .or_else(|| non_empty(kv_fallback("KV_REST_API_TOKEN")))
+            .map(SecretString::new)
+            .unwrap_or_default();
+        let positive = |name: &str, value: u64| {
+            if value == 0 {
+                Err(ConfigError(format!("{name} must be greater than zero")))
+            } else {
+                Ok(value)
+            }
+        };
+        let config = Config {
+            addr: self.chat_addr,
+            database_url: self.database_url,
+            database_max_connections: positive(
+                "DATABASE_MAX_CONNECTIONS",
+                self.database_max_connections.into(),
+            )? as u32,
+            cache_backend: self.cache_backend,
+            upstash_url,
+            upstash_token,
+            cache_prefix: self.cache_prefix,
+            cache_memory_bytes: positive("CACHE_MEMORY_MIB", self.cache_memory_mib)? * 1024 * 1024,
+            channels_ttl: Duration::from_secs(positive(
+                "CACHE_CHANNELS_TTL_SECS",
+                self.cache_channels_ttl_secs,
+            )?),
+            messages_ttl: Duration::from_secs(positive(
+                "CACHE_MESSAGES_TTL_SECS",
+                self.cache_messages_ttl_secs,
+            )?),
+            lookups_ttl: Duration::from_secs(positive(
+                "CACHE_LOOKUPS_TTL_SECS",
+                self.cache_lookups_ttl_secs,
+            )?),
+            cache_grace: Duration::from_secs(self.cache_grace_secs),
+            l2_timeout: Duration::from_millis(positive(
+                "CACHE_L2_TIMEOUT_MS",
+                self.cache_l2_timeout_ms,
+            )?),
+            l1_max_ttl: Duration::from_millis(positive(
+                "CACHE_L1_MAX_TTL_MS",
+                self.cache_l1_max_ttl_ms,
+            )?),
+            rate_limit: self.rate_limit == Switch::On,
+            registration_open: self.registration == Registration::Open,
+            max_body_bytes: usize::try_from(positive(
+                "MAX_BODY_BYTES",
+                self.max_body_bytes as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            request_timeout: Duration::from_secs(positive(
+                "REQUEST_TIMEOUT_SECS",
+                self.request_timeout_secs,
+            )?),
+            ws_heartbeat: Duration::from_secs(positive(
+                "WS_HEARTBEAT_SECS",
+                self.ws_heartbeat_secs,
+            )?),
+        };
+        config.database_kind()?;
+        Ok(config)
+    }
+}
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Config {
+    /// The kind of database `database_url` names.
+    pub fn database_kind(&self) -> Result<DatabaseKind, ConfigError> {
+        let url = self.database_url.as_str();
+        if url.starts_with("sqlite:") {
+            Ok(DatabaseKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseKind::Postgres)
+        } else {
+            Err(ConfigError(
+                "DATABASE_URL must start with sqlite: or postgres:// (the value is not shown: it may hold a password)".into(),
+            ))
+        }
+    }
+
+    /// The file of a `sqlite:` URL, for creating its directory (`None` for in-memory databases).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            None
+        } else {
+            Some(PathBuf::from(path))
+        }
+    }
+
+    /// Whether Upstash credentials are configured.
+    pub fn has_upstash_credentials(&self) -> bool {
+        self.upstash_url.is_some() && !self.upstash_token.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["chat-api"]).unwrap();
+        // The environment of the test run may set variables; only check what it cannot change.
+        let config = cli.into_config(|_| None);
+        assert!(config.is_ok() || std::env::var_os("DATABASE_URL").is_some());
+        let config = Config::default();
+        assert_eq!(config.addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.database_kind().unwrap(), DatabaseKind::Sqlite);
+        assert_eq!(config.sqlite_path().unwrap(), PathBuf::from("data/chat.db"));
+    }
+
+    #[test]
+    fn the_token_never_shows() {
+        let secret = SecretString::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        let config = Config {
+            upstash_token: secret,
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn kv_names_are_a_fallback() {
+        let cli = Cli::try_parse_from(["chat-api", "--database-url", "sqlite::memory:"]).unwrap();
+        let config = cli
+            .into_config(|name| match name {
+                "KV_REST_API_URL" => Some("http://kv".into()),
+                "KV_REST_API_TOKEN" => Some("t".into()),
+                _ => None,
+            })
+            .unwrap();
+        if std::env::var_os("UPSTASH_REDIS_REST_URL").is_none() {
+            assert_eq!(config.upstash_url.as_deref(), Some("http://kv"));
+        }
+        assert!(config.sqlite_path().is_none());
+    }
+
+    #[test]
+    fn bad_database_urls_are_rejected_without_echoing_them() {
+        let config = Config {
+            database_url: "mysql://root:pw@x".into(),
+            ..Config::default()
+        };
+        let err = config.database_kind().unwrap_err().to_string();
+        assert!(!err.contains("pw"));
+        assert!(!format!("{config:?}").contains("pw"));
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://***@h:5432/db");
+    }
+}

@@ -1,0 +1,77 @@
+//! Operations endpoints outside `/api/v1`: `/health` (database, cache backend, breaker) and
+//! `/metrics` (Prometheus text), plus the OpenAPI document at `/api/v1/openapi.json`.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{error::AppError, metrics, openapi, state::AppState};
+
+/// How long a health probe waits for the database or the cache.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /health`: 200 when the database answers (the cache may be degraded: requests still
+/// succeed without it), 503 with the error shape and the checks when it does not.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let store = state.store();
+    let db_ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+        Ok(Ok(()))
+    );
+    let cache = state.cache().cache();
+    let cache_ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, cache.backend().ping()).await,
+        Ok(Ok(_))
+    );
+    let stats = cache.stats();
+    let checks = json!({
+        "database": {"kind": store.kind(), "status": if db_ok { "ok" } else { "unavailable" }},
+        "cache": {
+            "backend": cache.backend().name(),
+            "status": if cache_ok { "ok" } else { "degraded" },
+            "breaker": stats.breaker.map(|b| b.state),
+            "pending_invalidations": stats.pending_invalidations,
+        },
+        "ws_sessions": state.hub().sessions(),
+    });
+    if db_ok {
+        let status = if cache_ok { "ok" } else { "degraded" };
+        let mut body = json!({"status": status});
+        if let (Some(body), Some(checks)) = (body.as_object_mut(), checks.as_object()) {
+            body.extend(checks.clone());
+        }
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        let err = AppError::Unavailable("database".into());
+        let mut body = serde_json::to_value(err.body()).unwrap_or_default();
+        body["checks"] = checks;
+        body["status"] = json!("unavailable");
+        (err.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format 0.0.4.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let text = metrics::render(
+        state.metrics(),
+        &state.cache().cache().stats(),
+        &state.store().query_counts(),
+        state.hub().sessions(),
+    );
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /api/v1/openapi.json`.
+pub(crate) async fn openapi_json() -> Response {
+    axum::Json(openapi::document()).into_response()
+}

@@ -1,0 +1,266 @@
+//! Per-user rate limits by bucket (Revolt's design): a fixed 10-second window per
+//! (user, bucket), `X-RateLimit-*` headers on every limited response, and 429 `rate_limited` with
+//! `Retry-After` when a window is full.
+//!
+//! The bucket of a request comes from its method and matched route ([`bucket_for`]), so limits are
+//! one table, not attributes scattered over handlers. Unauthenticated requests (registration,
+//! requests with a bad token) are limited by client IP. Windows live in a bounded moka cache and
+//! disappear when idle, so the limiter cannot grow without bound. `RATE_LIMIT=off` removes it.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{ConnectInfo, MatchedPath, Request, State},
+    http::{HeaderValue, Method},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    auth::{CurrentUser, authenticate, bearer_token},
+    error::AppError,
+    state::AppState,
+};
+
+/// Length of a rate-limit window.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// A group of routes sharing a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Registration (per IP).
+    Register,
+    /// Reads.
+    Read,
+    /// Posting, editing, deleting messages.
+    Messages,
+    /// Adding and removing reactions.
+    Reactions,
+    /// Creating, joining, leaving channels, adding members.
+    Channels,
+    /// Read markers.
+    Acks,
+}
+
+impl Bucket {
+    /// Requests allowed per [`WINDOW`].
+    pub fn limit(self) -> u32 {
+        match self {
+            Bucket::Register => 10,
+            Bucket::Read => 600,
+            Bucket::Messages => 30,
+            Bucket::Reactions => 30,
+            Bucket::Channels => 20,
+            Bucket::Acks => 120,
+        }
+    }
+
+    /// The name in `X-RateLimit-Bucket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Register => "register",
+            Bucket::Read => "read",
+            Bucket::Messages => "messages",
+            Bucket::Reactions => "reactions",
+            Bucket::Channels => "channels",
+            Bucket::Acks => "acks",
+        }
+    }
+}
+
+/// The bucket of a request.
+pub fn bucket_for(method: &Method, route: &str) -> Bucket {
+    if *method == Method::GET || *method == Method::HEAD {
+        return Bucket::Read;
+    }
+    if route == "/api/v1/users" {
+        Bucket::Register
+    } else if route.contains("/reactions/") {
+        Bucket::Reactions
+    } else if route.contains("/ack/") {
+        Bucket::Acks
+    } else if route.contains("/messages") {
+        Bucket::Messages
+    } else {
+        Bucket::Channels
+    }
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    used: u32,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// The bucket's limit.
+    pub limit: u32,
+    /// Requests left in this window.
+    pub remaining: u32,
+    /// When the window resets.
+    pub reset_after: Duration,
+}
+
+/// The limiter. Cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    windows: moka::sync::Cache<(String, Bucket), Arc<Mutex<Window>>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("windows", &self.windows.entry_count())
+            .finish()
+    }
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            windows: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_idle(WINDOW * 2)
+                .build(),
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Counts one request of `subject` in `bucket`.
+    pub fn check(&self, subject: &str, bucket: Bucket) -> Decision {
+        let window = self
+            .windows
+            .get_with((subject.to_owned(), bucket), || {
+                Arc::new(Mutex::new(Window {
+                    started: Instant::now(),
+                    used: 0,
+                }))
+            });
+        let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(window.started) >= WINDOW {
+            window.started = now;
+            window.used = 0;
+        }
+        let limit = bucket.limit();
+        let reset_after = WINDOW.saturating_sub(now.duration_since(window.started));
+        if window.used >= limit {
+            return Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_after,
+            };
+        }
+        window.used += 1;
+        Decision {
+            allowed: true,
+            limit,
+            remaining: limit - window.used,
+            reset_after,
+        }
+    }
+}
+
+/// Middleware (a route layer, so the matched route is known): authenticates the caller if it
+/// can, counts the request in its bucket, and answers 429 when the bucket is full.
+pub async fn rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if !state.config().rate_limit {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(String::new, |p| p.as_str().to_owned());
+    let bucket = bucket_for(request.method(), &route);
+    let mut subject = None;
+    if let Some(token) = bearer_token(request.headers()) {
+        if let Ok(user) = authenticate(&state, token).await {
+            subject = Some(format!("user:{}", user.id));
+            request.extensions_mut().insert(CurrentUser(user));
+        }
+    }
+    let subject = subject.unwrap_or_else(|| {
+        let ip = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        format!("ip:{ip}")
+    });
+    let decision = state.limiter().check(&subject, bucket);
+    let mut response = if decision.allowed {
+        next.run(request).await
+    } else {
+        state.metrics().rate_limited(bucket);
+        AppError::RateLimited {
+            retry_after: decision.reset_after,
+        }
+        .into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(decision.remaining));
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.reset_after.as_secs_f64())) {
+        headers.insert("x-ratelimit-reset-after", value);
+    }
+    headers.insert("x-ratelimit-bucket", HeaderValue::from_static(bucket.as_str()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_the_table() {
+        assert_eq!(bucket_for(&Method::POST, "/api/v1/users"), Bucket::Register);
+        assert_eq!(
+            bucket_for(&Method::GET, "/api/v1/channels/{cid}/messages"),
+            Bucket::Read
+        );
+        assert_eq!(
+            bucket_for(&Method::POST, "/api/v1/channels/{cid}/messages"),
+            Bucket::Messages
+        );
+        assert_eq!(
+            bucket_for(
+                &Method::PUT,
+                "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}"
+            ),
+            Bucket::Reactions
+        );
+        assert_eq!(
+            bucket_for(&Method::PUT, "/api/v1/channels/{cid}/ack/{mid}"),
+            Bucket::Acks
+        );
+        assert_eq!(
+            bucket_for(&Method::PUT, "/api/v1/channels/{cid}/members/me"),
+            Bucket::Channels
+        );
+    }
+
+    #[test]
+    fn a_full_window_denies_until_it_resets() {
+        let limiter = RateLimiter::default();
+        for i in 0..Bucket::Channels.limit() {
+            let d = limiter.check("u", Bucket::Channels);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, Bucket::Channels.limit() - i - 1);
+        }
+        let denied = limiter.check("u", Bucket::Channels);
+        assert!(!denied.allowed);
+        assert!(denied.reset_after <= WINDOW);
+        // Other subjects and buckets are independent.
+        assert!(limiter.check("v", Bucket::Channels).allowed);
+        assert!(limiter.check("u", Bucket::Read).allowed);
+    }
+}

@@ -1,0 +1,677 @@
+//! [`SqlStore`]: the [`Store`] on SQLite or PostgreSQL through sqlx.
+//!
+//! Both databases run the same SQL text (`$n` placeholders work in both), so each query is written
+//! once and compiled against both drivers by [`on_pool!`]. Migrations differ only where the
+//! dialects do (PostgreSQL needs the "C" collation for ULID ordering) and live in
+//! `migrations/sqlite` and `migrations/postgres`, embedded in the binary.
+
+use std::{
+    collections::BTreeMap,
+    str::FromStr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use ulid::Ulid;
+
+use super::{
+    NewMessage, Posted, QueryCounts, Slice, Store, StoreError, StoreResult, UserAuth,
+};
+use crate::{
+    config::{Config, DatabaseKind},
+    model::{
+        Channel, ChannelKind, Member, Membership, Message, Millis, MyChannel, Reaction, Role,
+        User, UserRef,
+    },
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool, so one query text serves both drivers.
+macro_rules! on_pool {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The SQL store. See the module docs.
+pub struct SqlStore {
+    pool: Pool,
+    total: AtomicU64,
+    by_op: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStore {
+    /// Connects to the database of `config` and applies the migrations. A SQLite file and its
+    /// directory are created when missing.
+    pub async fn connect(config: &Config) -> StoreResult<SqlStore> {
+        let kind = config
+            .database_kind()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let pool = match kind {
+            DatabaseKind::Sqlite => {
+                if let Some(dir) = config.sqlite_path().as_deref().and_then(|p| p.parent()) {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+                    }
+                }
+                let options = SqliteConnectOptions::from_str(&config.database_url)?
+                    .create_if_missing(true)
+                    // WAL lets readers run while a write commits; FULL syncs every commit, so an
+                    // answered 201 survives a crash of the process or of the machine.
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.database_max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                SQLITE_MIGRATIONS
+                    .run(&pool)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                Pool::Sqlite(pool)
+            }
+            DatabaseKind::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.database_max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(&config.database_url)
+                    .await?;
+                POSTGRES_MIGRATIONS
+                    .run(&pool)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                Pool::Postgres(pool)
+            }
+        };
+        Ok(SqlStore {
+            pool,
+            total: AtomicU64::new(0),
+            by_op: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Closes the pool (waits for connections in use).
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+
+    fn count(&self, op: &'static str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut by_op = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
+        *by_op.entry(op).or_default() += 1;
+    }
+}
+
+fn parse_id(text: &str) -> StoreResult<Ulid> {
+    Ulid::from_string(text).map_err(|_| StoreError::Corrupt(format!("id {text:?} is not a ULID")))
+}
+
+fn parse_kind(text: &str) -> StoreResult<ChannelKind> {
+    ChannelKind::parse(text).ok_or_else(|| StoreError::Corrupt(format!("channel kind {text:?}")))
+}
+
+fn parse_role(text: &str) -> StoreResult<Role> {
+    Role::parse(text).ok_or_else(|| StoreError::Corrupt(format!("role {text:?}")))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+#[derive(sqlx::FromRow)]
+struct UserAuthRow {
+    id: String,
+    name: String,
+    token_hash: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    name: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChannelRow {
+    id: String,
+    name: String,
+    kind: String,
+    owner_id: String,
+    created_at: i64,
+}
+
+impl ChannelRow {
+    fn into_channel(self) -> StoreResult<Channel> {
+        Ok(Channel {
+            id: parse_id(&self.id)?,
+            name: self.name,
+            kind: parse_kind(&self.kind)?,
+            owner_id: parse_id(&self.owner_id)?,
+            created_at: Millis(self.created_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MembershipRow {
+    role: String,
+    joined_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct MyChannelRow {
+    id: String,
+    name: String,
+    kind: String,
+    owner_id: String,
+    created_at: i64,
+    role: String,
+    joined_at: i64,
+    last_read_id: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    user_id: String,
+    name: String,
+    role: String,
+    joined_at: i64,
+}
+
+/// One message × one of its reactions (or none): a page is one statement.
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: String,
+    channel_id: String,
+    author_id: String,
+    author_name: String,
+    content: String,
+    nonce: Option<String>,
+    created_at: i64,
+    edited_at: Option<i64>,
+    emoji: Option<String>,
+    reactor_id: Option<String>,
+}
+
+/// Folds message × reaction rows (grouped by message, newest first) into messages.
+fn fold_messages(rows: Vec<MessageRow>) -> StoreResult<Vec<Message>> {
+    let mut out: Vec<Message> = Vec::new();
+    for row in rows {
+        let id = parse_id(&row.id)?;
+        if out.last().is_none_or(|m| m.id != id) {
+            out.push(Message {
+                id,
+                channel_id: parse_id(&row.channel_id)?,
+                author: UserRef {
+                    id: parse_id(&row.author_id)?,
+                    name: row.author_name,
+                },
+                content: row.content,
+                created_at: Millis(row.created_at),
+                edited_at: row.edited_at.map(Millis),
+                nonce: row.nonce,
+                reactions: Vec::new(),
+            });
+        }
+        if let (Some(emoji), Some(reactor)) = (row.emoji, row.reactor_id) {
+            let reactor = parse_id(&reactor)?;
+            let message = out.last_mut().expect("pushed above");
+            match message.reactions.iter_mut().find(|r| r.emoji == emoji) {
+                Some(reaction) => {
+                    reaction.count += 1;
+                    reaction.user_ids.push(reactor);
+                }
+                None => message.reactions.push(Reaction {
+                    emoji,
+                    count: 1,
+                    user_ids: vec![reactor],
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The page query: the slice's messages in a subquery (so `LIMIT` counts messages, not
+/// reactions), joined with authors and reactions.
+macro_rules! page_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT m.id, m.channel_id, m.author_id, u.name AS author_name, m.content, m.nonce, ",
+            "m.created_at, m.edited_at, r.emoji, r.user_id AS reactor_id ",
+            "FROM (SELECT id, channel_id, author_id, content, nonce, created_at, edited_at ",
+            "FROM messages WHERE channel_id = $1 ",
+            $filter,
+            ") m JOIN users u ON u.id = m.author_id ",
+            "LEFT JOIN reactions r ON r.message_id = m.id ",
+            "ORDER BY m.id DESC, r.created_at, r.user_id"
+        )
+    };
+}
+
+const LATEST_SQL: &str = page_sql!("ORDER BY id DESC LIMIT $2");
+const BEFORE_SQL: &str = page_sql!("AND id < $2 ORDER BY id DESC LIMIT $3");
+const AT_OR_BEFORE_SQL: &str = page_sql!("AND id <= $2 ORDER BY id DESC LIMIT $3");
+const AFTER_SQL: &str = page_sql!("AND id > $2 ORDER BY id ASC LIMIT $3");
+const ONE_SQL: &str = page_sql!("AND id = $2");
+
+#[async_trait]
+impl Store for SqlStore {
+    fn kind(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    fn query_counts(&self) -> QueryCounts {
+        let by_op = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
+        QueryCounts {
+            total: self.total.load(Ordering::Relaxed),
+            by_op: by_op.iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.count("ping");
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User, token_hash: &[u8]) -> StoreResult<bool> {
+        self.count("create_user");
+        let result = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO users (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.name)
+        .bind(token_hash)
+        .bind(user.created_at.0)
+        .execute(pool)
+        .await
+        .map(|_| ()));
+        match result {
+            Ok(()) => Ok(true),
+            Err(err) if is_unique_violation(&err) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn user_auth(&self, id: Ulid) -> StoreResult<Option<UserAuth>> {
+        self.count("user_auth");
+        let row: Option<UserAuthRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, name, token_hash FROM users WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|r| {
+            Ok(UserAuth {
+                user: UserRef {
+                    id: parse_id(&r.id)?,
+                    name: r.name,
+                },
+                token_hash: r.token_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn user(&self, id: Ulid) -> StoreResult<Option<UserRef>> {
+        self.count("user");
+        let row: Option<UserRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, name FROM users WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|r| {
+            Ok(UserRef {
+                id: parse_id(&r.id)?,
+                name: r.name,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_channel(&self, channel: &Channel) -> StoreResult<()> {
+        self.count("create_channel");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO channels (id, name, kind, owner_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(channel.id.to_string())
+            .bind(&channel.name)
+            .bind(channel.kind.as_str())
+            .bind(channel.owner_id.to_string())
+            .bind(channel.created_at.0)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO memberships (channel_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(channel.id.to_string())
+            .bind(channel.owner_id.to_string())
+            .bind(Role::Owner.as_str())
+            .bind(channel.created_at.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn channel(&self, id: Ulid) -> StoreResult<Option<Channel>> {
+        self.count("channel");
+        let row: Option<ChannelRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, name, kind, owner_id, created_at FROM channels WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(ChannelRow::into_channel).transpose()
+    }
+
+    async fn membership(&self, channel: Ulid, user: Ulid) -> StoreResult<Option<Membership>> {
+        self.count("membership");
+        let row: Option<MembershipRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT role, joined_at FROM memberships WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(channel.to_string())
+        .bind(user.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|r| {
+            Ok(Membership {
+                role: parse_role(&r.role)?,
+                joined_at: Millis(r.joined_at),
+            })
+        })
+        .transpose()
+    }
+
+    async fn join(&self, channel: Ulid, user: Ulid, role: Role, at: Millis) -> StoreResult<bool> {
+        self.count("join");
+        let done = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO memberships (channel_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(channel.to_string())
+        .bind(user.to_string())
+        .bind(role.as_str())
+        .bind(at.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn leave(&self, channel: Ulid, user: Ulid) -> StoreResult<bool> {
+        self.count("leave");
+        let done = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM memberships WHERE channel_id = $1 AND user_id = $2",
+        )
+        .bind(channel.to_string())
+        .bind(user.to_string())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn user_channels(&self, user: Ulid) -> StoreResult<Vec<MyChannel>> {
+        self.count("user_channels");
+        let rows: Vec<MyChannelRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT c.id, c.name, c.kind, c.owner_id, c.created_at, m.role, m.joined_at, m.last_read_id \
+             FROM memberships m JOIN channels c ON c.id = m.channel_id \
+             WHERE m.user_id = $1 ORDER BY m.joined_at, c.id",
+        )
+        .bind(user.to_string())
+        .fetch_all(pool)
+        .await)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(MyChannel {
+                    id: parse_id(&r.id)?,
+                    name: r.name,
+                    kind: parse_kind(&r.kind)?,
+                    owner_id: parse_id(&r.owner_id)?,
+                    created_at: Millis(r.created_at),
+                    role: parse_role(&r.role)?,
+                    joined_at: Millis(r.joined_at),
+                    last_read_id: r.last_read_id.as_deref().map(parse_id).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn members(
+        &self,
+        channel: Ulid,
+        after: Option<Ulid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Member>> {
+        self.count("members");
+        // "" sorts before every ULID, so it means "from the start".
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let rows: Vec<MemberRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT m.user_id, u.name, m.role, m.joined_at \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.channel_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
+        )
+        .bind(channel.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Member {
+                    user: UserRef {
+                        id: parse_id(&r.user_id)?,
+                        name: r.name,
+                    },
+                    role: parse_role(&r.role)?,
+                    joined_at: Millis(r.joined_at),
+                })
+            })
+            .collect()
+    }
+
+    async fn messages(&self, channel: Ulid, slice: Slice, limit: u32) -> StoreResult<Vec<Message>> {
+        self.count("messages");
+        let limit = i64::from(limit);
+        let (sql, cursor) = match slice {
+            Slice::Latest => (LATEST_SQL, None),
+            Slice::Before(id) => (BEFORE_SQL, Some(id)),
+            Slice::AtOrBefore(id) => (AT_OR_BEFORE_SQL, Some(id)),
+            Slice::After(id) => (AFTER_SQL, Some(id)),
+        };
+        let rows: Vec<MessageRow> = on_pool!(self, pool => {
+            let query = sqlx::query_as(sql).bind(channel.to_string());
+            let query = match cursor {
+                Some(id) => query.bind(id.to_string()).bind(limit),
+                None => query.bind(limit),
+            };
+            query.fetch_all(pool).await
+        })?;
+        fold_messages(rows)
+    }
+
+    async fn message(&self, channel: Ulid, id: Ulid) -> StoreResult<Option<Message>> {
+        self.count("message");
+        let rows: Vec<MessageRow> = on_pool!(self, pool => sqlx::query_as(ONE_SQL)
+            .bind(channel.to_string())
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await)?;
+        Ok(fold_messages(rows)?.into_iter().next())
+    }
+
+    async fn post_message(&self, message: NewMessage) -> StoreResult<Posted> {
+        self.count("post_message");
+        // ON CONFLICT covers only the nonce index: ids are fresh ULIDs.
+        let inserted = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO messages (id, channel_id, author_id, content, nonce, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(message.id.to_string())
+        .bind(message.channel_id.to_string())
+        .bind(message.author.id.to_string())
+        .bind(&message.content)
+        .bind(message.nonce.as_deref())
+        .bind(message.created_at.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if inserted == 1 {
+            return Ok(Posted::Created(Message {
+                id: message.id,
+                channel_id: message.channel_id,
+                author: message.author,
+                content: message.content,
+                created_at: message.created_at,
+                edited_at: None,
+                nonce: message.nonce,
+                reactions: Vec::new(),
+            }));
+        }
+        self.count("message_by_nonce");
+        let id: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id FROM messages WHERE channel_id = $1 AND author_id = $2 AND nonce = $3",
+        )
+        .bind(message.channel_id.to_string())
+        .bind(message.author.id.to_string())
+        .bind(message.nonce.as_deref())
+        .fetch_optional(pool)
+        .await)?;
+        let id = id
+            .map(|(id,)| parse_id(&id))
+            .transpose()?
+            .ok_or_else(|| StoreError::Corrupt("insert conflicted but no message has the nonce".into()))?;
+        self.message(message.channel_id, id)
+            .await?
+            .map(Posted::Duplicate)
+            .ok_or_else(|| StoreError::Corrupt("duplicate message vanished".into()))
+    }
+
+    async fn edit_message(
+        &self,
+        channel: Ulid,
+        id: Ulid,
+        content: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        self.count("edit_message");
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE messages SET content = $3, edited_at = $4 WHERE channel_id = $1 AND id = $2",
+        )
+        .bind(channel.to_string())
+        .bind(id.to_string())
+        .bind(content)
+        .bind(at.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn delete_message(&self, channel: Ulid, id: Ulid) -> StoreResult<bool> {
+        self.count("delete_message");
+        // Reactions go with it (ON DELETE CASCADE).
+        let done = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM messages WHERE channel_id = $1 AND id = $2",
+        )
+        .bind(channel.to_string())
+        .bind(id.to_string())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn add_reaction(
+        &self,
+        message: Ulid,
+        user: Ulid,
+        emoji: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        self.count("add_reaction");
+        let done = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO reactions (message_id, user_id, emoji, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(message.to_string())
+        .bind(user.to_string())
+        .bind(emoji)
+        .bind(at.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn remove_reaction(&self, message: Ulid, user: Ulid, emoji: &str) -> StoreResult<bool> {
+        self.count("remove_reaction");
+        let done = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
+        )
+        .bind(message.to_string())
+        .bind(user.to_string())
+        .bind(emoji)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn ack(&self, channel: Ulid, user: Ulid, message: Ulid) -> StoreResult<bool> {
+        self.count("ack");
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE memberships SET last_read_id = $3 \
+             WHERE channel_id = $1 AND user_id = $2 AND (last_read_id IS NULL OR last_read_id < $3)",
+        )
+        .bind(channel.to_string())
+        .bind(user.to_string())
+        .bind(message.to_string())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+}

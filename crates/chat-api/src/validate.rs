@@ -1,0 +1,150 @@
+//! Input rules, one function per kind of value, so every handler validates the same way and the
+//! messages clients get are consistent. Every text is checked for length in characters and for
+//! control characters (NUL would even make PostgreSQL fail the insert, a 500 instead of a 400).
+
+use ulid::Ulid;
+
+use crate::error::AppError;
+
+/// Longest user name, in characters.
+pub const MAX_USER_NAME: usize = 32;
+/// Longest channel name, in characters.
+pub const MAX_CHANNEL_NAME: usize = 64;
+/// Longest message, in characters.
+pub const MAX_CONTENT: usize = 2000;
+/// Longest nonce, in characters.
+pub const MAX_NONCE: usize = 64;
+/// Longest emoji, in characters.
+pub const MAX_EMOJI: usize = 32;
+/// Largest page.
+pub const MAX_PAGE: u32 = 100;
+/// Page size when none is given.
+pub const DEFAULT_PAGE: u32 = 50;
+
+fn length(field: &str, value: &str, max: usize) -> Result<(), AppError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > max {
+        return Err(AppError::Validation(format!(
+            "{field} must be 1 to {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A user name: letters, digits, `_`, `-`, `.`.
+pub fn user_name(name: &str) -> Result<(), AppError> {
+    length("name", name, MAX_USER_NAME)?;
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(AppError::Validation(
+            "name may contain only letters, digits, '_', '-' and '.'".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A channel name: any printable text without leading or trailing spaces.
+pub fn channel_name(name: &str) -> Result<(), AppError> {
+    length("name", name, MAX_CHANNEL_NAME)?;
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return Err(AppError::Validation(
+            "name must be printable text without leading or trailing spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Message content: text with line breaks and tabs, not only whitespace.
+pub fn content(content: &str) -> Result<(), AppError> {
+    length("content", content, MAX_CONTENT)?;
+    if content
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(AppError::Validation(
+            "content may not contain control characters".into(),
+        ));
+    }
+    if content.trim().is_empty() {
+        return Err(AppError::Validation("content may not be blank".into()));
+    }
+    Ok(())
+}
+
+/// A client nonce.
+pub fn nonce(nonce: &str) -> Result<(), AppError> {
+    length("nonce", nonce, MAX_NONCE)?;
+    if nonce.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(AppError::Validation(
+            "nonce may not contain whitespace or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An emoji: a short string without whitespace or control characters.
+pub fn emoji(emoji: &str) -> Result<(), AppError> {
+    length("emoji", emoji, MAX_EMOJI)?;
+    if emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(AppError::Validation(
+            "emoji may not contain whitespace or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A ULID path or query parameter.
+pub fn id(param: &str, value: &str) -> Result<Ulid, AppError> {
+    if value.len() != ulid::ULID_LEN {
+        return Err(AppError::InvalidParam(format!(
+            "{param} must be a 26-character ULID"
+        )));
+    }
+    Ulid::from_string(value)
+        .map_err(|_| AppError::InvalidParam(format!("{param} must be a 26-character ULID")))
+}
+
+/// A page size: 1 to `max`, `default` when absent.
+pub fn limit(value: Option<&str>, default: u32, max: u32) -> Result<u32, AppError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(AppError::InvalidParam(format!(
+            "limit must be an integer from 1 to {max}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_hold() {
+        assert!(user_name("ann").is_ok());
+        assert!(user_name("").is_err());
+        assert!(user_name("a b").is_err());
+        assert!(user_name(&"x".repeat(33)).is_err());
+        assert!(channel_name("general chat").is_ok());
+        assert!(channel_name(" padded").is_err());
+        assert!(content("hi\nthere").is_ok());
+        assert!(content("   ").is_err());
+        assert!(content("nul\0").is_err());
+        assert!(content(&"é".repeat(2000)).is_ok());
+        assert!(content(&"é".repeat(2001)).is_err());
+        assert!(emoji("👍").is_ok());
+        assert!(emoji("a b").is_err());
+        assert!(id("before", "01ARZ3NDEKTSV4RRFFQ69G5FAV").is_ok());
+        assert!(id("before", "not-a-ulid").is_err());
+        assert!(id("before", "ZZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err());
+        assert_eq!(limit(None, 50, 100).unwrap(), 50);
+        assert!(limit(Some("0"), 50, 100).is_err());
+        assert!(limit(Some("101"), 50, 100).is_err());
+        assert!(limit(Some("99999999999999999999"), 50, 100).is_err());
+        assert!(limit(Some("-1"), 50, 100).is_err());
+    }
+}
