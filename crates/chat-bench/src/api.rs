@@ -1,0 +1,168 @@
+//! A thin client of chat-api's fixed contract (SPEC §7.1): just what seeding and the workload use.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Registered {
+    user: IdOnly,
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct IdOnly {
+    pub(crate) id: String,
+}
+
+/// What one request did, for the statistics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+}
+
+impl Outcome {
+    pub(crate) fn is_error(self) -> bool {
+        !(200..400).contains(&self.status)
+    }
+}
+
+impl Client {
+    pub(crate) fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn register(&self, name: &str) -> anyhow::Result<(String, String)> {
+        let res = self
+            .http
+            .post(self.url("/api/v1/users"))
+            .json(&json!({ "name": name }))
+            .send()
+            .await?;
+        let res = expect(res, StatusCode::CREATED, "register").await?;
+        let body: Registered = res.json().await?;
+        Ok((body.user.id, body.token))
+    }
+
+    pub(crate) async fn create_channel(&self, token: &str, name: &str) -> anyhow::Result<String> {
+        let res = self
+            .http
+            .post(self.url("/api/v1/channels"))
+            .bearer_auth(token)
+            .json(&json!({ "name": name, "kind": "public" }))
+            .send()
+            .await?;
+        let res = expect(res, StatusCode::CREATED, "create channel").await?;
+        Ok(res.json::<IdOnly>().await?.id)
+    }
+
+    pub(crate) async fn join(&self, token: &str, channel: &str) -> anyhow::Result<()> {
+        let res = self
+            .http
+            .put(self.url(&format!("/api/v1/channels/{channel}/members/me")))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        expect(res, StatusCode::NO_CONTENT, "join").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn post(
+        &self,
+        token: &str,
+        channel: &str,
+        content: &str,
+    ) -> anyhow::Result<(Outcome, Option<String>)> {
+        let res = self
+            .http
+            .post(self.url(&format!("/api/v1/channels/{channel}/messages")))
+            .bearer_auth(token)
+            .json(&json!({ "content": content }))
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        let id = if res.status() == StatusCode::CREATED {
+            res.json::<IdOnly>().await.ok().map(|m| m.id)
+        } else {
+            let _ = res.bytes().await;
+            None
+        };
+        Ok((Outcome { status }, id))
+    }
+
+    /// `GET …/messages?limit=…[&cursor=id]`, returning the status and the ETag.
+    pub(crate) async fn messages(
+        &self,
+        token: &str,
+        channel: &str,
+        limit: u32,
+        cursor: Option<(&str, &str)>,
+        if_none_match: Option<&str>,
+    ) -> anyhow::Result<(Outcome, Option<String>)> {
+        let mut url = self.url(&format!(
+            "/api/v1/channels/{channel}/messages?limit={limit}"
+        ));
+        if let Some((name, id)) = cursor {
+            url.push_str(&format!("&{name}={id}"));
+        }
+        let mut req = self.http.get(url).bearer_auth(token);
+        if let Some(tag) = if_none_match {
+            req = req.header(header::IF_NONE_MATCH, tag);
+        }
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let etag = res
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let _ = res.bytes().await?;
+        Ok((Outcome { status }, etag))
+    }
+
+    pub(crate) async fn my_channels(&self, token: &str) -> anyhow::Result<Outcome> {
+        let res = self
+            .http
+            .get(self.url("/api/v1/users/me/channels"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        let _ = res.bytes().await?;
+        Ok(Outcome { status })
+    }
+}
+
+async fn expect(
+    res: reqwest::Response,
+    want: StatusCode,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
+    if res.status() == want {
+        return Ok(res);
+    }
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    bail!("{what}: expected {want}, got {status}: {body}")
+}
