@@ -260,7 +260,12 @@ fn looks_like_json(value: &[u8]) -> bool {
     let starts_like_json = value
         .iter()
         .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| matches!(b, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'));
+        .is_some_and(|b| {
+            matches!(
+                b,
+                b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+            )
+        });
     starts_like_json && std::str::from_utf8(value).is_ok()
 }
 

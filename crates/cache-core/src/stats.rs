@@ -53,6 +53,8 @@ pub struct TierStats {
     pub timeouts: u64,
     /// Calls skipped because the breaker was open.
     pub skipped: u64,
+    /// Stored bytes that could not be decoded (foreign or corrupt), counted as misses.
+    pub decode_errors: u64,
     /// Entries stored (approximate for moka).
     pub entries: Option<u64>,
     /// Bytes stored (approximate for moka).
@@ -65,6 +67,17 @@ pub struct TierStats {
     pub commands: Option<u64>,
     /// Latency of calls to this tier.
     pub latency: Option<HistogramSnapshot>,
+}
+
+impl TierStats {
+    /// Empty counters for `tier` served by `backend` (fill the rest field by field).
+    pub fn new(tier: impl Into<String>, backend: impl Into<String>) -> Self {
+        TierStats {
+            tier: tier.into(),
+            backend: backend.into(),
+            ..TierStats::default()
+        }
+    }
 }
 
 /// Counters of `get_or_load`.

@@ -329,9 +329,7 @@ impl CacheBackend for MemoryBackend {
 
     fn stats(&self) -> CacheStats {
         CacheStats::single({
-            let mut tier = TierStats::default();
-            tier.tier = "memory".into();
-            tier.backend = "memory".into();
+            let mut tier = TierStats::new("memory", "memory");
             tier.hits = self.counters.hits.load(Ordering::Relaxed);
             tier.misses = self.counters.misses.load(Ordering::Relaxed);
             tier.entries = Some(self.entries.entry_count());

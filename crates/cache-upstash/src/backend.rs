@@ -392,9 +392,8 @@ impl CacheBackend for UpstashBackend {
 
     fn stats(&self) -> CacheStats {
         let client = self.redis.stats();
-        let mut tier = TierStats::default();
-        tier.tier = NAME.to_owned();
-        tier.backend = NAME.to_owned();
+        let mut tier = TierStats::new(NAME, NAME);
+        tier.decode_errors = self.decode_errors();
         tier.hits = self.hits.load(Ordering::Relaxed);
         tier.misses = self.misses.load(Ordering::Relaxed);
         tier.errors = self.errors.load(Ordering::Relaxed);

@@ -24,6 +24,10 @@ use crate::{
 /// Expands to one `#[tokio::test]` per conformance check, each calling `$factory().await` for a
 /// fresh backend (any type implementing `CacheBackend`). The calling crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features among its dev-dependencies.
+///
+/// The suite checks semantics, not cost: a wrapper that forgets to forward `get_many` or
+/// `set_many` still passes through the trait's one-key-at-a-time defaults. Backends with a batch
+/// primitive should also assert their round trips (as `cache-upstash`'s `p4_request_counts` does).
 #[macro_export]
 macro_rules! backend_conformance_tests {
     ($factory:path) => {
