@@ -390,3 +390,18 @@ async fn typed_batch_calls_roundtrip() {
     assert!(cache.remove(&keys[0]).await.unwrap());
     assert_eq!(cache.get::<String>(&keys[0]).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn the_noop_backend_caches_nothing() {
+    let cache = Cache::new(Arc::new(cache_core::NoopBackend::new()));
+    let (key, _) = page_key();
+    for expected_loads in 1..=3 {
+        let v = cache
+            .get_or_load(&key, &policy(), || async { Ok::<_, DbError>(1u8) })
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+        assert_eq!(cache.stats().loads.loads, expected_loads);
+    }
+    assert_eq!(cache.get::<u8>(&key).await.unwrap(), None);
+}
