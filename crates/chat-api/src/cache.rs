@@ -19,10 +19,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use cache_core::{
-    Cache, DynBackend, Key, Namespace, Tag, TieredBackend, TieredConfig, TtlPolicy,
-};
+use cache_core::{Cache, DynBackend, Key, Namespace, Tag, TieredBackend, TieredConfig, TtlPolicy};
 use cache_memory::{MemoryBackend, MemoryConfig};
+use cache_upstash::{Redis, Secret, UpstashBackend};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ulid::Ulid;
@@ -41,9 +40,14 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Builds the cache backend `config` asks for. The one place that knows the backends.
 ///
-/// `upstash` and `tiered` (and `auto` with Upstash credentials) need the Upstash backend of
-/// `cache-upstash`, which this build does not include yet: they fail here, at startup, with a
-/// configuration error rather than silently running on memory.
+/// - `memory`: moka in process.
+/// - `upstash`: Upstash Redis over REST (or `upstash-gateway`), no L1.
+/// - `tiered`: memory (L1) in front of Upstash (L2) with timeouts, a breaker and replay of missed
+///   invalidations (`cache_core::TieredBackend`).
+/// - `auto`: `tiered` when Upstash credentials are set, `memory` otherwise.
+///
+/// Missing credentials for `upstash`/`tiered` fail here, at startup, rather than silently running
+/// on memory.
 pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
     let memory = || -> DynBackend {
         Arc::new(MemoryBackend::new(MemoryConfig::with_max_bytes(
@@ -76,13 +80,27 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
 }
 
 fn upstash_backend(config: &Config) -> Result<DynBackend, ConfigError> {
-    let _ = config;
-    Err(ConfigError(
-        "CACHE_BACKEND upstash/tiered (or auto with UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN set) \
-         needs the Upstash backend, which is not available in this build; use CACHE_BACKEND=memory \
-         or unset the Upstash credentials"
-            .into(),
-    ))
+    let url = config.upstash_url.clone().ok_or_else(|| {
+        ConfigError(
+            "CACHE_BACKEND upstash/tiered needs UPSTASH_REDIS_REST_URL (or KV_REST_API_URL)".into(),
+        )
+    })?;
+    if config.upstash_token.is_empty() {
+        return Err(ConfigError(
+            "CACHE_BACKEND upstash/tiered needs UPSTASH_REDIS_REST_TOKEN (or KV_REST_API_TOKEN)"
+                .into(),
+        ));
+    }
+    let redis = Redis::builder()
+        .url(url)
+        .token(Secret::new(config.upstash_token.expose()))
+        // Each HTTP attempt gets the L2 budget; the tiered backend bounds the whole call too.
+        .timeout(config.l2_timeout)
+        // Concurrent cache calls share one HTTP request: fewer round trips and billed requests.
+        .auto_pipeline(true)
+        .build()
+        .map_err(|e| ConfigError(format!("building the Upstash client: {e}")))?;
+    Ok(Arc::new(UpstashBackend::new(redis)))
 }
 
 /// Builds every cache key and tag of chat-api. See the module docs for the table.
@@ -386,21 +404,45 @@ mod tests {
     }
 
     #[test]
-    fn upstash_modes_fail_clearly_in_this_build() {
+    fn backends_follow_the_config() {
+        assert_eq!(build_backend(&Config::default()).unwrap().name(), "memory");
         for kind in [CacheBackendKind::Upstash, CacheBackendKind::Tiered] {
             let config = Config {
                 cache_backend: kind,
                 ..Config::default()
             };
             let err = build_backend(&config).err().unwrap().to_string();
-            assert!(err.contains("not available in this build"), "{err}");
+            assert!(err.contains("UPSTASH_REDIS_REST_URL"), "{err}");
         }
-        let auto_with_credentials = Config {
+        let credentials = |kind| Config {
+            cache_backend: kind,
             upstash_url: Some("http://127.0.0.1:1".into()),
             upstash_token: crate::config::SecretString::new("t"),
             ..Config::default()
         };
-        assert!(build_backend(&auto_with_credentials).is_err());
-        assert_eq!(build_backend(&Config::default()).unwrap().name(), "memory");
+        assert_eq!(
+            build_backend(&credentials(CacheBackendKind::Auto))
+                .unwrap()
+                .name(),
+            "tiered"
+        );
+        assert_eq!(
+            build_backend(&credentials(CacheBackendKind::Tiered))
+                .unwrap()
+                .name(),
+            "tiered"
+        );
+        assert_eq!(
+            build_backend(&credentials(CacheBackendKind::Upstash))
+                .unwrap()
+                .name(),
+            "upstash"
+        );
+        assert_eq!(
+            build_backend(&credentials(CacheBackendKind::Memory))
+                .unwrap()
+                .name(),
+            "memory"
+        );
     }
 }

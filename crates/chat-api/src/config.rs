@@ -427,6 +427,9 @@ mod tests {
         let err = config.database_kind().unwrap_err().to_string();
         assert!(!err.contains("pw"));
         assert!(!format!("{config:?}").contains("pw"));
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://***@h:5432/db"
+        );
     }
 }

@@ -126,7 +126,9 @@ impl Hub {
                     data,
                 }));
             }
-            Err(err) => tracing::error!(error = %err, kind = kind.as_str(), "event not serializable"),
+            Err(err) => {
+                tracing::error!(error = %err, kind = kind.as_str(), "event not serializable")
+            }
         }
     }
 

@@ -64,9 +64,9 @@ use tower_http::{
 
 pub use config::{Cli, Config};
 pub use error::AppError;
+pub use openapi::document as openapi_document;
 pub use routes::api_routes;
 pub use state::AppState;
-pub use openapi::document as openapi_document;
 pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED};
 
 /// The whole HTTP application: `/api/v1`, `/health`, `/metrics`, with request ids, tracing,
@@ -78,7 +78,9 @@ pub fn app(state: AppState) -> Router {
         ratelimit::rate_limit,
     ));
     let layers = ServiceBuilder::new()
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUlid))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -95,7 +97,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(layers)
         .with_state(state)
 }

@@ -179,17 +179,72 @@ fn render_http(out: &mut String, http: &HttpMetrics) {
 fn render_cache(out: &mut String, stats: &CacheStats) {
     type Field = fn(&cache_core::stats::TierStats) -> Option<u64>;
     let tier_metrics: [(&str, &str, &str, Field); 11] = [
-        ("chat_cache_hits_total", "counter", "Reads that found a valid entry.", |t| Some(t.hits)),
-        ("chat_cache_misses_total", "counter", "Reads that found nothing valid.", |t| Some(t.misses)),
-        ("chat_cache_errors_total", "counter", "Backend calls that failed.", |t| Some(t.errors)),
-        ("chat_cache_timeouts_total", "counter", "Backend calls that timed out.", |t| Some(t.timeouts)),
-        ("chat_cache_skipped_total", "counter", "Calls skipped while the breaker was open.", |t| Some(t.skipped)),
-        ("chat_cache_bytes", "gauge", "Bytes stored (approximate).", |t| t.bytes),
-        ("chat_cache_entries", "gauge", "Entries stored (approximate).", |t| t.entries),
-        ("chat_cache_evictions_total", "counter", "Entries evicted for space.", |t| t.evictions),
-        ("chat_cache_requests_total", "counter", "HTTP requests sent to Upstash.", |t| t.requests),
-        ("chat_cache_commands_total", "counter", "Redis commands sent (what Upstash bills).", |t| t.commands),
-        ("chat_cache_tier_info", "gauge", "The backend of each tier.", |_| Some(1)),
+        (
+            "chat_cache_hits_total",
+            "counter",
+            "Reads that found a valid entry.",
+            |t| Some(t.hits),
+        ),
+        (
+            "chat_cache_misses_total",
+            "counter",
+            "Reads that found nothing valid.",
+            |t| Some(t.misses),
+        ),
+        (
+            "chat_cache_errors_total",
+            "counter",
+            "Backend calls that failed.",
+            |t| Some(t.errors),
+        ),
+        (
+            "chat_cache_timeouts_total",
+            "counter",
+            "Backend calls that timed out.",
+            |t| Some(t.timeouts),
+        ),
+        (
+            "chat_cache_skipped_total",
+            "counter",
+            "Calls skipped while the breaker was open.",
+            |t| Some(t.skipped),
+        ),
+        (
+            "chat_cache_bytes",
+            "gauge",
+            "Bytes stored (approximate).",
+            |t| t.bytes,
+        ),
+        (
+            "chat_cache_entries",
+            "gauge",
+            "Entries stored (approximate).",
+            |t| t.entries,
+        ),
+        (
+            "chat_cache_evictions_total",
+            "counter",
+            "Entries evicted for space.",
+            |t| t.evictions,
+        ),
+        (
+            "chat_cache_requests_total",
+            "counter",
+            "HTTP requests sent to Upstash.",
+            |t| t.requests,
+        ),
+        (
+            "chat_cache_commands_total",
+            "counter",
+            "Redis commands sent (what Upstash bills).",
+            |t| t.commands,
+        ),
+        (
+            "chat_cache_tier_info",
+            "gauge",
+            "The backend of each tier.",
+            |_| Some(1),
+        ),
     ];
     for (name, kind, help, field) in tier_metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -208,25 +263,68 @@ fn render_cache(out: &mut String, stats: &CacheStats) {
     out.push_str("# TYPE chat_cache_latency_seconds histogram\n");
     for tier in &stats.tiers {
         if let Some(latency) = &tier.latency {
-            let labels = format!("tier=\"{}\",backend=\"{}\"", label(&tier.tier), label(&tier.backend));
+            let labels = format!(
+                "tier=\"{}\",backend=\"{}\"",
+                label(&tier.tier),
+                label(&tier.backend)
+            );
             histogram(out, "chat_cache_latency_seconds", &labels, latency);
         }
     }
 
     let loads = &stats.loads;
     let load_metrics: [(&str, &str, u64); 9] = [
-        ("chat_cache_lookup_hits_total", "get_or_load calls answered by a fresh entry.", loads.hits),
-        ("chat_cache_lookup_misses_total", "get_or_load calls that found no usable entry.", loads.misses),
-        ("chat_cache_loads_total", "Loader runs (database loads through the cache).", loads.loads),
-        ("chat_cache_load_errors_total", "Loader runs that failed.", loads.load_errors),
-        ("chat_cache_coalesced_total", "Callers that waited for another caller's load.", loads.coalesced),
-        ("chat_cache_stale_served_total", "Stale values served while refreshing.", loads.stale_served),
-        ("chat_cache_failsafe_served_total", "Stale values served because the loader failed.", loads.failsafe_served),
-        ("chat_cache_decode_errors_total", "Cached bytes that could not be decoded.", loads.decode_errors),
-        ("chat_cache_backend_errors_total", "Cache failures hidden from requests.", loads.backend_errors),
+        (
+            "chat_cache_lookup_hits_total",
+            "get_or_load calls answered by a fresh entry.",
+            loads.hits,
+        ),
+        (
+            "chat_cache_lookup_misses_total",
+            "get_or_load calls that found no usable entry.",
+            loads.misses,
+        ),
+        (
+            "chat_cache_loads_total",
+            "Loader runs (database loads through the cache).",
+            loads.loads,
+        ),
+        (
+            "chat_cache_load_errors_total",
+            "Loader runs that failed.",
+            loads.load_errors,
+        ),
+        (
+            "chat_cache_coalesced_total",
+            "Callers that waited for another caller's load.",
+            loads.coalesced,
+        ),
+        (
+            "chat_cache_stale_served_total",
+            "Stale values served while refreshing.",
+            loads.stale_served,
+        ),
+        (
+            "chat_cache_failsafe_served_total",
+            "Stale values served because the loader failed.",
+            loads.failsafe_served,
+        ),
+        (
+            "chat_cache_decode_errors_total",
+            "Cached bytes that could not be decoded.",
+            loads.decode_errors,
+        ),
+        (
+            "chat_cache_backend_errors_total",
+            "Cache failures hidden from requests.",
+            loads.backend_errors,
+        ),
     ];
     for (name, help, value) in load_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
     let _ = writeln!(
         out,

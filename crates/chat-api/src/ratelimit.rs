@@ -137,14 +137,12 @@ impl Default for RateLimiter {
 impl RateLimiter {
     /// Counts one request of `subject` in `bucket`.
     pub fn check(&self, subject: &str, bucket: Bucket) -> Decision {
-        let window = self
-            .windows
-            .get_with((subject.to_owned(), bucket), || {
-                Arc::new(Mutex::new(Window {
-                    started: Instant::now(),
-                    used: 0,
-                }))
-            });
+        let window = self.windows.get_with((subject.to_owned(), bucket), || {
+            Arc::new(Mutex::new(Window {
+                started: Instant::now(),
+                used: 0,
+            }))
+        });
         let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if now.duration_since(window.started) >= WINDOW {
@@ -173,7 +171,11 @@ impl RateLimiter {
 
 /// Middleware (a route layer, so the matched route is known): authenticates the caller if it
 /// can, counts the request in its bucket, and answers 429 when the bucket is full.
-pub async fn rate_limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if !state.config().rate_limit {
         return next.run(request).await;
     }
@@ -208,11 +210,18 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
     };
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(decision.remaining));
-    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.reset_after.as_secs_f64())) {
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", decision.reset_after.as_secs_f64()))
+    {
         headers.insert("x-ratelimit-reset-after", value);
     }
-    headers.insert("x-ratelimit-bucket", HeaderValue::from_static(bucket.as_str()));
+    headers.insert(
+        "x-ratelimit-bucket",
+        HeaderValue::from_static(bucket.as_str()),
+    );
     response
 }
 

@@ -102,8 +102,12 @@ pub fn id(param: &str, value: &str) -> Result<Ulid, AppError> {
             "{param} must be a 26-character ULID"
         )));
     }
+    // Only the canonical spelling (any case): the decoder also accepts values that overflow 128
+    // bits and Crockford aliases, which would make two spellings name one id.
     Ulid::from_string(value)
-        .map_err(|_| AppError::InvalidParam(format!("{param} must be a 26-character ULID")))
+        .ok()
+        .filter(|id| id.to_string().eq_ignore_ascii_case(value))
+        .ok_or_else(|| AppError::InvalidParam(format!("{param} must be a 26-character ULID")))
 }
 
 /// A page size: 1 to `max`, `default` when absent.
@@ -141,6 +145,12 @@ mod tests {
         assert!(id("before", "01ARZ3NDEKTSV4RRFFQ69G5FAV").is_ok());
         assert!(id("before", "not-a-ulid").is_err());
         assert!(id("before", "ZZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err());
+        assert_eq!(
+            id("before", "01arz3ndektsv4rrffq69g5fav")
+                .unwrap()
+                .to_string(),
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+        );
         assert_eq!(limit(None, 50, 100).unwrap(), 50);
         assert!(limit(Some("0"), 50, 100).is_err());
         assert!(limit(Some("101"), 50, 100).is_err());

@@ -24,7 +24,10 @@ use std::{collections::HashSet, time::Duration};
 use axum::{
     extract::{
         State,
-        ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{
+            CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     http::HeaderMap,
     response::Response,
@@ -83,12 +86,13 @@ pub(crate) async fn upgrade(
     known: Option<axum::Extension<CurrentUser>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let ws = ws.map_err(|_| AppError::UpgradeRequired)?;
+    // A bad token is a 401 whether or not the request is a proper upgrade.
     let user = match (known, bearer_token(&headers).or(query.token.as_deref())) {
         (Some(axum::Extension(CurrentUser(user))), _) => Some(user),
         (None, Some(token)) => Some(authenticate(&state, token).await?),
         (None, None) => None,
     };
+    let ws = ws.map_err(|_| AppError::UpgradeRequired)?;
     Ok(ws.on_upgrade(move |socket| async move {
         let _guard = state.hub().session_guard();
         run(socket, state, user).await;
@@ -227,7 +231,11 @@ fn event_channel(event: &crate::events::Event) -> Option<Ulid> {
             id: Ulid,
         }
         (event.kind == EventKind::ChannelCreate)
-            .then(|| serde_json::from_str::<WithId>(&event.data).ok().map(|c| c.id))
+            .then(|| {
+                serde_json::from_str::<WithId>(&event.data)
+                    .ok()
+                    .map(|c| c.id)
+            })
             .flatten()
     })
 }

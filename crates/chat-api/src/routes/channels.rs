@@ -142,7 +142,12 @@ pub(crate) async fn join(
 ) -> Result<StatusCode, AppError> {
     let cid = validate::id("cid", &cid)?;
     let (_, membership) = visible_channel(&state, cid, &user).await?;
-    if membership.is_none() && state.store().join(cid, user.id, Role::Member, Millis::now()).await? {
+    if membership.is_none()
+        && state
+            .store()
+            .join(cid, user.id, Role::Member, Millis::now())
+            .await?
+    {
         membership_changed(&state, cid, &user, EventKind::MemberJoin).await;
     }
     Ok(StatusCode::NO_CONTENT)
@@ -204,7 +209,11 @@ pub(crate) async fn add_member(
         .user(uid)
         .await?
         .ok_or(AppError::UserNotFound)?;
-    if state.store().join(cid, uid, Role::Member, Millis::now()).await? {
+    if state
+        .store()
+        .join(cid, uid, Role::Member, Millis::now())
+        .await?
+    {
         membership_changed(&state, cid, &target, EventKind::MemberJoin).await;
     }
     Ok(StatusCode::NO_CONTENT)

@@ -115,7 +115,10 @@ fn page_response(page: Arc<RenderedPage>, headers: &HeaderMap) -> Response {
         out.insert(header::ETAG, etag);
     }
     // Clients may keep the page but must revalidate it (a 304 is cheap).
-    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     response
 }
 
@@ -153,9 +156,21 @@ pub(crate) async fn list(
             "give at most one of before, after, around".into(),
         ));
     }
-    let before = query.before.as_deref().map(|v| validate::id("before", v)).transpose()?;
-    let after = query.after.as_deref().map(|v| validate::id("after", v)).transpose()?;
-    let around = query.around.as_deref().map(|v| validate::id("around", v)).transpose()?;
+    let before = query
+        .before
+        .as_deref()
+        .map(|v| validate::id("before", v))
+        .transpose()?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|v| validate::id("after", v))
+        .transpose()?;
+    let around = query
+        .around
+        .as_deref()
+        .map(|v| validate::id("around", v))
+        .transpose()?;
     member_channel(&state, cid, &user).await?;
 
     let store = state.store();
@@ -165,12 +180,17 @@ pub(crate) async fn list(
             return Ok(page_response(page, &headers));
         }
         (Some(before), _, _) => {
-            let mut messages = store.messages(cid, Slice::Before(before), limit + 1).await?;
+            let mut messages = store
+                .messages(cid, Slice::Before(before), limit + 1)
+                .await?;
             let older = messages.len() > limit as usize;
             messages.truncate(limit as usize);
             // Newer messages exist if anything is at or after the cursor.
             let newer = match before.0.checked_sub(1) {
-                Some(prev) => !store.messages(cid, Slice::After(Ulid(prev)), 1).await?.is_empty(),
+                Some(prev) => !store
+                    .messages(cid, Slice::After(Ulid(prev)), 1)
+                    .await?
+                    .is_empty(),
                 None => false,
             };
             (messages, older, newer)
@@ -182,7 +202,10 @@ pub(crate) async fn list(
                 // Newest first: the extra row is the one furthest from the cursor.
                 messages.remove(0);
             }
-            let older = !store.messages(cid, Slice::AtOrBefore(after), 1).await?.is_empty();
+            let older = !store
+                .messages(cid, Slice::AtOrBefore(after), 1)
+                .await?
+                .is_empty();
             (messages, older, newer)
         }
         (_, _, Some(around)) => {
@@ -328,7 +351,11 @@ pub(crate) async fn edit(
         return Err(AppError::NotAuthor);
     }
     let now = Millis::now();
-    if !state.store().edit_message(cid, mid, &request.content, now).await? {
+    if !state
+        .store()
+        .edit_message(cid, mid, &request.content, now)
+        .await?
+    {
         return Err(AppError::MessageNotFound);
     }
     message.content = request.content;
@@ -443,7 +470,9 @@ async fn reaction(
     find_message(&state, cid, mid).await?;
     let store = state.store();
     let changed = if add {
-        store.add_reaction(mid, user.id, &emoji, Millis::now()).await?
+        store
+            .add_reaction(mid, user.id, &emoji, Millis::now())
+            .await?
     } else {
         store.remove_reaction(mid, user.id, &emoji).await?
     };

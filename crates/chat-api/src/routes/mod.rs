@@ -61,14 +61,34 @@ fn build() -> Routes {
         .add(M::POST, "/api/v1/channels", channels::create)
         .add(M::GET, "/api/v1/channels/{cid}", channels::get)
         .add(M::PUT, "/api/v1/channels/{cid}/members/me", channels::join)
-        .add(M::DELETE, "/api/v1/channels/{cid}/members/me", channels::leave)
-        .add(M::PUT, "/api/v1/channels/{cid}/members/{uid}", channels::add_member)
+        .add(
+            M::DELETE,
+            "/api/v1/channels/{cid}/members/me",
+            channels::leave,
+        )
+        .add(
+            M::PUT,
+            "/api/v1/channels/{cid}/members/{uid}",
+            channels::add_member,
+        )
         .add(M::GET, "/api/v1/channels/{cid}/members", channels::members)
         .add(M::GET, "/api/v1/channels/{cid}/messages", messages::list)
         .add(M::POST, "/api/v1/channels/{cid}/messages", messages::post)
-        .add(M::GET, "/api/v1/channels/{cid}/messages/{mid}", messages::get)
-        .add(M::PATCH, "/api/v1/channels/{cid}/messages/{mid}", messages::edit)
-        .add(M::DELETE, "/api/v1/channels/{cid}/messages/{mid}", messages::delete)
+        .add(
+            M::GET,
+            "/api/v1/channels/{cid}/messages/{mid}",
+            messages::get,
+        )
+        .add(
+            M::PATCH,
+            "/api/v1/channels/{cid}/messages/{mid}",
+            messages::edit,
+        )
+        .add(
+            M::DELETE,
+            "/api/v1/channels/{cid}/messages/{mid}",
+            messages::delete,
+        )
         .add(
             M::PUT,
             "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}",

@@ -77,7 +77,10 @@ pub(crate) async fn register(
         return Err(AppError::NameTaken);
     }
     let keys = state.cache().keys();
-    state.cache().invalidate(&[keys.auth_user_tag(user.id)]).await;
+    state
+        .cache()
+        .invalidate(&[keys.auth_user_tag(user.id)])
+        .await;
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
         StatusCode::CREATED,

@@ -24,14 +24,12 @@ use sqlx::{
 };
 use ulid::Ulid;
 
-use super::{
-    NewMessage, Posted, QueryCounts, Slice, Store, StoreError, StoreResult, UserAuth,
-};
+use super::{NewMessage, Posted, QueryCounts, Slice, Store, StoreError, StoreResult, UserAuth};
 use crate::{
     config::{Config, DatabaseKind},
     model::{
-        Channel, ChannelKind, Member, Membership, Message, Millis, MyChannel, Reaction, Role,
-        User, UserRef,
+        Channel, ChannelKind, Member, Membership, Message, Millis, MyChannel, Reaction, Role, User,
+        UserRef,
     },
 };
 
@@ -579,10 +577,9 @@ impl Store for SqlStore {
         .bind(message.nonce.as_deref())
         .fetch_optional(pool)
         .await)?;
-        let id = id
-            .map(|(id,)| parse_id(&id))
-            .transpose()?
-            .ok_or_else(|| StoreError::Corrupt("insert conflicted but no message has the nonce".into()))?;
+        let id = id.map(|(id,)| parse_id(&id)).transpose()?.ok_or_else(|| {
+            StoreError::Corrupt("insert conflicted but no message has the nonce".into())
+        })?;
         self.message(message.channel_id, id)
             .await?
             .map(Posted::Duplicate)

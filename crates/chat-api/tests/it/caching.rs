@@ -1,0 +1,244 @@
+//! The caching plan, measured by counting database statements: repeated reads cost nothing,
+//! writes are visible to the very next read, a stampede on a just-invalidated page costs one query
+//! (P7), a post invalidates one tag, and the latest page carries an `ETag` answered with 304.
+
+use axum::{
+    body::Body,
+    http::{Request, header},
+};
+use futures_util::future::join_all;
+use serde_json::json;
+
+use crate::support::{Db, TestApp, ids, on_both_databases};
+
+on_both_databases! {
+    repeated_reads_are_served_without_a_query;
+    writes_are_visible_to_the_next_read;
+}
+
+async fn repeated_reads_are_served_without_a_query(db: Db) {
+    let Some(app) = TestApp::start(db).await else {
+        return;
+    };
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    app.post_message(&ann, &channel, "hello").await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+
+    // First reads load (token, channel, membership, page, list) …
+    app.get(&page, &ann.token).await.expect(200);
+    app.get("/api/v1/users/me/channels", &ann.token)
+        .await
+        .expect(200);
+    let before = app.queries();
+    // … repeated reads do not touch the database at all.
+    for _ in 0..5 {
+        app.get(&page, &ann.token).await.expect(200);
+        app.get(&format!("{page}?limit=50"), &ann.token)
+            .await
+            .expect(200);
+        app.get("/api/v1/users/me/channels", &ann.token)
+            .await
+            .expect(200);
+        app.get(&format!("/api/v1/channels/{channel}"), &ann.token)
+            .await
+            .expect(200);
+        app.get("/api/v1/users/me", &ann.token).await.expect(200);
+    }
+    assert_eq!(
+        app.queries(),
+        before,
+        "{:?}",
+        app.state.store().query_counts()
+    );
+    // A different page size is a different key: one load, then cached too.
+    app.get(&format!("{page}?limit=10"), &ann.token)
+        .await
+        .expect(200);
+    app.get(&format!("{page}?limit=10"), &ann.token)
+        .await
+        .expect(200);
+    assert_eq!(app.queries(), before + 1);
+}
+
+async fn writes_are_visible_to_the_next_read(db: Db) {
+    let Some(app) = TestApp::start(db).await else {
+        return;
+    };
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    app.put(
+        &format!("/api/v1/channels/{channel}/members/me"),
+        &bob.token,
+    )
+    .await
+    .expect(204);
+
+    // Warm every cached read, then write, then read once: the write must show.
+    let first = app.post_message(&ann, &channel, "one").await;
+    let mid = first["id"].as_str().unwrap().to_owned();
+    app.get(&page, &bob.token).await.expect(200);
+    let second = app.post_message(&ann, &channel, "two").await;
+    let read = app.get(&page, &bob.token).await.expect(200);
+    assert_eq!(ids(&read.body)[0], second["id"].as_str().unwrap());
+
+    app.call(
+        axum::http::Method::PATCH,
+        &format!("{page}/{mid}"),
+        Some(&ann.token),
+        Some(json!({"content": "one, edited"})),
+    )
+    .await
+    .expect(200);
+    let read = app.get(&page, &bob.token).await.expect(200);
+    assert_eq!(read.body["messages"][1]["content"], "one, edited");
+
+    app.put(&format!("{page}/{mid}/reactions/ok"), &bob.token)
+        .await
+        .expect(204);
+    let read = app.get(&page, &bob.token).await.expect(200);
+    assert_eq!(read.body["messages"][1]["reactions"][0]["count"], 1);
+
+    app.delete(&format!("{page}/{mid}"), &ann.token)
+        .await
+        .expect(204);
+    let read = app.get(&page, &bob.token).await.expect(200);
+    assert_eq!(ids(&read.body).len(), 1);
+
+    // Channel list and membership: join, leave, create.
+    app.get("/api/v1/users/me/channels", &bob.token)
+        .await
+        .expect(200);
+    app.delete(
+        &format!("/api/v1/channels/{channel}/members/me"),
+        &bob.token,
+    )
+    .await
+    .expect(204);
+    let list = app
+        .get("/api/v1/users/me/channels", &bob.token)
+        .await
+        .expect(200);
+    assert_eq!(list.body["channels"], json!([]));
+    app.get(&page, &bob.token)
+        .await
+        .expect_error(403, "not_a_member");
+    app.put(
+        &format!("/api/v1/channels/{channel}/members/me"),
+        &bob.token,
+    )
+    .await
+    .expect(204);
+    app.get(&page, &bob.token).await.expect(200);
+    let other = app.create_channel(&bob, "bobs", "private").await;
+    let list = app
+        .get("/api/v1/users/me/channels", &bob.token)
+        .await
+        .expect(200);
+    assert_eq!(list.body["channels"].as_array().unwrap().len(), 2);
+    assert_eq!(list.body["channels"][1]["id"], other.as_str());
+}
+
+/// P7: 1,000 concurrent requests for one just-invalidated page cost exactly one query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_on_an_invalidated_page_costs_one_query() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    app.post_message(&ann, &channel, "before").await;
+    app.get(&page, &ann.token).await.expect(200);
+    // The post invalidates the page (one tag); token, channel and membership stay cached.
+    let latest = app.post_message(&ann, &channel, "after").await;
+    let before = app.queries();
+
+    let requests = (0..1000).map(|_| {
+        let request = Request::get(&page)
+            .header(header::AUTHORIZATION, format!("Bearer {}", ann.token))
+            .body(Body::empty())
+            .unwrap();
+        let app = &app;
+        async move { app.send(request).await }
+    });
+    let responses = join_all(requests).await;
+    for response in &responses {
+        assert_eq!(response.status, 200, "{}", response.text);
+        assert_eq!(ids(&response.body)[0], latest["id"].as_str().unwrap());
+    }
+    assert_eq!(
+        app.queries() - before,
+        1,
+        "{:?}",
+        app.state.store().query_counts()
+    );
+    let stats = app.state.cache().cache().stats();
+    assert!(stats.loads.coalesced + stats.loads.hits >= 999);
+}
+
+/// A post invalidates one tag, not O(members) keys: the channel lists of members stay cached.
+#[tokio::test]
+async fn a_post_does_not_touch_member_channel_lists() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let owner = app.register("owner").await;
+    let channel = app.create_channel(&owner, "big", "public").await;
+    let mut members = Vec::new();
+    for i in 0..20 {
+        let user = app.register(&format!("user{i}")).await;
+        app.put(
+            &format!("/api/v1/channels/{channel}/members/me"),
+            &user.token,
+        )
+        .await
+        .expect(204);
+        app.get("/api/v1/users/me/channels", &user.token)
+            .await
+            .expect(200);
+        members.push(user);
+    }
+    app.post_message(&owner, &channel, "hello everyone").await;
+    let before = app.queries_of("user_channels");
+    for user in &members {
+        app.get("/api/v1/users/me/channels", &user.token)
+            .await
+            .expect(200);
+    }
+    assert_eq!(app.queries_of("user_channels"), before);
+}
+
+#[tokio::test]
+async fn the_latest_page_has_an_etag_and_answers_304() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    app.post_message(&ann, &channel, "hello").await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let first = app.get(&page, &ann.token).await.expect(200);
+    let etag = first.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'));
+
+    let conditional = |etag: String| {
+        Request::get(&page)
+            .header(header::AUTHORIZATION, format!("Bearer {}", ann.token))
+            .header(header::IF_NONE_MATCH, etag)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let before = app.queries();
+    let not_modified = app.send(conditional(etag.clone())).await.expect(304);
+    assert_eq!(not_modified.headers[header::ETAG], etag.as_str());
+    assert!(not_modified.text.is_empty());
+    assert_eq!(app.queries(), before, "a 304 is served from the cache");
+
+    app.post_message(&ann, &channel, "news").await;
+    let changed = app.send(conditional(etag.clone())).await.expect(200);
+    assert_ne!(changed.headers[header::ETAG], etag.as_str());
+    // Pages with a cursor are not cached and carry no ETag.
+    let mid = ids(&changed.body)[0].clone();
+    let older = app
+        .get(&format!("{page}?before={mid}"), &ann.token)
+        .await
+        .expect(200);
+    assert!(older.headers.get(header::ETAG).is_none());
+}

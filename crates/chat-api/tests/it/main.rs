@@ -1,0 +1,26 @@
+//! chat-api's one integration-test binary.
+//!
+//! Most tests run the router in process (`tower::ServiceExt::oneshot`); the WebSocket tests use a
+//! real listener on a free port. Database tests run on SQLite and on PostgreSQL
+//! (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`; each test creates
+//! and drops its own database; unreachable PostgreSQL is a loud skip, or a failure under `CI=true`).
+
+// Test helpers print loud skip notices.
+#![allow(clippy::print_stderr)]
+
+mod support;
+
+// Endpoint behaviour: success and validation, per endpoint.
+mod api;
+// The access matrix: route × (no token, bad token, non-member, member, author).
+mod access;
+// Query-counting cache tests: repeated reads, read-your-writes, stampede (P7), ETag.
+mod caching;
+// Hostile input: 4xx with the error shape, never 5xx.
+mod hostile;
+// /health, /metrics, OpenAPI drift, request ids, rate limits.
+mod ops;
+// Upstash and tiered backends behind upstash-gateway, Redis outages (R1).
+mod upstash;
+// The WebSocket session.
+mod ws;

@@ -1,0 +1,226 @@
+//! Operations: `/health`, `/metrics`, the OpenAPI document (checked against the router's route
+//! table), request ids, rate limits, and secrets staying out of responses and metrics.
+
+use std::collections::BTreeSet;
+
+use axum::{
+    body::Body,
+    http::{Method, Request, header},
+};
+use serde_json::json;
+
+use crate::support::{Db, TestApp};
+
+#[tokio::test]
+async fn health_reports_database_cache_and_breaker() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let health = app
+        .call(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    assert_eq!(health.body["status"], "ok");
+    assert_eq!(health.body["database"]["status"], "ok");
+    assert_eq!(health.body["database"]["kind"], "sqlite");
+    assert_eq!(health.body["cache"]["backend"], "memory");
+    assert_eq!(health.body["cache"]["status"], "ok");
+    assert!(
+        health.body["cache"]["breaker"].is_null(),
+        "memory has no breaker"
+    );
+}
+
+#[tokio::test]
+async fn metrics_cover_http_cache_and_database() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    app.post_message(&ann, &channel, "hello").await;
+    for _ in 0..3 {
+        app.get(&format!("/api/v1/channels/{channel}/messages"), &ann.token)
+            .await
+            .expect(200);
+    }
+    let metrics = app
+        .call(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200);
+    assert!(
+        metrics.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text;
+    for needle in [
+        r#"chat_http_request_duration_seconds_bucket{method="GET",route="/api/v1/channels/{cid}/messages",le="+Inf"} 3"#,
+        r#"chat_http_responses_total{method="POST",route="/api/v1/users",status="2xx"} 1"#,
+        r#"chat_cache_hits_total{tier="memory",backend="memory"}"#,
+        r#"chat_cache_misses_total{tier="memory",backend="memory"}"#,
+        r#"chat_cache_entries{tier="memory",backend="memory"}"#,
+        r#"chat_cache_bytes{tier="memory",backend="memory"}"#,
+        "chat_cache_loads_total ",
+        "chat_cache_load_errors_total 0",
+        "chat_cache_coalesced_total ",
+        "chat_cache_stale_served_total 0",
+        "chat_cache_failsafe_served_total 0",
+        r#"chat_db_queries_total{op="messages"} 1"#,
+        r#"chat_db_queries_total{op="post_message"} 1"#,
+        "chat_ws_sessions 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    // Ids and tokens never become labels.
+    assert!(!text.contains(&channel));
+    assert!(!text.contains(&ann.token));
+    let secret = ann.token.split_once('.').unwrap().1;
+    assert!(!text.contains(secret));
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let doc = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .expect(200);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc.body["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let served: BTreeSet<_> = chat_api::api_routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_string(), path.to_owned()))
+        .collect();
+    assert_eq!(documented, served);
+    assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc.body["components"]["schemas"]["Message"].is_object());
+    assert!(doc.body["components"]["schemas"]["ErrorBody"].is_object());
+
+    // Every documented route answers (not the router's 404 or 405).
+    for (method, path) in &served {
+        let concrete = path
+            .replace("{cid}", &ulid::Ulid::new().to_string())
+            .replace("{mid}", &ulid::Ulid::new().to_string())
+            .replace("{uid}", &ulid::Ulid::new().to_string())
+            .replace("{emoji}", "ok");
+        let response = app
+            .call(method.parse().unwrap(), &concrete, None, None)
+            .await;
+        assert!(
+            !matches!(
+                response.body["error"]["code"].as_str(),
+                Some("not_found" | "method_not_allowed")
+            ),
+            "{method} {path}: {}",
+            response.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_carry_an_id() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let response = app
+        .call(Method::GET, "/health", None, None)
+        .await
+        .expect(200);
+    let id = response.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 26);
+    let request = Request::get("/health")
+        .header("x-request-id", "client-chosen-1")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.send(request).await.expect(200);
+    assert_eq!(response.headers["x-request-id"], "client-chosen-1");
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_headers() {
+    let app = TestApp::start_with(
+        Db::Sqlite,
+        |c| chat_api::Config {
+            rate_limit: true,
+            ..c
+        },
+        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
+    )
+    .await
+    .unwrap();
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let limit = chat_api::ratelimit::Bucket::Channels.limit();
+    for i in 0..limit {
+        let response = app
+            .post(
+                "/api/v1/channels",
+                &ann.token,
+                json!({"name": format!("c{i}")}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(
+            response.headers["x-ratelimit-limit"],
+            limit.to_string().as_str()
+        );
+        assert_eq!(
+            response.headers["x-ratelimit-remaining"],
+            (limit - i - 1).to_string().as_str()
+        );
+        assert_eq!(response.headers["x-ratelimit-bucket"], "channels");
+        assert!(response.headers.contains_key("x-ratelimit-reset-after"));
+    }
+    let limited = app
+        .post(
+            "/api/v1/channels",
+            &ann.token,
+            json!({"name": "one too many"}),
+        )
+        .await
+        .expect_error(429, "rate_limited");
+    let retry_after: u64 = limited.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after));
+    // Per user and per bucket: bob can still create, ann can still read.
+    app.post("/api/v1/channels", &bob.token, json!({"name": "bobs"}))
+        .await
+        .expect(201);
+    app.get("/api/v1/users/me/channels", &ann.token)
+        .await
+        .expect(200);
+    let metrics = app
+        .call(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200);
+    assert!(
+        metrics
+            .text
+            .contains(r#"chat_rate_limited_total{bucket="channels"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_can_be_turned_off() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    for i in 0..chat_api::ratelimit::Bucket::Channels.limit() + 5 {
+        let response = app
+            .post(
+                "/api/v1/channels",
+                &ann.token,
+                json!({"name": format!("c{i}")}),
+            )
+            .await
+            .expect(201);
+        assert!(!response.headers.contains_key("x-ratelimit-limit"));
+    }
+}
