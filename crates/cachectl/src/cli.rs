@@ -92,8 +92,9 @@ fn parse_secret(text: &str) -> Result<Secret, String> {
 /// A duration: `30s`, `500ms`, `2m`, or a bare number of seconds (`1.5`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let parsed = match text.trim().parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::try_from_secs_f64(seconds)
-            .map_err(|err| err.to_string())?,
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())?
+        }
         Ok(_) => return Err(format!("{text:?} is not a valid duration")),
         Err(_) => humantime::parse_duration(text.trim())
             .map_err(|err| format!("{text:?} is not a duration like 30s, 500ms or 2m: {err}"))?,
@@ -134,7 +135,8 @@ mod tests {
 
     #[test]
     fn global_flags_go_after_the_subcommand_too() {
-        let cli = Cli::try_parse_from(["cachectl", "get", "k", "--json", "--timeout", "2s"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["cachectl", "get", "k", "--json", "--timeout", "2s"]).unwrap();
         assert!(cli.global.json);
         assert_eq!(cli.global.timeout, Duration::from_secs(2));
     }

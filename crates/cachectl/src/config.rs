@@ -62,9 +62,10 @@ impl Source {
         match self {
             Source::Flag(_) => "flag".into(),
             Source::Env(_) => "env".into(),
-            Source::File(_, path) => path
-                .file_name()
-                .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()),
+            Source::File(_, path) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
             Source::Default => "default".into(),
         }
     }
@@ -116,7 +117,10 @@ impl Settings {
             token_flag,
             timeout,
             |name| std::env::var(name).ok(),
-            DOTENV_FILES.iter().map(|file| read_dotenv(&dir.join(file))).collect(),
+            DOTENV_FILES
+                .iter()
+                .map(|file| read_dotenv(&dir.join(file)))
+                .collect(),
         )
     }
 
@@ -305,7 +309,13 @@ mod tests {
     fn flag_beats_env_beats_env_local_beats_env_file() {
         let files = || {
             vec![
-                file(".env", &[("UPSTASH_REDIS_REST_URL", "http://dotenv"), ("UPSTASH_REDIS_REST_TOKEN", "t1")]),
+                file(
+                    ".env",
+                    &[
+                        ("UPSTASH_REDIS_REST_URL", "http://dotenv"),
+                        ("UPSTASH_REDIS_REST_TOKEN", "t1"),
+                    ],
+                ),
                 file(".env.local", &[("UPSTASH_REDIS_REST_URL", "http://local")]),
             ]
         };
@@ -314,9 +324,21 @@ mod tests {
         assert_eq!(s.url.as_ref().unwrap().value, "http://local");
         assert_eq!(s.url.unwrap().source.kind(), ".env.local");
         assert_eq!(s.token.as_ref().unwrap().source.kind(), ".env");
-        let s = Settings::resolve(None, None, timeout, env(&[("UPSTASH_REDIS_REST_URL", "http://env")]), files());
+        let s = Settings::resolve(
+            None,
+            None,
+            timeout,
+            env(&[("UPSTASH_REDIS_REST_URL", "http://env")]),
+            files(),
+        );
         assert_eq!(s.url.unwrap().value, "http://env");
-        let s = Settings::resolve(Some("http://flag".into()), Some(Secret::new("f")), timeout, env(&[]), files());
+        let s = Settings::resolve(
+            Some("http://flag".into()),
+            Some(Secret::new("f")),
+            timeout,
+            env(&[]),
+            files(),
+        );
         assert_eq!(s.url.unwrap().source, Source::Flag("--url"));
         assert_eq!(s.token.unwrap().value.expose(), "f");
     }
@@ -327,7 +349,10 @@ mod tests {
             None,
             None,
             Duration::from_secs(1),
-            env(&[("KV_REST_API_URL", "http://kv"), ("KV_REST_API_TOKEN", "kv")]),
+            env(&[
+                ("KV_REST_API_URL", "http://kv"),
+                ("KV_REST_API_TOKEN", "kv"),
+            ]),
             vec![file(".env", &[("UPSTASH_REDIS_REST_URL", "http://file")])],
         );
         assert_eq!(s.url.unwrap().value, "http://file");
@@ -337,14 +362,23 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_token() {
-        let s = Settings::resolve(None, Some(Secret::new("hunter2")), Duration::from_secs(1), env(&[]), vec![]);
+        let s = Settings::resolve(
+            None,
+            Some(Secret::new("hunter2")),
+            Duration::from_secs(1),
+            env(&[]),
+            vec![],
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]
     fn namespaces_parse_as_prefix_and_version() {
         assert_eq!(parse_namespace("chat:v1").unwrap(), ("chat".into(), 1));
-        assert_eq!(parse_namespace("my.app:v12").unwrap(), ("my.app".into(), 12));
+        assert_eq!(
+            parse_namespace("my.app:v12").unwrap(),
+            ("my.app".into(), 12)
+        );
         assert!(parse_namespace("chat").is_err());
         assert!(parse_namespace("chat:vx").is_err());
         assert!(parse_namespace("bad prefix:v1").is_err());

@@ -277,9 +277,17 @@ chat_http_responses_total{method="GET",route="/health",status="5xx"} 2
 
     #[test]
     fn lines_with_labels_escapes_and_specials_parse() {
-        let samples = parse("a_total{k=\"x\\\"y\",route=\"/a,b}\"} 3\nb 1.5 1700000000\n# c 1\nbad\nd{le=\"+Inf\"} +Inf");
+        let samples = parse(
+            "a_total{k=\"x\\\"y\",route=\"/a,b}\"} 3\nb 1.5 1700000000\n# c 1\nbad\nd{le=\"+Inf\"} +Inf",
+        );
         assert_eq!(samples.len(), 3);
-        assert_eq!(samples[0].labels, vec![("k".into(), "x\"y".into()), ("route".into(), "/a,b}".into())]);
+        assert_eq!(
+            samples[0].labels,
+            vec![
+                ("k".into(), "x\"y".into()),
+                ("route".into(), "/a,b}".into())
+            ]
+        );
         assert_eq!(samples[0].value, 3.0);
         assert_eq!(samples[1].value, 1.5);
         assert!(samples[2].value.is_infinite());
@@ -290,13 +298,22 @@ chat_http_responses_total{method="GET",route="/health",status="5xx"} 2
         let stats = summarize(&parse(SAMPLE)).unwrap();
         assert_eq!(stats.tiers.len(), 2);
         let l1 = &stats.tiers[0];
-        assert_eq!((l1.tier.as_str(), l1.hits, l1.misses, l1.entries), ("l1", 90, 10, Some(12)));
+        assert_eq!(
+            (l1.tier.as_str(), l1.hits, l1.misses, l1.entries),
+            ("l1", 90, 10, Some(12))
+        );
         assert_eq!(l1.hit_ratio, Some(0.9));
         let l2 = &stats.tiers[1];
-        assert_eq!((l2.requests, l2.commands, l2.errors), (Some(14), Some(15), 1));
+        assert_eq!(
+            (l2.requests, l2.commands, l2.errors),
+            (Some(14), Some(15), 1)
+        );
         assert_eq!(stats.lookups.hit_ratio, Some(0.95));
         let breaker = stats.breaker.unwrap();
-        assert_eq!((breaker.state.as_str(), breaker.opened, breaker.closed), ("open", 2, 1));
+        assert_eq!(
+            (breaker.state.as_str(), breaker.opened, breaker.closed),
+            ("open", 2, 1)
+        );
         assert_eq!((stats.http_responses, stats.http_server_errors), (42, 2));
         assert!(summarize(&parse("up 1")).is_err());
     }

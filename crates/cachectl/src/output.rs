@@ -158,7 +158,11 @@ impl Table {
         let numeric = |i: usize| {
             self.rows.iter().all(|row| {
                 row.get(i).is_none_or(|(c, _)| {
-                    c == "-" || c.trim_end_matches(['%', 's']).replace([',', '.'], "").parse::<u64>().is_ok()
+                    c == "-"
+                        || c.trim_end_matches(['%', 's'])
+                            .replace([',', '.'], "")
+                            .parse::<u64>()
+                            .is_ok()
                 })
             })
         };
@@ -241,7 +245,7 @@ pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
         for c in chunk.valid().chars() {
             if c.is_ascii_control() && c != '\n' && c != '\t' {
                 let _ = write!(out, "\\x{:02x}", u32::from(c));
-            } else if c.is_control() {
+            } else if c.is_control() && !c.is_ascii() {
                 let _ = write!(out, "{}", c.escape_unicode());
             } else {
                 out.push(c);
@@ -256,7 +260,9 @@ pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
 
 /// A key for one line of output: escaped so a newline in a key cannot forge another line.
 pub(crate) fn escape_key(bytes: &[u8]) -> String {
-    escape_bytes(bytes).replace('\n', "\\n").replace('\t', "\\t")
+    escape_bytes(bytes)
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
 }
 
 #[cfg(test)]
@@ -270,7 +276,7 @@ mod tests {
         table.plain_row(["l2-long", "3"]);
         assert_eq!(
             table.render(Style::plain()),
-            "tier     hits\nl1      1,200\nl2-long      3\n"
+            "tier      hits\nl1       1,200\nl2-long      3\n"
         );
     }
 

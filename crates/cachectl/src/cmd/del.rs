@@ -11,7 +11,9 @@ use crate::{cmd::Context, error::Outcome};
 /// an error. To make chat-api forget cached data, prefer `cachectl invalidate --tag`, which also
 /// covers entries held in other instances' memory tier.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl del greeting\n  cachectl del session:1 session:2 session:3")]
+#[command(
+    after_help = "Examples:\n  cachectl del greeting\n  cachectl del session:1 session:2 session:3"
+)]
 pub(crate) struct Cmd {
     /// The keys, exactly as stored
     #[arg(required = true, value_name = "KEY")]

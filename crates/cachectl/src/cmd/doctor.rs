@@ -50,7 +50,9 @@ const FRAME_MAGIC: &[u8] = b"\x00CZ\x01";
 ///   fallback       a tiered cache whose Upstash tier is unreachable still answers writes and
 ///                  reads from memory within --timeout
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl doctor\n  cachectl doctor --json | jq '.checks[] | select(.status != \"pass\")'")]
+#[command(
+    after_help = "Examples:\n  cachectl doctor\n  cachectl doctor --json | jq '.checks[] | select(.status != \"pass\")'"
+)]
 pub(crate) struct Cmd {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,9 +187,7 @@ impl Cmd {
         );
         let ok = checks.iter().all(|c| c.status == Status::Pass);
         if ctx.out.is_json() {
-            let source = |source: &crate::config::Source| {
-                json!({ "from": source.kind(), "variable": source.variable() })
-            };
+            let source = |source: &crate::config::Source| json!({ "from": source.kind(), "variable": source.variable() });
             let settings = &ctx.settings;
             ctx.out.json_line(&json!({
                 "ok": ok,
@@ -201,7 +201,11 @@ impl Cmd {
         } else {
             ctx.out.text(&render(&checks, ctx.out.style()))?;
         }
-        Ok(if ok { Outcome::Success } else { Outcome::Failed })
+        Ok(if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        })
     }
 }
 
@@ -226,7 +230,11 @@ fn render(checks: &[Check], style: Style) -> String {
         }
     }
     let count = |status| checks.iter().filter(|c| c.status == status).count();
-    let (passed, failed, skipped) = (count(Status::Pass), count(Status::Fail), count(Status::Skip));
+    let (passed, failed, skipped) = (
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+    );
     let verdict = if failed + skipped == 0 {
         style.good("everything works")
     } else {
@@ -270,9 +278,7 @@ fn describe_config(settings: &Settings) -> anyhow::Result<String> {
         ),
     );
     let found = lines.join("\n");
-    settings
-        .redis()
-        .map_err(|err| err.context(found.clone()))?;
+    settings.redis().map_err(|err| err.context(found.clone()))?;
     Ok(found)
 }
 
@@ -346,14 +352,18 @@ async fn tags(ctx: &Context, redis: &Redis) -> anyhow::Result<String> {
     let policy = TtlPolicy::new(PROBE_TTL);
     let value = json!({ "probe": id });
     let result = async {
-        ctx.bounded("cache set", cache.set(&key, &value, &policy)).await?;
+        ctx.bounded("cache set", cache.set(&key, &value, &policy))
+            .await?;
         let before: Option<Value> = ctx.bounded("cache get", cache.get(&key)).await?;
         anyhow::ensure!(
             before.as_ref() == Some(&value),
             "the entry just written through the cache reads back as {before:?}"
         );
-        ctx.bounded("cache invalidate", cache.invalidate(std::slice::from_ref(&tag)))
-            .await?;
+        ctx.bounded(
+            "cache invalidate",
+            cache.invalidate(std::slice::from_ref(&tag)),
+        )
+        .await?;
         let after: Option<Value> = ctx.bounded("cache get", cache.get(&key)).await?;
         anyhow::ensure!(
             after.is_none(),
@@ -363,7 +373,11 @@ async fn tags(ctx: &Context, redis: &Redis) -> anyhow::Result<String> {
         Ok(format!(
             "wrote {key} tagged {tag}, read it back, invalidated the tag (one request):\n\
              the entry now reads as a miss{}",
-            if stored == 1 { " (still stored, hidden by the tag's stamp until it expires)" } else { "" }
+            if stored == 1 {
+                " (still stored, hidden by the tag's stamp until it expires)"
+            } else {
+                ""
+            }
         ))
     }
     .await;
@@ -427,7 +441,8 @@ async fn compression(ctx: &Context, redis: &Redis) -> anyhow::Result<String> {
 async fn fallback(ctx: &Context) -> anyhow::Result<String> {
     let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
     let silent_url = format!("http://{}", silent.local_addr()?);
-    let l2_timeout = (ctx.timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let l2_timeout =
+        (ctx.timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
     let unreachable = Redis::builder()
         .url(silent_url.as_str())
         .token(Secret::new("cachectl-doctor-unreachable"))
@@ -436,7 +451,9 @@ async fn fallback(ctx: &Context) -> anyhow::Result<String> {
         .retry(RetryPolicy::none())
         .build()?;
     let tiered = Arc::new(TieredBackend::new(
-        Arc::new(MemoryBackend::new(MemoryConfig::with_max_bytes(1024 * 1024))),
+        Arc::new(MemoryBackend::new(MemoryConfig::with_max_bytes(
+            1024 * 1024,
+        ))),
         Arc::new(UpstashBackend::new(unreachable)),
         TieredConfig {
             l2_timeout,
@@ -446,19 +463,30 @@ async fn fallback(ctx: &Context) -> anyhow::Result<String> {
     let cache = Cache::new(tiered.clone());
     let ns = Namespace::new(PROBE_NAMESPACE, 1)?;
     let tag = ns.tag("doctor", &[&"fallback"]);
-    let key = ns.key("doctor", &[&"fallback"]).tagged(std::slice::from_ref(&tag));
+    let key = ns
+        .key("doctor", &[&"fallback"])
+        .tagged(std::slice::from_ref(&tag));
     let policy = TtlPolicy::new(PROBE_TTL);
     let started = Instant::now();
     let steps = async {
         cache.set(&key, &json!("v1"), &policy).await?;
         let first: Option<Value> = cache.get(&key).await?;
-        anyhow::ensure!(first == Some(json!("v1")), "a write was not readable from memory: {first:?}");
+        anyhow::ensure!(
+            first == Some(json!("v1")),
+            "a write was not readable from memory: {first:?}"
+        );
         cache.invalidate(std::slice::from_ref(&tag)).await?;
         let hidden: Option<Value> = cache.get(&key).await?;
-        anyhow::ensure!(hidden.is_none(), "an invalidated entry was still served: {hidden:?}");
+        anyhow::ensure!(
+            hidden.is_none(),
+            "an invalidated entry was still served: {hidden:?}"
+        );
         cache.set(&key, &json!("v2"), &policy).await?;
         let second: Option<Value> = cache.get(&key).await?;
-        anyhow::ensure!(second == Some(json!("v2")), "a rewrite was not readable: {second:?}");
+        anyhow::ensure!(
+            second == Some(json!("v2")),
+            "a rewrite was not readable: {second:?}"
+        );
         Ok(())
     };
     match tokio::time::timeout(ctx.timeout, steps).await {
@@ -472,9 +500,10 @@ async fn fallback(ctx: &Context) -> anyhow::Result<String> {
     drop(silent);
     let stats = tiered.stats();
     let l2 = stats.tiers.iter().find(|t| t.tier == "l2");
-    let breaker = stats
-        .breaker
-        .map_or_else(|| "unknown".to_owned(), |b| format!("{:?}", b.state).to_lowercase());
+    let breaker = stats.breaker.map_or_else(
+        || "unknown".to_owned(),
+        |b| format!("{:?}", b.state).to_lowercase(),
+    );
     Ok(format!(
         "with Upstash unreachable (a silent socket, L2 timeout {}), 6 writes, reads and\n\
          invalidations succeeded from memory in {}; L2: {} timeouts, {} calls skipped,\n\

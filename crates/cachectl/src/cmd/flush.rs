@@ -18,7 +18,9 @@ use crate::{
 /// database, not only the cache: to make chat-api reload its cache, `cachectl invalidate --tag
 /// '*'` is enough.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl flush\n  cachectl flush --yes --url http://127.0.0.1:8079")]
+#[command(
+    after_help = "Examples:\n  cachectl flush\n  cachectl flush --yes --url http://127.0.0.1:8079"
+)]
 pub(crate) struct Cmd {
     /// Do not ask: flush at once (for scripts)
     #[arg(long)]
@@ -51,12 +53,16 @@ impl Cmd {
                 .read_line(&mut answer)
                 .context("reading the confirmation")?;
             if answer.trim() != "yes" {
-                bail_hint!("type yes to confirm, or pass --yes", "flush aborted: nothing was deleted");
+                bail_hint!(
+                    "type yes to confirm, or pass --yes",
+                    "flush aborted: nothing was deleted"
+                );
             }
         }
         ctx.bounded("FLUSHDB", redis.flushdb()).await?;
         if ctx.out.is_json() {
-            ctx.out.json_line(&json!({ "flushed": true, "keys_before": before }))?;
+            ctx.out
+                .json_line(&json!({ "flushed": true, "keys_before": before }))?;
         } else {
             ctx.out.text(&format!(
                 "{}: {before} keys deleted from {}\n",

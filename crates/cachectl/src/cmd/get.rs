@@ -24,7 +24,9 @@ const FRAME_MAGIC: &[u8] = b"\x00CZ\x01";
 /// pretty-printed; text is printed as is; other bytes are escaped as \xNN. With --raw the stored
 /// bytes are written exactly as they are, for piping into a file or another tool.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl get greeting\n  cachectl get 'chat:v1:channel:01J9Z3K7QX8V5M2N4P6R8T0W1Y'\n  cachectl get avatar --raw > avatar.png\n  cachectl get greeting --json | jq .value")]
+#[command(
+    after_help = "Examples:\n  cachectl get greeting\n  cachectl get 'chat:v1:channel:01J9Z3K7QX8V5M2N4P6R8T0W1Y'\n  cachectl get avatar --raw > avatar.png\n  cachectl get greeting --json | jq .value"
+)]
 pub(crate) struct Cmd {
     /// The key, exactly as stored
     pub(crate) key: String,
@@ -48,7 +50,8 @@ impl Cmd {
             .await?;
         let Some(bytes) = value else {
             if ctx.out.is_json() {
-                ctx.out.json_line(&json!({ "key": self.key, "found": false }))?;
+                ctx.out
+                    .json_line(&json!({ "key": self.key, "found": false }))?;
             } else {
                 output::note(&format!("cachectl: key {:?} not found", self.key));
             }
@@ -59,7 +62,8 @@ impl Cmd {
         } else if ctx.out.is_json() {
             ctx.out.json_line(&to_json(&self.key, &bytes))?;
         } else {
-            ctx.out.text(&render(&bytes, ctx.out.style(), SystemTime::now()))?;
+            ctx.out
+                .text(&render(&bytes, ctx.out.style(), SystemTime::now()))?;
         }
         Ok(Outcome::Success)
     }
@@ -106,7 +110,8 @@ fn rfc3339(ts: Timestamp) -> String {
 /// `in 4m 48s` or `12s ago`, to the second.
 fn relative(ts: Timestamp, now: SystemTime) -> String {
     let at = system_time(ts);
-    let round = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    let round =
+        |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
     match at.duration_since(now) {
         Ok(ahead) => format!("in {}", round(ahead)),
         Err(err) => format!("{} ago", round(err.duration())),
@@ -141,7 +146,11 @@ pub(crate) fn to_json(key: &str, bytes: &[u8]) -> Value {
 pub(crate) fn render(bytes: &[u8], style: Style, now: SystemTime) -> String {
     match decode(bytes) {
         Decoded::Entry { entry, framed } => {
-            let form = if framed { "compressed frame" } else { "plain JSON" };
+            let form = if framed {
+                "compressed frame"
+            } else {
+                "plain JSON"
+            };
             let value = match serde_json::from_slice::<Value>(entry.value()) {
                 Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
                 Err(_) => output::escape_bytes(entry.value()),
@@ -162,7 +171,10 @@ pub(crate) fn render(bytes: &[u8], style: Style, now: SystemTime) -> String {
             )
         }
         Decoded::Json(json) => {
-            format!("{}\n", serde_json::to_string_pretty(&json).unwrap_or_default())
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            )
         }
         Decoded::Text(text) => {
             if text.ends_with('\n') {
@@ -173,7 +185,10 @@ pub(crate) fn render(bytes: &[u8], style: Style, now: SystemTime) -> String {
         }
         Decoded::Binary => format!(
             "{}\n{}\n",
-            style.dim(&format!("{} of binary data (use --raw for the bytes)", output::bytes(bytes.len() as u64))),
+            style.dim(&format!(
+                "{} of binary data (use --raw for the bytes)",
+                output::bytes(bytes.len() as u64)
+            )),
             output::escape_bytes(bytes)
         ),
     }
@@ -198,18 +213,31 @@ mod tests {
     fn cache_entries_are_decoded_plain_and_compressed() {
         let codec = Codec::default();
         let plain = codec.encode_entry(&entry("[1,2,3]"));
-        assert!(matches!(decode(&plain), Decoded::Entry { framed: false, .. }));
+        assert!(matches!(
+            decode(&plain),
+            Decoded::Entry { framed: false, .. }
+        ));
         let big = format!("[{}]", vec!["\"hello\""; 2000].join(","));
         let framed = codec.encode_entry(&entry(&big));
         assert!(framed.starts_with(FRAME_MAGIC));
-        let Decoded::Entry { entry, framed: true } = decode(&framed) else {
+        let Decoded::Entry {
+            entry,
+            framed: true,
+        } = decode(&framed)
+        else {
             panic!("a compressed entry decodes");
         };
         assert_eq!(entry.value().as_ref(), big.as_bytes());
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_030);
         let shown = render(&plain, Style::plain(), now);
-        assert!(shown.contains("created      2023-11-14T22:13:20.000Z (30s ago)"), "{shown}");
-        assert!(shown.contains("fresh until  2023-11-14T22:14:20.000Z (in 30s)"), "{shown}");
+        assert!(
+            shown.contains("created      2023-11-14T22:13:20.000Z (30s ago)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("fresh until  2023-11-14T22:14:20.000Z (in 30s)"),
+            "{shown}"
+        );
         assert!(shown.ends_with("[\n  1,\n  2,\n  3\n]\n"), "{shown}");
         let doc = to_json("k", &framed);
         assert_eq!(doc["entry"]["compressed"], true);
@@ -218,10 +246,16 @@ mod tests {
 
     #[test]
     fn other_values_are_json_text_or_binary() {
-        assert!(matches!(decode(br#"{"c":"not an entry"}"#), Decoded::Json(_)));
+        assert!(matches!(
+            decode(br#"{"c":"not an entry"}"#),
+            Decoded::Json(_)
+        ));
         assert!(matches!(decode(b"hello"), Decoded::Text(_)));
         assert!(matches!(decode(b"\xff\x00"), Decoded::Binary));
-        assert_eq!(render(b"hello", Style::plain(), SystemTime::now()), "hello\n");
+        assert_eq!(
+            render(b"hello", Style::plain(), SystemTime::now()),
+            "hello\n"
+        );
         assert_eq!(to_json("k", b"hi")["value"], "hi");
     }
 }

@@ -55,12 +55,18 @@ pub(crate) struct Cmd {
 impl Cmd {
     pub(crate) async fn run(&self, ctx: &Context) -> anyhow::Result<Outcome> {
         let (namespace, from) = match &self.namespace {
-            Some((prefix, version)) => (Namespace::new(prefix, *version)?, Source::Flag("--namespace")),
+            Some((prefix, version)) => (
+                Namespace::new(prefix, *version)?,
+                Source::Flag("--namespace"),
+            ),
             None => {
                 let prefix = &ctx.settings.prefix;
                 let ns = Namespace::new(&prefix.value, DEFAULT_FORMAT_VERSION).map_err(|err| {
                     Hinted::new(
-                        format!("CACHE_PREFIX from {} is not a valid prefix: {err}", prefix.source),
+                        format!(
+                            "CACHE_PREFIX from {} is not a valid prefix: {err}",
+                            prefix.source
+                        ),
                         "fix CACHE_PREFIX, or pass --namespace PREFIX:vN",
                     )
                 })?;
@@ -74,7 +80,8 @@ impl Cmd {
             .collect::<anyhow::Result<Vec<Tag>>>()?;
         let redis = ctx.redis()?;
         let cache = Cache::new(Arc::new(UpstashBackend::new(redis)));
-        ctx.bounded("invalidating tags", cache.invalidate(&tags)).await?;
+        ctx.bounded("invalidating tags", cache.invalidate(&tags))
+            .await?;
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if ctx.out.is_json() {
             ctx.out.json_line(&json!({
@@ -95,9 +102,9 @@ impl Cmd {
             }
             text.push_str(&format!(
                 "{}\n",
-                ctx.out
-                    .style()
-                    .dim(&format!("entries of these tags created before {at} now read as misses"))
+                ctx.out.style().dim(&format!(
+                    "entries of these tags created before {at} now read as misses"
+                ))
             ));
             ctx.out.text(&text)?;
         }
@@ -111,7 +118,10 @@ pub(crate) fn parse_tag(namespace: &Namespace, text: &str) -> anyhow::Result<Tag
         Some((base, rest)) => {
             if base != namespace.as_str() {
                 return Err(Hinted::new(
-                    format!("tag {text:?} belongs to namespace {base}, not {}", namespace.as_str()),
+                    format!(
+                        "tag {text:?} belongs to namespace {base}, not {}",
+                        namespace.as_str()
+                    ),
                     format!("pass --namespace {base}, or give the tag without its namespace"),
                 )
                 .into());
@@ -158,17 +168,18 @@ fn unescape(part: &str) -> String {
     let mut rest = part;
     while let Some(at) = rest.find('%') {
         out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if tail.len() >= 3 && tail[1..3].eq_ignore_ascii_case("3a") {
-            out.push(':');
-            rest = &tail[3..];
-        } else if tail.starts_with("%25") {
-            out.push('%');
-            rest = &tail[3..];
-        } else {
-            out.push('%');
-            rest = &tail[1..];
+        let tail = &rest[at + 1..];
+        // `get` rather than indexing: the bytes after a `%` may be inside a multi-byte char.
+        match tail.get(..2) {
+            Some(code) if code.eq_ignore_ascii_case("3a") => out.push(':'),
+            Some("25") => out.push('%'),
+            _ => {
+                out.push('%');
+                rest = tail;
+                continue;
+            }
         }
+        rest = &tail[2..];
     }
     out.push_str(rest);
     out
@@ -182,7 +193,11 @@ mod tests {
     fn tags_parse_in_every_form_to_the_stored_tag() {
         let ns = Namespace::new("chat", 1).unwrap();
         let expected = ns.tag("channel-messages", &[&"01J9"]);
-        for text in ["channel-messages:01J9", "#channel-messages:01J9", "chat:v1:#channel-messages:01J9"] {
+        for text in [
+            "channel-messages:01J9",
+            "#channel-messages:01J9",
+            "chat:v1:#channel-messages:01J9",
+        ] {
             assert_eq!(parse_tag(&ns, text).unwrap(), expected, "{text}");
         }
         assert_eq!(parse_tag(&ns, "*").unwrap(), *ns.all_tag());
@@ -191,6 +206,7 @@ mod tests {
             parse_tag(&ns, "membership:c1:u2").unwrap(),
             ns.tag("membership", &[&"c1", &"u2"])
         );
+        assert_eq!(unescape("50%25%3a%é%"), "50%:%é%");
         let escaped = ns.tag("k", &[&"a:b%"]);
         assert_eq!(parse_tag(&ns, escaped.as_str()).unwrap(), escaped);
     }
@@ -199,7 +215,11 @@ mod tests {
     fn foreign_or_malformed_tags_are_refused() {
         let ns = Namespace::new("chat", 1).unwrap();
         let err = parse_tag(&ns, "other:v2:#channel:1").unwrap_err();
-        assert!(crate::error::hint_for(&err).unwrap().contains("--namespace other:v2"));
+        assert!(
+            crate::error::hint_for(&err)
+                .unwrap()
+                .contains("--namespace other:v2")
+        );
         assert!(parse_tag(&ns, "Channel:1").is_err());
         assert!(parse_tag(&ns, "").is_err());
     }

@@ -14,7 +14,9 @@ use crate::{cmd::Context, error::Outcome, output};
 /// stderr. With --json, one JSON document per line: {"key": "…"}. As with any SCAN, a key
 /// renamed during the walk may show up twice.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl scan\n  cachectl scan --pattern 'chat:v1:channel-messages:*' --limit 50\n  cachectl scan --pattern 'session:*' --json | jq -r .key")]
+#[command(
+    after_help = "Examples:\n  cachectl scan\n  cachectl scan --pattern 'chat:v1:channel-messages:*' --limit 50\n  cachectl scan --pattern 'session:*' --json | jq -r .key"
+)]
 pub(crate) struct Cmd {
     /// Only keys matching this glob (Redis MATCH: *, ?, [abc], \ to escape)
     #[arg(long, value_name = "GLOB")]
@@ -61,7 +63,11 @@ impl Cmd {
         }
         if !ctx.out.is_json() {
             let noun = if listed == 1 { "key" } else { "keys" };
-            let more = if stopped { " (stopped at --limit; there are more)" } else { "" };
+            let more = if stopped {
+                " (stopped at --limit; there are more)"
+            } else {
+                ""
+            };
             output::note(&format!("{listed} {noun}{more}"));
         }
         Ok(Outcome::Success)

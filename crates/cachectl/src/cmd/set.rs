@@ -24,7 +24,9 @@ use crate::{
 /// stored exactly). It is stored as is, not in the cache's entry format: chat-api's cache treats
 /// such a value as foreign and reads it as a miss. Use this for your own keys and for testing.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl set greeting hello\n  cachectl set session:1 '{\"user\":42}' --ttl 30m\n  cachectl set avatar - < avatar.png\n  echo -n hello | cachectl set greeting --ttl 10s")]
+#[command(
+    after_help = "Examples:\n  cachectl set greeting hello\n  cachectl set session:1 '{\"user\":42}' --ttl 30m\n  cachectl set avatar - < avatar.png\n  echo -n hello | cachectl set greeting --ttl 10s"
+)]
 pub(crate) struct Cmd {
     /// The key
     pub(crate) key: String,
@@ -51,7 +53,10 @@ impl Cmd {
                 ctx.bounded(&what, redis.set_with(self.key.as_str(), value, options))
                     .await?;
             }
-            None => ctx.bounded(&what, redis.set(self.key.as_str(), value)).await?,
+            None => {
+                ctx.bounded(&what, redis.set(self.key.as_str(), value))
+                    .await?
+            }
         }
         if ctx.out.is_json() {
             ctx.out.json_line(&json!({

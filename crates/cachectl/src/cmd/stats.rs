@@ -31,7 +31,9 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
 /// chat-api that is not running is skipped with a note. With --json, one document (one per line
 /// with --watch).
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cachectl stats\n  cachectl stats --server http://127.0.0.1:3000 --watch\n  cachectl stats --watch 500ms --json")]
+#[command(
+    after_help = "Examples:\n  cachectl stats\n  cachectl stats --server http://127.0.0.1:3000 --watch\n  cachectl stats --watch 500ms --json"
+)]
 pub(crate) struct Cmd {
     /// Refresh every INTERVAL (default 2s) until interrupted
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s",
@@ -99,7 +101,11 @@ impl Cmd {
                 )
                 .into());
             }
-            return Ok(if report.failed { Outcome::Failed } else { Outcome::Success });
+            return Ok(if report.failed {
+                Outcome::Failed
+            } else {
+                Outcome::Success
+            });
         };
         loop {
             let report = gather(ctx, &http).await;
@@ -172,7 +178,12 @@ async fn backend_stats(ctx: &Context) -> anyhow::Result<BackendStats> {
     let keys = results.get(&dbsize).context("DBSIZE")?;
     let memory = results.get(&memory).ok().map(|text| {
         let fields = info_fields(&text);
-        let number = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok());
+        let number = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse().ok())
+        };
         Memory {
             used_bytes: number("used_memory"),
             peak_bytes: number("used_memory_peak"),
@@ -300,14 +311,20 @@ fn render(report: &Report, style: Style) -> String {
         let size = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), output::bytes);
         table.plain_row([
             backend.keys.to_string(),
-            if backend.keyspace.is_empty() { "-".to_owned() } else { expires.to_string() },
+            if backend.keyspace.is_empty() {
+                "-".to_owned()
+            } else {
+                expires.to_string()
+            },
             size(memory.and_then(|m| m.used_bytes)),
             size(memory.and_then(|m| m.peak_bytes)),
             match memory.and_then(|m| m.max_bytes) {
                 Some(0) => "unlimited".to_owned(),
                 other => size(other),
             },
-            memory.and_then(|m| m.policy.clone()).unwrap_or_else(|| "-".into()),
+            memory
+                .and_then(|m| m.policy.clone())
+                .unwrap_or_else(|| "-".into()),
         ]);
         out.push_str(&table.render(style));
     }
@@ -315,13 +332,31 @@ fn render(report: &Report, style: Style) -> String {
         out.push_str(&format!("\n{} {}\n", style.bad("backend failed:"), err));
     }
     if let Some(server) = &report.server {
-        out.push_str(&format!("\n{} {}\n", style.bold("chat-api"), report.server_url));
+        out.push_str(&format!(
+            "\n{} {}\n",
+            style.bold("chat-api"),
+            report.server_url
+        ));
         let mut tiers = Table::new(&[
-            "tier", "backend", "hits", "misses", "hit ratio", "errors", "timeouts", "skipped",
-            "entries", "bytes", "requests", "commands",
+            "tier",
+            "backend",
+            "hits",
+            "misses",
+            "hit ratio",
+            "errors",
+            "timeouts",
+            "skipped",
+            "entries",
+            "bytes",
+            "requests",
+            "commands",
         ]);
         for tier in &server.tiers {
-            let errors_tone = if tier.errors + tier.timeouts > 0 { Tone::Bad } else { Tone::Plain };
+            let errors_tone = if tier.errors + tier.timeouts > 0 {
+                Tone::Bad
+            } else {
+                Tone::Plain
+            };
             tiers.row(vec![
                 (tier.tier.clone(), Tone::Plain),
                 (tier.backend.clone(), Tone::Plain),
@@ -332,7 +367,10 @@ fn render(report: &Report, style: Style) -> String {
                 (tier.timeouts.to_string(), errors_tone),
                 (tier.skipped.to_string(), Tone::Plain),
                 (optional(tier.entries), Tone::Plain),
-                (tier.bytes.map_or_else(|| "-".to_owned(), output::bytes), Tone::Plain),
+                (
+                    tier.bytes.map_or_else(|| "-".to_owned(), output::bytes),
+                    Tone::Plain,
+                ),
                 (optional(tier.requests), Tone::Plain),
                 (optional(tier.commands), Tone::Plain),
             ]);
@@ -340,10 +378,30 @@ fn render(report: &Report, style: Style) -> String {
         out.push_str(&tiers.render(style));
         let l = &server.lookups;
         let mut summary = Table::new(&["get_or_load", ""]);
-        summary.plain_row(["hits / misses".to_owned(), format!("{} / {} ({} hit ratio)", l.hits, l.misses, percent(l.hit_ratio))]);
-        summary.plain_row(["loads".to_owned(), format!("{} ({} failed, {} callers coalesced)", l.loads, l.load_errors, l.coalesced)]);
-        summary.plain_row(["stale served".to_owned(), format!("{} (+{} fail-safe)", l.stale_served, l.failsafe_served)]);
-        summary.plain_row(["errors hidden".to_owned(), format!("{} backend, {} decode", l.backend_errors, l.decode_errors)]);
+        summary.plain_row([
+            "hits / misses".to_owned(),
+            format!(
+                "{} / {} ({} hit ratio)",
+                l.hits,
+                l.misses,
+                percent(l.hit_ratio)
+            ),
+        ]);
+        summary.plain_row([
+            "loads".to_owned(),
+            format!(
+                "{} ({} failed, {} callers coalesced)",
+                l.loads, l.load_errors, l.coalesced
+            ),
+        ]);
+        summary.plain_row([
+            "stale served".to_owned(),
+            format!("{} (+{} fail-safe)", l.stale_served, l.failsafe_served),
+        ]);
+        summary.plain_row([
+            "errors hidden".to_owned(),
+            format!("{} backend, {} decode", l.backend_errors, l.decode_errors),
+        ]);
         let breaker = server.breaker.as_ref().map_or_else(
             || "none (not tiered)".to_owned(),
             |b| format!("{} (opened {}x, closed {}x)", b.state, b.opened, b.closed),
@@ -353,10 +411,16 @@ fn render(report: &Report, style: Style) -> String {
             Some(_) => Tone::Bad,
         };
         summary.row(vec![("breaker".to_owned(), Tone::Plain), (breaker, tone)]);
-        summary.plain_row(["pending invalidations".to_owned(), optional(server.pending_invalidations)]);
+        summary.plain_row([
+            "pending invalidations".to_owned(),
+            optional(server.pending_invalidations),
+        ]);
         summary.plain_row([
             "http responses".to_owned(),
-            format!("{} ({} 5xx)", server.http_responses, server.http_server_errors),
+            format!(
+                "{} ({} 5xx)",
+                server.http_responses, server.http_server_errors
+            ),
         ]);
         out.push('\n');
         out.push_str(&summary.render(style));
@@ -376,7 +440,9 @@ mod tests {
 
     #[test]
     fn info_replies_parse() {
-        let keyspace = parse_keyspace("# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb2:keys=7,expires=0,avg_ttl=0\r\n");
+        let keyspace = parse_keyspace(
+            "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb2:keys=7,expires=0,avg_ttl=0\r\n",
+        );
         assert_eq!(keyspace.len(), 2);
         assert_eq!((keyspace[0].keys, keyspace[0].expires), (3, 1));
         let memory = info_fields("# Memory\r\nused_memory:1024\r\nmaxmemory_policy:noeviction\r\n");
