@@ -119,7 +119,11 @@ impl Settings {
             |name| std::env::var(name).ok(),
             DOTENV_FILES
                 .iter()
-                .map(|file| read_dotenv(&dir.join(file)))
+                .map(|file| DotenvFile {
+                    // Shown relative: they are always read from the current directory.
+                    path: PathBuf::from(file),
+                    ..read_dotenv(&dir.join(file))
+                })
                 .collect(),
         )
     }

@@ -371,10 +371,9 @@ async fn tags(ctx: &Context, redis: &Redis) -> anyhow::Result<String> {
         );
         let stored = ctx.bounded("EXISTS", redis.exists([key.as_str()])).await?;
         Ok(format!(
-            "wrote {key} tagged {tag}, read it back, invalidated the tag (one request):\n\
-             the entry now reads as a miss{}",
+            "wrote {key} tagged {tag},\nread it back, invalidated the tag (one request); the entry now reads as a miss{}",
             if stored == 1 {
-                " (still stored, hidden by the tag's stamp until it expires)"
+                "\n(still stored, hidden by the tag's stamp until it expires)"
             } else {
                 ""
             }
@@ -506,8 +505,8 @@ async fn fallback(ctx: &Context) -> anyhow::Result<String> {
     );
     Ok(format!(
         "with Upstash unreachable (a silent socket, L2 timeout {}), 6 writes, reads and\n\
-         invalidations succeeded from memory in {}; L2: {} timeouts, {} calls skipped,\n\
-         breaker {breaker}, {} invalidations queued for replay",
+         invalidations succeeded from memory in {}; L2 calls timed out: {}, skipped: {};\n\
+         breaker {breaker}; invalidations queued for replay: {}",
         output::millis(l2_timeout),
         output::millis(elapsed),
         l2.map_or(0, |t| t.timeouts),
