@@ -63,10 +63,19 @@ struct Inner {
     codec: Codec,
     clock: Arc<dyn Clock>,
     flights: Arc<SingleFlight>,
-    // Bumped by every invalidation made through this cache; see `single_flight`.
-    epoch: AtomicU64,
+    // Invalidation counters, striped by the hash of a tag or key. A load may be joined only while
+    // the stripes of its key and tags are unchanged (see `single_flight`); striping keeps unrelated
+    // writes from splitting a stampede into several loads, at a fixed memory cost. A collision
+    // only costs an extra load.
+    epochs: Box<[AtomicU64]>,
+    // Deterministic, so whether two names share a stripe does not change from run to run; a
+    // chosen collision only costs extra loads.
+    hasher: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
     counters: LoadCounters,
 }
+
+/// Stripes of invalidation counters (a power of two).
+const EPOCH_STRIPES: usize = 1024;
 
 #[derive(Debug, Default)]
 struct LoadCounters {
@@ -104,7 +113,8 @@ impl Cache {
                 codec: config.codec,
                 clock: config.clock,
                 flights: Arc::default(),
-                epoch: AtomicU64::new(0),
+                epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                hasher: std::hash::BuildHasherDefault::default(),
                 counters: LoadCounters::default(),
             }),
         }
@@ -171,7 +181,7 @@ impl Cache {
 
     /// Removes `key`.
     pub async fn remove(&self, key: &Key) -> Result<bool> {
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump(key.as_str());
         self.inner.backend.delete(key).await
     }
 
@@ -180,7 +190,9 @@ impl Cache {
     /// Call it after the write to the source of truth has committed: any load that started
     /// earlier, even one that finishes later, cannot leave a stale entry behind.
     pub async fn invalidate(&self, tags: &[Tag]) -> Result<()> {
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        for tag in tags {
+            self.bump(tag.as_str());
+        }
         let at = self.inner.clock.now();
         self.inner.backend.invalidate_tags(tags, at).await
     }
@@ -289,9 +301,26 @@ impl Cache {
         self.inner.flights.len()
     }
 
+    fn stripe(&self, name: &str) -> &AtomicU64 {
+        use std::hash::BuildHasher as _;
+        let hash = self.inner.hasher.hash_one(name) as usize;
+        &self.inner.epochs[hash & (EPOCH_STRIPES - 1)]
+    }
+
+    fn bump(&self, name: &str) {
+        self.stripe(name).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The invalidation epoch of `key`: changes whenever the key or one of its tags is invalidated.
+    fn epoch_of(&self, key: &Key) -> u64 {
+        key.tags().iter().fold(
+            self.stripe(key.as_str()).load(Ordering::SeqCst),
+            |sum, tag| sum.wrapping_add(self.stripe(tag.as_str()).load(Ordering::SeqCst)),
+        )
+    }
+
     fn join(&self, key: &Key) -> Role {
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        self.inner.flights.join(key.as_str(), epoch)
+        self.inner.flights.join(key.as_str(), self.epoch_of(key))
     }
 
     fn spawn_load<T, F, Fut, E>(

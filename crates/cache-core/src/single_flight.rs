@@ -1,8 +1,9 @@
 //! Single-flight: concurrent loads of one key share one loader run.
 //!
-//! A flight records the invalidation epoch it started in. A caller joins a running flight only if
-//! no invalidation happened since it started; otherwise the flight's result may predate a write
-//! the caller must see (read-your-writes), so the caller starts a new flight.
+//! A flight records the invalidation epoch of its key when it started. A caller joins a running
+//! flight only if neither the key nor any of its tags was invalidated since; otherwise the flight's
+//! result may predate a write the caller must see (read-your-writes), so the caller starts a new
+//! flight.
 
 use std::{
     any::Any,

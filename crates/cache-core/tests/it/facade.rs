@@ -405,3 +405,45 @@ async fn the_noop_backend_caches_nothing() {
     }
     assert_eq!(cache.get::<u8>(&key).await.unwrap(), None);
 }
+
+/// Invalidating another channel does not split a stampede on this one (epochs are per tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_invalidations_do_not_split_a_stampede() {
+    let cache = Cache::new(Arc::new(MapBackend::new()));
+    let (key, _) = page_key();
+    let other = Namespace::new("test", 1).unwrap().tag("channel", &[&2]);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let mut callers = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        if i == 10 {
+            cache
+                .invalidate(std::slice::from_ref(&other))
+                .await
+                .unwrap();
+        }
+        let (cache, key, loads, release_rx) = (
+            cache.clone(),
+            key.clone(),
+            loads.clone(),
+            release_rx.clone(),
+        );
+        callers.spawn(async move {
+            cache
+                .get_or_load(&key, &policy(), move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    let rx = release_rx.lock().unwrap().take().expect("loader ran twice");
+                    rx.await.unwrap();
+                    Ok::<_, DbError>(1u32)
+                })
+                .await
+        });
+    }
+    until(|| cache.stats().loads.coalesced == 19).await;
+    release_tx.send(()).unwrap();
+    while let Some(result) = callers.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), 1);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
