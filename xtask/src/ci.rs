@@ -1,9 +1,17 @@
-//! `cargo xtask ci`: the same steps as `.ci/run` and the GitHub workflow, runnable locally.
+//! `cargo xtask ci`: every check CI makes, runnable locally: formatting, clippy with
+//! `-D warnings` on all targets and features, the official-SDK conformance check of
+//! `upstash-gateway`, and the test suite (the README's test command, which `.ci/run` runs too).
+//!
+//! `--tests-only` skips formatting and clippy.
 
-use crate::util::{cargo, run_cmd};
+use crate::{
+    conformance,
+    util::{cargo, run_cmd},
+};
 
-fn run_ci(skip_lints: bool) -> anyhow::Result<()> {
-    if !skip_lints {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let tests_only = args.iter().any(|a| a == "--tests-only");
+    if !tests_only {
         let mut fmt = cargo();
         fmt.args(["fmt", "--all", "--", "--check"]);
         run_cmd(fmt)?;
@@ -12,18 +20,15 @@ fn run_ci(skip_lints: bool) -> anyhow::Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--",
             "-D",
             "warnings",
         ]);
         run_cmd(clippy)?;
     }
+    conformance::run(&[])?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
     run_cmd(test)
-}
-
-pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
-    let skip_lints = args.iter().any(|a| a == "--tests-only");
-    run_ci(skip_lints)
 }

@@ -11,6 +11,7 @@
 mod bench;
 mod ci;
 mod conformance;
+mod e2e;
 mod util;
 
 use std::process::ExitCode;
@@ -20,7 +21,8 @@ cargo xtask <TASK> [ARGS]
 
 Tasks:
   ci          fmt check, clippy -D warnings and the whole test suite (what CI runs)
-  bench       criterion benchmarks of the cache crates (results under target/criterion)
+  bench       criterion benches, then the end-to-end chat benchmark (report under target/bench);
+              --quick, --scenario NAME, --criterion-only, --e2e-only
   conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
   help        this text
 ";

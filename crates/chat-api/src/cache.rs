@@ -61,6 +61,7 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
     };
     match kind {
         CacheBackendKind::Memory | CacheBackendKind::Auto => Ok(memory()),
+        CacheBackendKind::None => Ok(Arc::new(cache_core::NoopBackend::new())),
         CacheBackendKind::Upstash | CacheBackendKind::Tiered => {
             let upstash = upstash_backend(config)?;
             Ok(match kind {

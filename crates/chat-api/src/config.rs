@@ -50,6 +50,8 @@ pub enum CacheBackendKind {
     Upstash,
     /// Memory (L1) in front of Upstash (L2).
     Tiered,
+    /// No cache: every read goes to the database (the baseline of benchmarks).
+    None,
 }
 
 /// An on/off switch (`RATE_LIMIT=on|off`).
@@ -92,7 +94,8 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
-    /// Cache backend: auto picks tiered when Upstash credentials are set, memory otherwise.
+    /// Cache backend: auto picks tiered when Upstash credentials are set, memory otherwise; none
+    /// switches caching off (benchmark baseline).
     #[arg(long, env = "CACHE_BACKEND", value_enum, default_value = "auto")]
     pub cache_backend: CacheBackendKind,
 

@@ -141,6 +141,12 @@ impl Client {
         Ok((Outcome { status }, etag))
     }
 
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        let res = self.http.get(self.url("/metrics")).send().await?;
+        let res = expect(res, StatusCode::OK, "metrics").await?;
+        Ok(res.text().await?)
+    }
+
     pub(crate) async fn my_channels(&self, token: &str) -> anyhow::Result<Outcome> {
         let res = self
             .http

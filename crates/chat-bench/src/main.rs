@@ -12,6 +12,8 @@
 
 mod api;
 mod dataset;
+mod metrics;
+mod report;
 mod stats;
 mod workload;
 
@@ -42,6 +44,8 @@ enum Command {
     Run(workload::RunArgs),
     /// Posts to a channel, then fires N concurrent requests for its latest page (SPEC P7).
     Herd(workload::HerdArgs),
+    /// Turns the scenario summaries of a bench directory into report.md, summary.json and plots.
+    Report(report::ReportArgs),
 }
 
 #[tokio::main]
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed(args) => dataset::seed(&client, &args, cli.quiet).await,
         Command::Run(args) => workload::run(&client, &args, cli.quiet).await,
         Command::Herd(args) => workload::herd(&client, &args).await,
+        Command::Report(args) => report::write(&args),
     }
 }
 

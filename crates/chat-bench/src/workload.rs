@@ -85,6 +85,14 @@ struct Summary {
     seconds: f64,
     total: OpSummary,
     ops: std::collections::BTreeMap<&'static str, OpSummary>,
+    server: crate::metrics::Delta,
+}
+
+#[derive(Debug, Serialize)]
+struct HerdSummary {
+    callers: usize,
+    latency: OpSummary,
+    server: crate::metrics::Delta,
 }
 
 struct World {
@@ -208,6 +216,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
         mix,
         etags: Mutex::new(HashMap::new()),
     });
+    let before = crate::metrics::scrape(client).await;
     let bar = progress(args.duration, quiet);
     bar.set_message(args.scenario.clone());
     let started = Instant::now();
@@ -229,6 +238,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
     ticker.abort();
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    let after = crate::metrics::scrape(client).await;
     let summary = Summary {
         scenario: args.scenario.clone(),
         mode: if args.rate.is_some() {
@@ -246,6 +256,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
             .iter()
             .map(|(op, s)| (*op, s.summary(seconds)))
             .collect(),
+        server: crate::metrics::delta(&before, &after),
     };
     eprintln!(
         "{}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
@@ -337,6 +348,7 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
     let (posted, _) = client.post(&token, &channel.id, "thundering herd").await?;
     anyhow::ensure!(!posted.is_error(), "post failed with {}", posted.status);
 
+    let before = crate::metrics::scrape(client).await;
     let barrier = Arc::new(Barrier::new(args.n));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.n {
@@ -363,10 +375,19 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
         stats.record("latest_page", micros, status);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let summary = stats.total().summary(seconds);
+    let after = crate::metrics::scrape(client).await;
+    let summary = HerdSummary {
+        callers: args.n,
+        latency: stats.total().summary(seconds),
+        server: crate::metrics::delta(&before, &after),
+    };
     eprintln!(
-        "herd of {}: p50 {:.2} ms, p99 {:.2} ms, errors {}",
-        args.n, summary.p50_ms, summary.p99_ms, summary.errors
+        "herd of {}: p50 {:.2} ms, p99 {:.2} ms, errors {}, database queries {}",
+        args.n,
+        summary.latency.p50_ms,
+        summary.latency.p99_ms,
+        summary.latency.errors,
+        summary.server.db_queries
     );
     crate::write_json(&args.out, &summary)
 }

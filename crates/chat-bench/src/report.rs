@@ -1,0 +1,272 @@
+//! `chat-bench report`: the scenario summaries of one bench run as `report.md` (tables),
+//! `summary.json` (every number, with machine, commit and settings) and two SVG plots.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+/// `chat-bench report`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReportArgs {
+    /// The bench directory: scenario summaries are read from `<dir>/scenarios/*.json`.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// The machine, recorded next to the numbers.
+    #[arg(long, default_value = "unknown")]
+    machine: String,
+    /// The commit measured.
+    #[arg(long, default_value = "unknown")]
+    commit: String,
+    /// The settings (dataset, durations, connections), recorded next to the numbers.
+    #[arg(long, default_value = "")]
+    settings: String,
+}
+
+struct Row {
+    name: String,
+    summary: Value,
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn ratio(server: &Value, tier: &str) -> Option<f64> {
+    let hits = server["cache_hits"].get(tier).map(f)?;
+    let misses = server["cache_misses"].get(tier).map(f).unwrap_or(0.0);
+    (hits + misses > 0.0).then(|| hits / (hits + misses))
+}
+
+fn hit_ratios(server: &Value) -> String {
+    let mut parts = Vec::new();
+    for tier in ["memory", "l1", "l2", "upstash"] {
+        if let Some(r) = ratio(server, tier) {
+            parts.push(format!("{tier} {:.0}%", r * 100.0));
+        }
+    }
+    if parts.is_empty() {
+        "–".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
+    let dir = args.dir.join("scenarios");
+    let mut rows = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)?;
+        let summary: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        rows.push(Row { name, summary });
+    }
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "no scenario summaries in {}",
+        dir.display()
+    );
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# chat-api benchmark report\n");
+    let _ = writeln!(
+        md,
+        "- machine: {}\n- commit: {}\n- settings: {}\n",
+        args.machine, args.commit, args.settings
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | mode | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | cache hit ratio | DB queries / 1k req | Upstash requests / 1k req | Upstash commands / 1k req |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let s = &row.summary;
+        if s.get("callers").is_some() {
+            continue; // herd summaries have their own table
+        }
+        let total = &s["total"];
+        let requests = f(&total["requests"]).max(1.0);
+        let server = &s["server"];
+        let per_k = |v: &Value| f(v) / requests * 1000.0;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            row.name,
+            s["mode"].as_str().unwrap_or("?"),
+            f(&total["rps"]),
+            f(&total["p50_ms"]),
+            f(&total["p95_ms"]),
+            f(&total["p99_ms"]),
+            f(&total["max_ms"]),
+            total["errors"],
+            hit_ratios(server),
+            per_k(&server["db_queries"]),
+            per_k(&server["upstash_requests"]),
+            per_k(&server["upstash_commands"]),
+        );
+    }
+    let herds: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.summary.get("callers").is_some())
+        .collect();
+    if !herds.is_empty() {
+        let _ = writeln!(md, "\n## Thundering herd (P7)\n");
+        let _ = writeln!(
+            md,
+            "| scenario | concurrent requests | database queries | p50 ms | p99 ms | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for row in herds {
+            let s = &row.summary;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {:.2} | {} |",
+                row.name,
+                s["callers"],
+                f(&s["server"]["db_queries"]),
+                f(&s["latency"]["p50_ms"]),
+                f(&s["latency"]["p99_ms"]),
+                s["latency"]["errors"],
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nPlots: `latency.svg`, `throughput.svg`. Every number: `summary.json`."
+    );
+    std::fs::write(args.dir.join("report.md"), &md)?;
+
+    let summary = json!({
+        "machine": args.machine,
+        "commit": args.commit,
+        "settings": args.settings,
+        "scenarios": rows.iter().map(|r| (r.name.clone(), r.summary.clone())).collect::<serde_json::Map<_, _>>(),
+    });
+    crate::write_json(&args.dir.join("summary.json"), &summary)?;
+
+    let runs: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.summary.get("total").is_some())
+        .collect();
+    std::fs::write(args.dir.join("latency.svg"), latency_svg(&runs))?;
+    std::fs::write(args.dir.join("throughput.svg"), throughput_svg(&runs))?;
+    eprintln!("wrote {}", args.dir.join("report.md").display());
+    Ok(())
+}
+
+const COLORS: [&str; 4] = ["#4c78a8", "#f58518", "#54a24b", "#e45756"];
+
+/// p50/p95/p99/max per scenario, grouped bars on a log scale.
+fn latency_svg(rows: &[&Row]) -> String {
+    let (w, h, left, bottom, top) = (900.0, 420.0, 70.0, 110.0, 40.0);
+    let plot_h = h - bottom - top;
+    let group_w = (w - left - 20.0) / rows.len().max(1) as f64;
+    let keys = ["p50_ms", "p95_ms", "p99_ms", "max_ms"];
+    let max = rows
+        .iter()
+        .map(|r| f(&r.summary["total"]["max_ms"]))
+        .fold(1.0_f64, f64::max);
+    let (lo, hi) = (0.01_f64.log10(), max.log10().ceil().max(0.0) + 0.0);
+    let y = |ms: f64| top + plot_h * (1.0 - (ms.max(0.01).log10() - lo) / (hi - lo).max(1e-9));
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{}" y="20" text-anchor="middle" font-size="15">Latency per scenario (ms, log scale)</text>"#,
+        w / 2.0
+    );
+    let mut decade = lo.ceil();
+    while decade <= hi {
+        let yy = y(10f64.powf(decade));
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - 20.0,
+            left - 6.0,
+            yy + 4.0,
+            10f64.powf(decade)
+        );
+        decade += 1.0;
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let x0 = left + group_w * i as f64;
+        let bar_w = group_w / (keys.len() as f64 + 1.0);
+        for (k, key) in keys.iter().enumerate() {
+            let v = f(&row.summary["total"][key]);
+            let yy = y(v);
+            let _ = write!(
+                svg,
+                r#"<rect x="{:.1}" y="{yy:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {key}: {v:.2} ms</title></rect>"#,
+                x0 + bar_w * (k as f64 + 0.5),
+                bar_w * 0.9,
+                (top + plot_h - yy).max(0.0),
+                COLORS[k],
+                row.name
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<text transform="translate({:.1},{:.1}) rotate(-35)" text-anchor="end">{}</text>"#,
+            x0 + group_w / 2.0,
+            top + plot_h + 14.0,
+            row.name
+        );
+    }
+    for (k, key) in keys.iter().enumerate() {
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            left + 90.0 * k as f64,
+            h - 14.0,
+            COLORS[k],
+            left + 90.0 * k as f64 + 14.0,
+            h - 5.0,
+            key.trim_end_matches("_ms")
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Requests per second per scenario.
+fn throughput_svg(rows: &[&Row]) -> String {
+    let (w, h, left, bottom, top) = (900.0, 380.0, 70.0, 90.0, 40.0);
+    let plot_h = h - bottom - top;
+    let max = rows
+        .iter()
+        .map(|r| f(&r.summary["total"]["rps"]))
+        .fold(1.0_f64, f64::max);
+    let bar_w = (w - left - 20.0) / rows.len().max(1) as f64;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{}" y="20" text-anchor="middle" font-size="15">Throughput per scenario (requests/s)</text>"#,
+        w / 2.0
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let v = f(&row.summary["total"]["rps"]);
+        let bh = plot_h * v / max;
+        let x = left + bar_w * i as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.0}</text><text transform="translate({:.1},{:.1}) rotate(-35)" text-anchor="end">{}</text>"#,
+            x + bar_w * 0.1,
+            top + plot_h - bh,
+            bar_w * 0.8,
+            COLORS[0],
+            x + bar_w / 2.0,
+            top + plot_h - bh - 4.0,
+            x + bar_w / 2.0,
+            top + plot_h + 14.0,
+            row.name
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -1,0 +1,538 @@
+//! The end-to-end benchmark behind `cargo xtask bench`: starts `redis-server`, `upstash-gateway`
+//! and `chat-api` (release builds) on free ports, seeds a dataset once with `chat-bench seed`, and
+//! runs each scenario against a fresh copy of it with `chat-bench run`, then writes the report
+//! with `chat-bench report` (`target/bench/report.md`, `summary.json`, `latency.svg`,
+//! `throughput.svg`).
+//!
+//! Scenarios: `none` (no cache, the "before"), `memory`, `upstash`, `tiered`, the last two again
+//! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd (P7), and a
+//! Redis outage under load (R1: redis-server killed and restarted mid-run).
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::util::{cargo, project_root, run_cmd};
+
+const TOKEN: &str = "bench-token-not-a-secret";
+
+/// Sizes and durations of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) quick: bool,
+    pub(crate) users: usize,
+    pub(crate) channels: usize,
+    pub(crate) per_user: usize,
+    pub(crate) messages: usize,
+    pub(crate) duration_secs: u64,
+    pub(crate) connections: usize,
+    pub(crate) open_rate: u32,
+    pub(crate) scenarios: Vec<String>,
+}
+
+impl Settings {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Settings {
+                quick,
+                users: 100,
+                channels: 40,
+                per_user: 8,
+                messages: 3_000,
+                duration_secs: 4,
+                connections: 16,
+                open_rate: 300,
+                scenarios: Vec::new(),
+            }
+        } else {
+            Settings {
+                quick,
+                users: 1_000,
+                channels: 200,
+                per_user: 20,
+                messages: 100_000,
+                duration_secs: 30,
+                connections: 32,
+                open_rate: 500,
+                scenarios: Vec::new(),
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite",
+            if self.quick { "quick run: " } else { "" },
+            self.users,
+            self.channels,
+            self.per_user,
+            self.messages,
+            self.connections,
+            self.duration_secs,
+            self.open_rate
+        )
+    }
+}
+
+/// One scenario: which cache, whether Upstash is slowed down, and how it is driven.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    backend: &'static str,
+    latency_ms: u64,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Closed,
+    Open,
+    Herd,
+    Outage,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "01-none",
+        backend: "none",
+        latency_ms: 0,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "02-memory",
+        backend: "memory",
+        latency_ms: 0,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "03-upstash",
+        backend: "upstash",
+        latency_ms: 0,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "04-tiered",
+        backend: "tiered",
+        latency_ms: 0,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "05-upstash-10ms",
+        backend: "upstash",
+        latency_ms: 10,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "06-tiered-10ms",
+        backend: "tiered",
+        latency_ms: 10,
+        kind: Kind::Closed,
+    },
+    Scenario {
+        name: "07-none-open",
+        backend: "none",
+        latency_ms: 0,
+        kind: Kind::Open,
+    },
+    Scenario {
+        name: "08-tiered-10ms-open",
+        backend: "tiered",
+        latency_ms: 10,
+        kind: Kind::Open,
+    },
+    Scenario {
+        name: "09-herd-tiered",
+        backend: "tiered",
+        latency_ms: 0,
+        kind: Kind::Herd,
+    },
+    Scenario {
+        name: "10-outage-tiered",
+        backend: "tiered",
+        latency_ms: 0,
+        kind: Kind::Outage,
+    },
+];
+
+/// A child process killed (and waited for) when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name, child })
+    }
+
+    /// SIGTERM, then wait (a graceful shutdown flushes SQLite).
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop in 10 s; killing it", self.name);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A plain HTTP/1.0 GET over loopback; returns the status code.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+fn wait_ready(name: &str, port: u16, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if http_status(port, path) == Some(200) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{name} did not become ready on port {port}")
+}
+
+fn redis_command(port: u16, parts: &[&str]) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    let mut msg = format!("*{}\r\n", parts.len());
+    for p in parts {
+        msg.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+    }
+    stream.write_all(msg.as_bytes())?;
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply)?;
+    anyhow::ensure!(
+        n > 0 && reply[0] != b'-',
+        "redis answered {:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    Ok(())
+}
+
+struct Redis {
+    port: u16,
+    process: Option<Process>,
+}
+
+impl Redis {
+    fn start(port: u16) -> anyhow::Result<Self> {
+        let process = Process::spawn(
+            "redis-server",
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null()),
+        )
+        .context("redis-server is needed (apt-get install redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_command(port, &["PING"]).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Redis {
+            port,
+            process: Some(process),
+        })
+    }
+
+    fn kill(&mut self) {
+        self.process.take();
+    }
+}
+
+struct Bins {
+    chat_api: PathBuf,
+    gateway: PathBuf,
+    bench: PathBuf,
+}
+
+fn start_chat_api(
+    bins: &Bins,
+    db: &Path,
+    backend: &str,
+    gateway_port: Option<u16>,
+) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&bins.chat_api);
+    cmd.current_dir(project_root())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("CACHE_BACKEND", backend)
+        .env("RATE_LIMIT", "off")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(gp) = gateway_port {
+        cmd.env("UPSTASH_REDIS_REST_URL", format!("http://127.0.0.1:{gp}"))
+            .env("UPSTASH_REDIS_REST_TOKEN", TOKEN);
+    }
+    let process = Process::spawn("chat-api", &mut cmd)?;
+    wait_ready("chat-api", port, "/health")?;
+    Ok((process, port))
+}
+
+fn start_gateway(bins: &Bins, redis_port: u16, latency_ms: u64) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let process = Process::spawn(
+        "upstash-gateway",
+        Command::new(&bins.gateway)
+            .env_clear()
+            .env("UPSTASH_GATEWAY_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .args([
+                "--redis",
+                &format!("redis://127.0.0.1:{redis_port}"),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--latency-ms",
+                &latency_ms.to_string(),
+                "--redis-timeout-ms",
+                "2000",
+            ])
+            .stdout(Stdio::null()),
+    )?;
+    wait_ready("upstash-gateway", port, "/__gateway/health")?;
+    Ok((process, port))
+}
+
+fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let (src, dst) = (
+            PathBuf::from(format!("{}{suffix}", from.display())),
+            PathBuf::from(format!("{}{suffix}", to.display())),
+        );
+        let _ = std::fs::remove_file(&dst);
+        if src.exists() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!(
+        "{cores} cores, {cpu}, {mem_gib:.0} GiB RAM, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(project_root())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned())
+}
+
+pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
+    let root = project_root();
+    let out = root.join("target/bench");
+    let scenarios_dir = out.join("scenarios");
+    let _ = std::fs::remove_dir_all(&scenarios_dir);
+    std::fs::create_dir_all(out.join("db"))?;
+    std::fs::create_dir_all(&scenarios_dir)?;
+
+    eprintln!("==> building release binaries");
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "chat-api",
+        "-p",
+        "upstash-gateway",
+        "-p",
+        "chat-bench",
+    ]);
+    run_cmd(build)?;
+    let release = root.join("target/release");
+    let bins = Bins {
+        chat_api: release.join("chat-api"),
+        gateway: release.join("upstash-gateway"),
+        bench: release.join("chat-bench"),
+    };
+
+    let redis_port = free_port()?;
+    let mut redis = Redis::start(redis_port)?;
+
+    // Seed once; every scenario starts from a copy.
+    let seed_db = out.join("db/seed.db");
+    copy_db(&out.join("db/does-not-exist"), &seed_db)?;
+    let dataset = out.join("dataset.json");
+    eprintln!("==> seeding: {}", settings.describe());
+    {
+        let (api, port) = start_chat_api(&bins, &seed_db, "memory", None)?;
+        let mut seed = Command::new(&bins.bench);
+        seed.args(["--url", &format!("http://127.0.0.1:{port}"), "seed"])
+            .args(["--users", &settings.users.to_string()])
+            .args(["--channels", &settings.channels.to_string()])
+            .args(["--per-user", &settings.per_user.to_string()])
+            .args(["--messages", &settings.messages.to_string()])
+            .arg("--out")
+            .arg(&dataset);
+        run_cmd(seed)?;
+        api.stop();
+    }
+
+    let selected: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| {
+            settings.scenarios.is_empty()
+                || settings
+                    .scenarios
+                    .iter()
+                    .any(|n| s.name.contains(n.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(
+        !selected.is_empty(),
+        "no scenario matches {:?}",
+        settings.scenarios
+    );
+    for (i, scenario) in selected.iter().enumerate() {
+        eprintln!(
+            "==> scenario {}/{}: {}",
+            i + 1,
+            selected.len(),
+            scenario.name
+        );
+        if redis.process.is_none() {
+            redis = Redis::start(redis_port)?;
+        }
+        redis_command(redis.port, &["FLUSHALL"])?;
+        let db = out.join(format!("db/{}.db", scenario.name));
+        copy_db(&seed_db, &db)?;
+        let needs_gateway = matches!(scenario.backend, "upstash" | "tiered");
+        let gateway = needs_gateway
+            .then(|| start_gateway(&bins, redis_port, scenario.latency_ms))
+            .transpose()?;
+        let (api, port) =
+            start_chat_api(&bins, &db, scenario.backend, gateway.as_ref().map(|g| g.1))?;
+        let summary = scenarios_dir.join(format!("{}.json", scenario.name));
+        let mut bench = Command::new(&bins.bench);
+        bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
+        match scenario.kind {
+            Kind::Herd => {
+                bench.args(["herd", "--n", "1000"]);
+            }
+            Kind::Open => {
+                bench.args(["run", "--rate", &settings.open_rate.to_string()]);
+            }
+            Kind::Closed | Kind::Outage => {
+                bench.args(["run", "--connections", &settings.connections.to_string()]);
+            }
+        }
+        if scenario.kind != Kind::Herd {
+            bench
+                .args([
+                    "--duration",
+                    &format!(
+                        "{}s",
+                        settings.duration_secs * if scenario.kind == Kind::Outage { 3 } else { 1 }
+                    ),
+                ])
+                .args(["--scenario", scenario.name]);
+        }
+        bench
+            .arg("--dataset")
+            .arg(&dataset)
+            .arg("--out")
+            .arg(&summary);
+        if scenario.kind == Kind::Outage {
+            // Kill redis-server a third of the way in, bring it back at two thirds.
+            let mut child = bench.spawn().context("starting chat-bench")?;
+            let third = Duration::from_secs(settings.duration_secs);
+            thread::sleep(third);
+            eprintln!("    killing redis-server (kill -9)");
+            redis.kill();
+            thread::sleep(third);
+            eprintln!("    restarting redis-server");
+            redis = Redis::start(redis_port)?;
+            let status = child.wait()?;
+            anyhow::ensure!(status.success(), "chat-bench failed in {}", scenario.name);
+        } else {
+            run_cmd(bench)?;
+        }
+        api.stop();
+        if let Some((gateway, _)) = gateway {
+            gateway.stop();
+        }
+    }
+    drop(redis);
+
+    let mut report = Command::new(&bins.bench);
+    report.args(["report", "--dir"]).arg(&out).args([
+        "--machine",
+        &machine(),
+        "--commit",
+        &commit(),
+        "--settings",
+        &settings.describe(),
+    ]);
+    run_cmd(report)?;
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(())
+}
