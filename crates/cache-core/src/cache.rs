@@ -337,36 +337,47 @@ impl Cache {
         E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
     {
         let cache = self.clone();
+        let mut leader = leader;
         tokio::spawn(async move {
             let inner = &cache.inner;
             // Stamped before the source is read: an invalidation committed while we load is newer
             // than this entry, so the entry is rejected on read (no stale fill).
             let created_at = inner.clock.now();
             inner.counters.loads.inc();
-            let outcome = match loader().await {
+            match loader().await {
                 Ok(value) => {
-                    cache.store(&key, &value, &policy, created_at).await;
-                    Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>)
+                    let value = Arc::new(value);
+                    // Waiters get the value before the (possibly remote) cache write, so a slow L2
+                    // never delays an answer; the flight stays joinable until the write is done.
+                    leader.publish(Ok(Arc::clone(&value) as Arc<dyn Any + Send + Sync>));
+                    cache.store(&key, value, &policy, created_at).await;
                 }
                 Err(err) => {
                     inner.counters.load_errors.inc();
                     let err = Error::Loader(BoxError::from(err.into()));
-                    cache.fail_safe::<T>(&key, &policy, stale).await.ok_or(err)
+                    let outcome = cache.fail_safe::<T>(&key, &policy, stale).await.ok_or(err);
+                    leader.publish(outcome);
                 }
-            };
-            leader.publish(outcome);
+            }
+            drop(leader);
         });
     }
 
-    async fn store<T: CacheValue>(&self, key: &Key, value: &T, policy: &TtlPolicy, at: Timestamp) {
-        let entry = match self.make_entry(value, policy, at) {
+    async fn store<T: CacheValue>(
+        &self,
+        key: &Key,
+        value: Arc<T>,
+        policy: &TtlPolicy,
+        at: Timestamp,
+    ) {
+        let entry = match self.make_entry(&*value, policy, at) {
             Ok(entry) => entry,
             Err(err) => {
                 tracing::warn!(key = key.as_str(), error = %err, "value not cached: cannot encode");
                 return;
             }
         };
-        entry.attach_decoded(Arc::new(value.clone()));
+        entry.attach_decoded(value);
         if let Err(err) = self.inner.backend.set(key, entry).await {
             self.inner.counters.backend_errors.inc();
             tracing::warn!(key = key.as_str(), error = %err, "cache write failed");

@@ -100,11 +100,13 @@ impl Leader {
         self.rx.clone()
     }
 
-    pub(crate) fn publish(mut self, outcome: Outcome) {
+    /// Wakes the waiters with `outcome`. The flight stays joinable (with its outcome ready) until
+    /// the leader is dropped, so callers arriving while the leader still writes the cache get the
+    /// value at once instead of starting a second load.
+    pub(crate) fn publish(&mut self, outcome: Outcome) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Some(outcome));
         }
-        self.flights.finish(&self.key, self.id);
     }
 }
 
@@ -115,8 +117,8 @@ impl Drop for Leader {
                 "the load ended without a result (the loader panicked or its task was cancelled)",
             ));
             let _ = tx.send(Some(Err(Error::Loader(err))));
-            self.flights.finish(&self.key, self.id);
         }
+        self.flights.finish(&self.key, self.id);
     }
 }
 

@@ -119,6 +119,8 @@ async fn stale_fill_race_leaves_no_stale_entry() {
     // 3. The reader stores what it read (its own answer may be old: it began before the write).
     store_tx.send(()).unwrap();
     assert_eq!(reader.await.unwrap().unwrap(), "old");
+    // The reader's answer comes before its cache write; wait for the write.
+    until(|| cache.loads_in_flight() == 0).await;
 
     assert!(backend.raw(&key).is_some(), "the late fill was written");
     assert_eq!(
@@ -165,6 +167,7 @@ async fn read_your_writes_does_not_join_an_older_load() {
     assert_eq!(after_write, "v2");
     release_tx.send(()).unwrap();
     assert_eq!(slow_old_load.await.unwrap().unwrap(), "v1");
+    until(|| cache.loads_in_flight() == 0).await;
     assert_eq!(
         cache.get::<String>(&key).await.unwrap().as_deref(),
         Some("v2")
@@ -226,6 +229,7 @@ async fn stale_within_grace_is_served_and_refreshed_in_background() {
     let (key, _) = page_key();
     let ok = |v: &'static str| move || async move { Ok::<_, DbError>(v.to_owned()) };
     cache.get_or_load(&key, &graced(), ok("v1")).await.unwrap();
+    until(|| cache.loads_in_flight() == 0).await;
     clock.advance(Duration::from_secs(11));
     assert_eq!(
         cache.get_or_load(&key, &graced(), ok("v2")).await.unwrap(),
@@ -257,6 +261,7 @@ async fn fail_safe_serves_stale_on_loader_error_within_grace_and_not_after() {
         })
         .await
         .unwrap();
+    until(|| cache.loads_in_flight() == 0).await;
 
     // Within grace: the stale value is served and the failed refresh is absorbed.
     clock.advance(Duration::from_secs(11));
@@ -325,6 +330,69 @@ async fn a_panicking_loader_fails_its_callers_without_hanging_them() {
     assert_eq!(ok, "v");
 }
 
+/// A backend whose writes wait until the test lets them through.
+struct HeldWrites {
+    inner: MapBackend,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl cache_core::CacheBackend for HeldWrites {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+    async fn get(&self, key: &Key) -> cache_core::Result<Option<Entry>> {
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &Key, entry: Entry) -> cache_core::Result<()> {
+        let _permit = self.gate.acquire().await.expect("gate open");
+        self.inner.set(key, entry).await
+    }
+    async fn delete(&self, key: &Key) -> cache_core::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn invalidate_tags(
+        &self,
+        tags: &[Tag],
+        at: cache_core::Timestamp,
+    ) -> cache_core::Result<()> {
+        self.inner.invalidate_tags(tags, at).await
+    }
+    async fn ping(&self) -> cache_core::Result<Duration> {
+        self.inner.ping().await
+    }
+    fn stats(&self) -> cache_core::CacheStats {
+        self.inner.stats()
+    }
+}
+
+/// The answer does not wait for the cache write (a slow L2 never delays it), and a caller arriving
+/// during the write joins the finished load instead of loading again.
+#[tokio::test]
+async fn answers_come_before_the_cache_write_and_late_callers_still_join() {
+    let backend = Arc::new(HeldWrites {
+        inner: MapBackend::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let cache = Cache::new(backend.clone());
+    let (key, _) = page_key();
+    let first = cache
+        .get_or_load(&key, &policy(), || async { Ok::<_, DbError>(1u32) })
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    assert_eq!(cache.loads_in_flight(), 1, "the write is still held");
+    let second = cache
+        .get_or_load(&key, &policy(), || async { Ok::<_, DbError>(2u32) })
+        .await
+        .unwrap();
+    assert_eq!(second, 1, "joined the finished load");
+    assert_eq!(cache.stats().loads.loads, 1);
+    backend.gate.add_permits(1);
+    until(|| cache.loads_in_flight() == 0).await;
+    assert_eq!(cache.get::<u32>(&key).await.unwrap(), Some(1));
+}
+
 #[tokio::test]
 async fn a_failing_backend_never_fails_get_or_load() {
     let (chaos, control) = ChaosBackend::new(Arc::new(MapBackend::new()));
@@ -363,6 +431,7 @@ async fn undecodable_cached_bytes_are_a_miss_not_an_error() {
         .await
         .unwrap();
     assert_eq!(got, vec![1, 2]);
+    until(|| cache.loads_in_flight() == 0).await;
     assert_eq!(cache.stats().loads.decode_errors, 1);
     assert!(cache.get::<Vec<u8>>(&key).await.unwrap().is_some());
 }
