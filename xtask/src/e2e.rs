@@ -88,6 +88,23 @@ struct Scenario {
     backend: &'static str,
     latency_ms: u64,
     kind: Kind,
+    /// Drive only this operation instead of the mix.
+    only: Option<&'static str>,
+}
+
+const fn scenario(
+    name: &'static str,
+    backend: &'static str,
+    latency_ms: u64,
+    kind: Kind,
+) -> Scenario {
+    Scenario {
+        name,
+        backend,
+        latency_ms,
+        kind,
+        only: None,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,65 +116,24 @@ enum Kind {
 }
 
 const SCENARIOS: &[Scenario] = &[
+    scenario("01-none", "none", 0, Kind::Closed),
+    scenario("02-memory", "memory", 0, Kind::Closed),
+    scenario("03-upstash", "upstash", 0, Kind::Closed),
+    scenario("04-tiered", "tiered", 0, Kind::Closed),
+    scenario("05-upstash-10ms", "upstash", 10, Kind::Closed),
+    scenario("06-tiered-10ms", "tiered", 10, Kind::Closed),
+    scenario("07-none-open", "none", 0, Kind::Open),
+    scenario("08-tiered-10ms-open", "tiered", 10, Kind::Open),
+    scenario("09-herd-tiered", "tiered", 0, Kind::Herd),
+    scenario("10-outage-tiered", "tiered", 0, Kind::Outage),
+    // P2: the cached latest page alone, against a bare axum handler with a body of the same size.
     Scenario {
-        name: "01-none",
-        backend: "none",
-        latency_ms: 0,
-        kind: Kind::Closed,
+        only: Some("latest_page"),
+        ..scenario("11-latest-page-memory", "memory", 0, Kind::Closed)
     },
     Scenario {
-        name: "02-memory",
-        backend: "memory",
-        latency_ms: 0,
-        kind: Kind::Closed,
-    },
-    Scenario {
-        name: "03-upstash",
-        backend: "upstash",
-        latency_ms: 0,
-        kind: Kind::Closed,
-    },
-    Scenario {
-        name: "04-tiered",
-        backend: "tiered",
-        latency_ms: 0,
-        kind: Kind::Closed,
-    },
-    Scenario {
-        name: "05-upstash-10ms",
-        backend: "upstash",
-        latency_ms: 10,
-        kind: Kind::Closed,
-    },
-    Scenario {
-        name: "06-tiered-10ms",
-        backend: "tiered",
-        latency_ms: 10,
-        kind: Kind::Closed,
-    },
-    Scenario {
-        name: "07-none-open",
-        backend: "none",
-        latency_ms: 0,
-        kind: Kind::Open,
-    },
-    Scenario {
-        name: "08-tiered-10ms-open",
-        backend: "tiered",
-        latency_ms: 10,
-        kind: Kind::Open,
-    },
-    Scenario {
-        name: "09-herd-tiered",
-        backend: "tiered",
-        latency_ms: 0,
-        kind: Kind::Herd,
-    },
-    Scenario {
-        name: "10-outage-tiered",
-        backend: "tiered",
-        latency_ms: 0,
-        kind: Kind::Outage,
+        only: Some("latest_page"),
+        ..scenario("12-latest-page-bare-axum", "bare", 0, Kind::Closed)
     },
 ];
 
@@ -282,8 +258,22 @@ impl Redis {
 
 struct Bins {
     chat_api: PathBuf,
+    bare_page: PathBuf,
     gateway: PathBuf,
     bench: PathBuf,
+}
+
+fn start_bare_page(bins: &Bins, body_bytes: usize) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let process = Process::spawn(
+        "bare_page",
+        Command::new(&bins.bare_page)
+            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
+            .env("BODY_BYTES", body_bytes.to_string())
+            .stderr(Stdio::null()),
+    )?;
+    wait_ready("bare_page", port, "/health")?;
+    Ok((process, port))
 }
 
 fn start_chat_api(
@@ -411,6 +401,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
     let release = root.join("target/release");
     let bins = Bins {
         chat_api: release.join("chat-api"),
+        bare_page: release.join("examples/bare_page"),
         gateway: release.join("upstash-gateway"),
         bench: release.join("chat-bench"),
     };
@@ -422,6 +413,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
     let seed_db = out.join("db/seed.db");
     copy_db(&out.join("db/does-not-exist"), &seed_db)?;
     let dataset = out.join("dataset.json");
+    let page_bytes: usize;
     eprintln!("==> seeding: {}", settings.describe());
     {
         let (api, port) = start_chat_api(&bins, &seed_db, "memory", None)?;
@@ -434,6 +426,21 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             .arg("--out")
             .arg(&dataset);
         run_cmd(seed)?;
+        let output = Command::new(&bins.bench)
+            .args([
+                "--url",
+                &format!("http://127.0.0.1:{port}"),
+                "page-size",
+                "--dataset",
+            ])
+            .arg(&dataset)
+            .output()
+            .context("measuring the latest page")?;
+        page_bytes = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(12_000);
+        eprintln!("    latest page of the busiest channel: {page_bytes} bytes");
         api.stop();
     }
 
@@ -469,8 +476,11 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         let gateway = needs_gateway
             .then(|| start_gateway(&bins, redis_port, scenario.latency_ms))
             .transpose()?;
-        let (api, port) =
-            start_chat_api(&bins, &db, scenario.backend, gateway.as_ref().map(|g| g.1))?;
+        let (api, port) = if scenario.backend == "bare" {
+            start_bare_page(&bins, page_bytes)?
+        } else {
+            start_chat_api(&bins, &db, scenario.backend, gateway.as_ref().map(|g| g.1))?
+        };
         let summary = scenarios_dir.join(format!("{}.json", scenario.name));
         let mut bench = Command::new(&bins.bench);
         bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
@@ -484,6 +494,9 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             Kind::Closed | Kind::Outage => {
                 bench.args(["run", "--connections", &settings.connections.to_string()]);
             }
+        }
+        if let Some(op) = scenario.only {
+            bench.args(["--only", op]);
         }
         if scenario.kind != Kind::Herd {
             bench

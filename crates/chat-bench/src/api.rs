@@ -141,6 +141,18 @@ impl Client {
         Ok((Outcome { status }, etag))
     }
 
+    /// The body size of a channel's latest page (50 messages).
+    pub(crate) async fn page_bytes(&self, token: &str, channel: &str) -> anyhow::Result<usize> {
+        let res = self
+            .http
+            .get(self.url(&format!("/api/v1/channels/{channel}/messages?limit=50")))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let res = expect(res, StatusCode::OK, "latest page").await?;
+        Ok(res.bytes().await?.len())
+    }
+
     pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
         let res = self.http.get(self.url("/metrics")).send().await?;
         let res = expect(res, StatusCode::OK, "metrics").await?;

@@ -44,6 +44,13 @@ enum Command {
     Run(workload::RunArgs),
     /// Posts to a channel, then fires N concurrent requests for its latest page (SPEC P7).
     Herd(workload::HerdArgs),
+    /// Prints the size in bytes of the latest page of the most popular channel (for the P2
+    /// baseline, which must answer with a body of the same size).
+    PageSize {
+        /// The dataset written by `seed`.
+        #[arg(long, default_value = "target/bench/dataset.json")]
+        dataset: PathBuf,
+    },
     /// Turns the scenario summaries of a bench directory into report.md, summary.json and plots.
     Report(report::ReportArgs),
 }
@@ -57,6 +64,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => workload::run(&client, &args, cli.quiet).await,
         Command::Herd(args) => workload::herd(&client, &args).await,
         Command::Report(args) => report::write(&args),
+        Command::PageSize { dataset } => {
+            let dataset = dataset::Dataset::load(&dataset)?;
+            let channel = &dataset.channels[0];
+            let token = &dataset.users[channel.members[0]].token;
+            let bytes = client.page_bytes(token, &channel.id).await?;
+            println!("{bytes}");
+            Ok(())
+        }
     }
 }
 
