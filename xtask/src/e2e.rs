@@ -398,6 +398,16 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         "chat-bench",
     ]);
     run_cmd(build)?;
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "chat-api",
+        "--example",
+        "bare_page",
+    ]);
+    run_cmd(build)?;
     let release = root.join("target/release");
     let bins = Bins {
         chat_api: release.join("chat-api"),
