@@ -222,6 +222,29 @@ struct Redis {
     process: Option<Process>,
 }
 
+/// Installs `redis-server` from the OS packages when it is missing (as `.ci/run` does), so the
+/// benchmark runs on a fresh machine without a manual step.
+fn ensure_redis_server() -> anyhow::Result<()> {
+    let present = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("==> redis-server is missing; installing it with apt-get");
+    let installed = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server"])
+        .status()
+        .is_ok_and(|s| s.success());
+    anyhow::ensure!(
+        installed,
+        "could not install redis-server; install it (apt-get install redis-server) and retry"
+    );
+    Ok(())
+}
+
 impl Redis {
     fn start(port: u16) -> anyhow::Result<Self> {
         let process = Process::spawn(
@@ -416,6 +439,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         bench: release.join("chat-bench"),
     };
 
+    ensure_redis_server()?;
     let redis_port = free_port()?;
     let mut redis = Redis::start(redis_port)?;
 

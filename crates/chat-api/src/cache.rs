@@ -71,6 +71,7 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
                     TieredConfig {
                         l2_timeout: config.l2_timeout,
                         l1_max_ttl: config.l1_max_ttl,
+                        breaker: config.breaker,
                         ..TieredConfig::default()
                     },
                 )),

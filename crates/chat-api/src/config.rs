@@ -140,6 +140,14 @@ pub struct Cli {
     #[arg(long, env = "CACHE_L1_MAX_TTL_MS", default_value_t = 5_000)]
     pub cache_l1_max_ttl_ms: u64,
 
+    /// Consecutive L2 failures that open the circuit breaker in tiered mode.
+    #[arg(long, env = "CACHE_BREAKER_FAILURES", default_value_t = 3)]
+    pub cache_breaker_failures: u32,
+
+    /// Milliseconds the breaker stays open (L2 skipped) before one request probes L2 again.
+    #[arg(long, env = "CACHE_BREAKER_OPEN_MS", default_value_t = 5_000)]
+    pub cache_breaker_open_ms: u64,
+
     /// Per-user rate limits (off for benchmarks).
     #[arg(long, env = "RATE_LIMIT", value_enum, default_value = "on")]
     pub rate_limit: Switch,
@@ -198,6 +206,8 @@ pub struct Config {
     pub l2_timeout: Duration,
     /// Tiered L1 cap.
     pub l1_max_ttl: Duration,
+    /// Tiered L2 circuit breaker.
+    pub breaker: cache_core::BreakerConfig,
     /// Rate limiting on.
     pub rate_limit: bool,
     /// Registration open.
@@ -252,6 +262,7 @@ impl Default for Config {
             cache_grace: Duration::ZERO,
             l2_timeout: Duration::from_millis(500),
             l1_max_ttl: Duration::from_secs(5),
+            breaker: cache_core::BreakerConfig::default(),
             rate_limit: true,
             registration_open: true,
             max_body_bytes: 64 * 1024,
@@ -315,6 +326,16 @@ impl Cli {
                 "CACHE_L1_MAX_TTL_MS",
                 self.cache_l1_max_ttl_ms,
             )?),
+            breaker: cache_core::BreakerConfig {
+                failure_threshold: positive(
+                    "CACHE_BREAKER_FAILURES",
+                    self.cache_breaker_failures.into(),
+                )? as u32,
+                open_for: Duration::from_millis(positive(
+                    "CACHE_BREAKER_OPEN_MS",
+                    self.cache_breaker_open_ms,
+                )?),
+            },
             rate_limit: self.rate_limit == Switch::On,
             registration_open: self.registration == Registration::Open,
             max_body_bytes: usize::try_from(positive(
