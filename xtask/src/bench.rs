@@ -35,6 +35,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             "cache-core",
             "-p",
             "cache-memory",
+            // Only the criterion targets: libtest would reject criterion's flags.
+            "--benches",
             "--features",
             "cache-core/zstd",
             "--",
