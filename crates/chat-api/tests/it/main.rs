@@ -12,6 +12,8 @@ mod support;
 
 // Endpoint behaviour: success and validation, per endpoint.
 mod api;
+// R3: SIGKILL under write load, restart, nothing acknowledged is lost or duplicated.
+mod crash;
 // The access matrix: route × (no token, bad token, non-member, member, author).
 mod access;
 // Query-counting cache tests: repeated reads, read-your-writes, stampede (P7), ETag.
