@@ -51,6 +51,7 @@ macro_rules! backend_conformance_tests {
             concurrent_use,
             ping_answers,
             stats_name_a_tier,
+            no_stale_reads_under_concurrent_writes,
         );
     };
     (@checks $factory:path; $($check:ident),* $(,)?) => {
@@ -392,4 +393,72 @@ pub async fn stats_name_a_tier(backend: &DynBackend) {
     let stats = backend.stats();
     assert!(!stats.tiers.is_empty());
     assert!(!stats.tiers[0].backend.is_empty());
+}
+
+/// R2, randomized: writers commit a new version to a "database" and invalidate; readers that
+/// start after a write was acknowledged must never get an older version through `get_or_load`,
+/// whatever the interleaving of loads, fills and invalidations (random yields shuffle them).
+pub async fn no_stale_reads_under_concurrent_writes(backend: &DynBackend) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::{Cache, TtlPolicy};
+
+    let cache = Cache::new(Arc::clone(backend));
+    let ns = namespace();
+    let tag = ns.tag("channel", &[&1]);
+    let key = ns.key("page", &[&1]).tagged(std::slice::from_ref(&tag));
+    let database = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let policy = TtlPolicy::new(MINUTE);
+
+    async fn maybe_yield() {
+        for _ in 0..fastrand::usize(0..3) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (cache, tag) = (cache.clone(), tag.clone());
+        let (database, acknowledged) = (database.clone(), acknowledged.clone());
+        tasks.spawn(async move {
+            for _ in 0..60 {
+                let version = database.fetch_add(1, Ordering::SeqCst) + 1; // the commit
+                maybe_yield().await;
+                cache
+                    .invalidate(std::slice::from_ref(&tag))
+                    .await
+                    .expect("invalidate");
+                acknowledged.fetch_max(version, Ordering::SeqCst); // the answer to the writer
+                maybe_yield().await;
+            }
+        });
+    }
+    for _ in 0..4 {
+        let (cache, key) = (cache.clone(), key.clone());
+        let (database, acknowledged) = (database.clone(), acknowledged.clone());
+        tasks.spawn(async move {
+            for _ in 0..120 {
+                let floor = acknowledged.load(Ordering::SeqCst);
+                let database = database.clone();
+                let got = cache
+                    .get_or_load(&key, &policy, move || async move {
+                        maybe_yield().await;
+                        let version = database.load(Ordering::SeqCst);
+                        maybe_yield().await;
+                        Ok::<_, std::convert::Infallible>(version)
+                    })
+                    .await
+                    .expect("get_or_load");
+                assert!(
+                    got >= floor,
+                    "stale read: version {got} after version {floor} was acknowledged"
+                );
+                maybe_yield().await;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("task panicked");
+    }
 }
