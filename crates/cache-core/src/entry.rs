@@ -33,6 +33,8 @@ struct Inner {
     created_at: Timestamp,
     fresh_until: Timestamp,
     expires_at: Timestamp,
+    // How long this copy may be kept by the tier holding it (an L1 cap); never on the wire.
+    local_expires_at: Timestamp,
     decoded: OnceLock<Decoded>,
     validated_generation: AtomicU64,
 }
@@ -50,6 +52,7 @@ impl Entry {
             created_at,
             fresh_until: fresh_until.min(expires_at),
             expires_at,
+            local_expires_at: expires_at,
             decoded: OnceLock::new(),
             validated_generation: AtomicU64::new(u64::MAX),
         }))
@@ -73,6 +76,31 @@ impl Entry {
     /// Until when the entry may be kept at all.
     pub fn expires_at(&self) -> Timestamp {
         self.0.expires_at
+    }
+
+    /// Until when the tier holding this copy may keep it: `expires_at`, or earlier for a copy
+    /// capped with [`Entry::with_local_expiry`]. In-process backends expire entries at this time.
+    pub fn local_expires_at(&self) -> Timestamp {
+        self.0.local_expires_at
+    }
+
+    /// This entry (same data and times) to be kept by the holding tier only until `at` at most.
+    /// A tiered cache caps its L1 copies this way without changing what readers see.
+    #[must_use]
+    pub fn with_local_expiry(&self, at: Timestamp) -> Entry {
+        let entry = Entry(Arc::new(Inner {
+            value: self.0.value.clone(),
+            created_at: self.0.created_at,
+            fresh_until: self.0.fresh_until,
+            expires_at: self.0.expires_at,
+            local_expires_at: at.min(self.0.expires_at),
+            decoded: OnceLock::new(),
+            validated_generation: AtomicU64::new(u64::MAX),
+        }));
+        if let Some(decoded) = self.0.decoded.get() {
+            entry.attach_decoded(Arc::clone(decoded));
+        }
+        entry
     }
 
     /// Whether the entry is fresh at `now`.

@@ -194,10 +194,10 @@ impl TieredBackend {
 
     fn cap_for_l1(&self, entry: &Entry) -> Entry {
         let cap = self.clock.now().saturating_add(self.config.l1_max_ttl);
-        if entry.expires_at() <= cap {
+        if entry.local_expires_at() <= cap {
             entry.clone()
         } else {
-            entry.with_times(entry.fresh_until().min(cap), cap)
+            entry.with_local_expiry(cap)
         }
     }
 

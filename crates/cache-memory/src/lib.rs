@@ -106,7 +106,7 @@ impl EntryExpiry {
     fn ttl(&self, entry: &Entry) -> Option<Duration> {
         Some(
             entry
-                .expires_at()
+                .local_expires_at()
                 .saturating_duration_since(self.clock.now_for_expiry()),
         )
     }

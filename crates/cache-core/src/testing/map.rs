@@ -71,7 +71,7 @@ impl MapBackend {
     }
 
     fn valid(&self, key: &Key, entry: &Entry) -> bool {
-        if !entry.is_alive(self.clock.now()) {
+        if self.clock.now() >= entry.local_expires_at() {
             return false;
         }
         let stamps = self.stamps.lock().expect("lock");
