@@ -24,5 +24,7 @@ mod hostile;
 mod ops;
 // Upstash and tiered backends behind upstash-gateway, Redis outages (R1).
 mod upstash;
+// R6: secrets never in logs, error bodies or /metrics.
+mod secrets;
 // The WebSocket session.
 mod ws;
