@@ -445,6 +445,49 @@ mod tests {
         }
     }
 
+    /// Random bytes and random mutations of valid encodings never panic the decoder (a cheap,
+    /// deterministic property test; not coverage-guided fuzzing).
+    #[test]
+    fn mutated_and_random_bytes_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        #[allow(unused_mut, reason = "zstd builds add a codec")]
+        let mut codecs = vec![Codec::new(), Codec::new().with_threshold(0)];
+        #[cfg(feature = "zstd")]
+        codecs.push(Codec::new().with_compression(Compression::Zstd(3)));
+        let values: Vec<Vec<u8>> = vec![
+            br#"{"a":[1,2,3],"b":"text"}"#.to_vec(),
+            serde_json::to_vec(&"x".repeat(3000)).unwrap(),
+            (0..=255u8).collect(),
+        ];
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
+        for codec in &codecs {
+            for value in &values {
+                seeds.push(codec.encode_entry(&entry(value)).to_vec());
+            }
+        }
+        for _ in 0..20_000 {
+            let mut bytes = if rng.bool() {
+                seeds[rng.usize(..seeds.len())].clone()
+            } else {
+                (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect()
+            };
+            for _ in 0..rng.usize(0..4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let i = rng.usize(..bytes.len());
+                match rng.u8(0..3) {
+                    0 => bytes[i] = rng.u8(..),
+                    1 => bytes.truncate(i),
+                    _ => bytes.insert(i, rng.u8(..)),
+                }
+            }
+            for codec in &codecs {
+                let _ = codec.decode_entry(&bytes);
+            }
+        }
+    }
+
     #[test]
     fn size_limit_is_enforced() {
         let codec = Codec::new().with_threshold(0).with_max_decoded_len(100);
