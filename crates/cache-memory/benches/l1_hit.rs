@@ -151,6 +151,23 @@ fn bench_l1_hit(c: &mut Criterion) {
     bench_value(c, &rt, "page50_arc", page());
 }
 
+/// `n` concurrent `get_or_load` calls for `key`, each in its own task, joined.
+async fn concurrent_loads(cache: Cache, key: Key, policy: TtlPolicy, n: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (cache, key) = (cache.clone(), key.clone());
+        set.spawn(async move {
+            cache
+                .get_or_load(&key, &policy, || async { Ok::<_, std::io::Error>(page()) })
+                .await
+                .expect("loads")
+        });
+    }
+    while let Some(result) = set.join_next().await {
+        black_box(result.expect("task"));
+    }
+}
+
 fn bench_get_or_load(c: &mut Criterion) {
     let rt = runtime();
     let cache = tiered();
@@ -161,26 +178,8 @@ fn bench_get_or_load(c: &mut Criterion) {
     let mut group = c.benchmark_group("get_or_load");
     for callers in [1usize, 8, 64] {
         group.bench_with_input(BenchmarkId::new("hit", callers), &callers, |b, &n| {
-            b.to_async(&rt).iter(|| {
-                let (cache, key) = (cache.clone(), key.clone());
-                async move {
-                    let mut set = tokio::task::JoinSet::new();
-                    for _ in 0..n {
-                        let (cache, key) = (cache.clone(), key.clone());
-                        set.spawn(async move {
-                            cache
-                                .get_or_load(&key, &policy, || async {
-                                    Ok::<_, std::io::Error>(page())
-                                })
-                                .await
-                                .expect("loads")
-                        });
-                    }
-                    while let Some(r) = set.join_next().await {
-                        black_box(r.expect("task"));
-                    }
-                }
-            })
+            b.to_async(&rt)
+                .iter(|| concurrent_loads(cache.clone(), key.clone(), policy, n))
         });
         group.bench_with_input(
             BenchmarkId::new("stampede_after_invalidate", callers),
@@ -190,21 +189,7 @@ fn bench_get_or_load(c: &mut Criterion) {
                     let (cache, key, tag) = (cache.clone(), key.clone(), tag.clone());
                     async move {
                         cache.invalidate(&[tag]).await.expect("invalidate");
-                        let mut set = tokio::task::JoinSet::new();
-                        for _ in 0..n {
-                            let (cache, key) = (cache.clone(), key.clone());
-                            set.spawn(async move {
-                                cache
-                                    .get_or_load(&key, &policy, || async {
-                                        Ok::<_, std::io::Error>(page())
-                                    })
-                                    .await
-                                    .expect("loads")
-                            });
-                        }
-                        while let Some(r) = set.join_next().await {
-                            black_box(r.expect("task"));
-                        }
+                        concurrent_loads(cache, key, policy, n).await;
                     }
                 })
             },

@@ -4,69 +4,13 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
-use crate::support::{Db, TestDb, on_both_databases};
-
-/// The chat-api binary on a free port; killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    async fn start(database_url: &str) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-api"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env("CACHE_BACKEND", "memory")
-            .env("RATE_LIMIT", "off")
-            .env("RUST_LOG", "warn")
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start chat-api");
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(res) = client.get(format!("{}/health", server.base)).send().await {
-                if res.status().is_success() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "chat-api did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn api(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.base)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL: no graceful shutdown
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{Db, Server, TestDb, on_both_databases};
 
 async fn post(
     client: &reqwest::Client,
@@ -128,7 +72,7 @@ async fn killed_under_write_load_loses_no_acknowledged_message(db: Db) {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let server = Server::start(&database.url).await;
+    let server = Server::start(&[("DATABASE_URL", database.url.as_str())], None).await;
     let registered: Value = client
         .post(server.api("/users"))
         .json(&json!({ "name": "writer" }))
@@ -188,7 +132,7 @@ async fn killed_under_write_load_loses_no_acknowledged_message(db: Db) {
     let attempted = attempted.lock().unwrap().clone();
 
     // Restart on the same database and read every message back.
-    let server = Server::start(&database.url).await;
+    let server = Server::start(&[("DATABASE_URL", database.url.as_str())], None).await;
     let messages_url = server.api(&format!(
         "/channels/{}/messages",
         channel["id"].as_str().unwrap()

@@ -3,57 +3,35 @@
 //! binary in tiered mode against a real redis-server behind upstash-gateway, and feeds it good,
 //! bad and broken credentials.
 
-use std::{
-    io::Read,
-    net::TcpListener,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::io::Read;
 
 use serde_json::{Value, json};
 use upstash_gateway::testing::TestGateway;
 
-use crate::support::{Db, TestDb};
+use crate::support::{Db, Server, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_error_bodies_or_metrics() {
     let database = TestDb::create(Db::Sqlite).await.expect("sqlite");
     let gateway = TestGateway::start().await;
     let upstash_token = gateway.token().to_owned();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
     let log_path = std::env::temp_dir().join(format!("chat-api-secrets-{}.log", ulid::Ulid::new()));
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-api"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &database.url)
-        .env("CACHE_BACKEND", "tiered")
-        .env("UPSTASH_REDIS_REST_URL", gateway.url())
-        .env("UPSTASH_REDIS_REST_TOKEN", &upstash_token)
-        .env("RUST_LOG", "trace")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("start chat-api");
-    let base = format!("http://127.0.0.1:{port}");
-    let api = |path: &str| format!("{base}/api/v1{path}");
+    let gateway_url = gateway.url();
+    let server = Server::start(
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("CACHE_BACKEND", "tiered"),
+            ("UPSTASH_REDIS_REST_URL", gateway_url.as_str()),
+            ("UPSTASH_REDIS_REST_TOKEN", upstash_token.as_str()),
+            ("RUST_LOG", "trace"),
+        ],
+        Some(log),
+    )
+    .await;
+    let base = server.base.clone();
+    let api = |path: &str| server.api(path);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "chat-api did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let mut bodies = Vec::new();
     let registered: Value = client
@@ -139,8 +117,7 @@ async fn secrets_never_reach_logs_error_bodies_or_metrics() {
             .unwrap(),
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let mut logs = String::new();
     std::fs::File::open(&log_path)
         .unwrap()

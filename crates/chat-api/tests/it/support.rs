@@ -409,3 +409,68 @@ fn database_names_are_replaced() {
         "postgres://h:5432/x"
     );
 }
+
+/// The real chat-api binary on a free port (memory cache, rate limits off), with `env` on top;
+/// its output goes to `log` (or nowhere). Killed with SIGKILL, without a graceful shutdown, on drop.
+pub(crate) struct Server {
+    child: std::process::Child,
+    pub(crate) base: String,
+}
+
+impl Server {
+    pub(crate) async fn start(env: &[(&str, &str)], log: Option<std::fs::File>) -> Server {
+        use std::process::{Command, Stdio};
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-api"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
+            .env("CACHE_BACKEND", "memory")
+            .env("RATE_LIMIT", "off")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null());
+        match log {
+            Some(file) => command
+                .stdout(file.try_clone().expect("log file"))
+                .stderr(file),
+            None => command.stdout(Stdio::null()),
+        };
+        let server = Server {
+            child: command.spawn().expect("start chat-api"),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(res) = client.get(format!("{}/health", server.base)).send().await {
+                if res.status().is_success() {
+                    return server;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chat-api did not come up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `{base}/api/v1{path}`.
+    pub(crate) fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
