@@ -29,7 +29,7 @@ use crate::{
         ws::upgrade,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &InputErrors),
     tags(
         (name = "users", description = "Registration and the caller"),
         (name = "channels", description = "Channels and memberships"),
@@ -48,6 +48,79 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Describes what the handlers validate, so clients and schema-driven testers (schemathesis) know:
+/// ids in paths are ULIDs, and any operation with parameters or a body may answer 400 with the
+/// error shape (and 413/415 for bodies).
+struct InputErrors;
+
+/// A ULID as chat-api spells it: canonical upper-case Crockford base32, at most 128 bits.
+const ULID_PATTERN: &str = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$";
+
+impl Modify for InputErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, RefOr, ResponseBuilder,
+            path::ParameterIn,
+            schema::{ObjectBuilder, Schema, Type},
+        };
+
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let mut has_parameters = false;
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    has_parameters = true;
+                    let is_id = matches!(parameter.parameter_in, ParameterIn::Path)
+                        && matches!(parameter.name.as_str(), "cid" | "mid" | "uid");
+                    if is_id {
+                        parameter.schema = Some(RefOr::T(Schema::Object(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(ULID_PATTERN))
+                                .min_length(Some(26))
+                                .max_length(Some(26))
+                                .build(),
+                        )));
+                    }
+                }
+                let responses = &mut operation.responses.responses;
+                if has_parameters || operation.request_body.is_some() {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| error("Invalid input"));
+                }
+                if operation.request_body.is_some() {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("Body too large"));
+                    responses
+                        .entry("415".into())
+                        .or_insert_with(|| error("Body is not JSON"));
+                }
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateChannel {
     /// 1–64 printable characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// `public` (default) or `private`.
     #[serde(default = "default_kind")]

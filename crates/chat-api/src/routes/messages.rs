@@ -46,6 +46,7 @@ pub struct MessagesQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessage {
     /// 1–2000 characters.
+    #[schema(min_length = 1, max_length = 2000)]
     pub content: String,
     /// Up to 64 characters, echoed back; a retry with the same nonce returns the first message
     /// (200) instead of posting twice.
@@ -56,6 +57,7 @@ pub struct PostMessage {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EditMessage {
     /// 1–2000 characters.
+    #[schema(min_length = 1, max_length = 2000)]
     pub content: String,
 }
 

@@ -19,6 +19,7 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// 1–32 letters, digits, `_`, `-`, `.`; unique.
+    #[schema(min_length = 1, max_length = 32)]
     pub name: String,
 }
 
