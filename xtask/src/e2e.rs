@@ -349,13 +349,22 @@ fn start_gateway(bins: &Bins, redis_port: u16, latency_ms: u64) -> anyhow::Resul
     Ok((process, port))
 }
 
+/// A SQLite database's files: the database, its write-ahead log and shared memory.
+fn db_files(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["", "-wal", "-shm"]
+        .into_iter()
+        .map(move |suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+}
+
+fn remove_db(db: &Path) {
+    for file in db_files(db) {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let (src, dst) = (
-            PathBuf::from(format!("{}{suffix}", from.display())),
-            PathBuf::from(format!("{}{suffix}", to.display())),
-        );
-        let _ = std::fs::remove_file(&dst);
+    remove_db(to);
+    for (src, dst) in db_files(from).zip(db_files(to)) {
         if src.exists() {
             std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
         }
@@ -445,7 +454,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
 
     // Seed once; every scenario starts from a copy.
     let seed_db = out.join("db/seed.db");
-    copy_db(&out.join("db/does-not-exist"), &seed_db)?;
+    remove_db(&seed_db);
     let dataset = out.join("dataset.json");
     let page_bytes: usize;
     eprintln!("==> seeding: {}", settings.describe());

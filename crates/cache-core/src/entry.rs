@@ -88,19 +88,7 @@ impl Entry {
     /// A tiered cache caps its L1 copies this way without changing what readers see.
     #[must_use]
     pub fn with_local_expiry(&self, at: Timestamp) -> Entry {
-        let entry = Entry(Arc::new(Inner {
-            value: self.0.value.clone(),
-            created_at: self.0.created_at,
-            fresh_until: self.0.fresh_until,
-            expires_at: self.0.expires_at,
-            local_expires_at: at.min(self.0.expires_at),
-            decoded: OnceLock::new(),
-            validated_generation: AtomicU64::new(u64::MAX),
-        }));
-        if let Some(decoded) = self.0.decoded.get() {
-            entry.attach_decoded(Arc::clone(decoded));
-        }
-        entry
+        self.rebuilt(self.0.fresh_until, self.0.expires_at, at)
     }
 
     /// Whether the entry is fresh at `now`.
@@ -123,12 +111,20 @@ impl Entry {
     /// The same data with other times, sharing the bytes and the decoded value.
     #[must_use]
     pub fn with_times(&self, fresh_until: Timestamp, expires_at: Timestamp) -> Entry {
-        let entry = Entry::new(
-            self.0.value.clone(),
-            self.0.created_at,
-            fresh_until,
+        self.rebuilt(fresh_until, expires_at, expires_at)
+    }
+
+    /// A new entry of the same data, sharing the bytes and the decoded value.
+    fn rebuilt(&self, fresh_until: Timestamp, expires_at: Timestamp, local: Timestamp) -> Entry {
+        let entry = Entry(Arc::new(Inner {
+            value: self.0.value.clone(),
+            created_at: self.0.created_at,
+            fresh_until: fresh_until.min(expires_at),
             expires_at,
-        );
+            local_expires_at: local.min(expires_at),
+            decoded: OnceLock::new(),
+            validated_generation: AtomicU64::new(u64::MAX),
+        }));
         if let Some(decoded) = self.0.decoded.get() {
             entry.attach_decoded(Arc::clone(decoded));
         }

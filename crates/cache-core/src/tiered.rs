@@ -270,19 +270,11 @@ impl TieredBackend {
             let now = self.clock.now();
             self.timed(self.l2.invalidate_tags(&tags, now)).await?;
         }
-        // Group tag stamps so each distinct stamp is one call (usually all share few stamps).
-        let mut by_stamp: HashMap<Timestamp, Vec<Tag>> = HashMap::new();
-        for (tag, at) in &batch.tags {
-            by_stamp.entry(*at).or_default().push(tag.clone());
-        }
-        if by_stamp.len() > 1 {
-            // Many stamps: one call at the newest stamp is still correct (it only invalidates
-            // more) and costs one round trip.
-            let newest = by_stamp.keys().max().copied().unwrap_or_default();
+        // One call at the newest stamp covers every missed tag: it only invalidates more (entries
+        // created between a tag's own stamp and the newest one), never less.
+        if let Some(newest) = batch.tags.values().max().copied() {
             let tags: Vec<Tag> = batch.tags.keys().cloned().collect();
             self.timed(self.l2.invalidate_tags(&tags, newest)).await?;
-        } else if let Some((at, tags)) = by_stamp.into_iter().next() {
-            self.timed(self.l2.invalidate_tags(&tags, at)).await?;
         }
         if !batch.deletes.is_empty() {
             let keys: Vec<Key> = batch.deletes.iter().cloned().collect();
