@@ -9,25 +9,15 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
-use crate::util::{cargo, project_root, run_cmd};
-
-/// A child process killed when dropped, so a failing run leaves nothing behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::util::{Process, cargo, free_port, project_root, run_cmd, target_dir};
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let only = match args {
@@ -43,14 +33,14 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut build = cargo();
     build.args(["build", "-p", "upstash-gateway", "--bin", "upstash-gateway"]);
     run_cmd(build)?;
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target_dir = target_dir();
     let gateway_bin = target_dir
         .join("debug")
         .join(format!("upstash-gateway{}", std::env::consts::EXE_SUFFIX));
 
     let redis_port = free_port()?;
-    let redis = KillOnDrop(
+    let redis = Process::spawn(
+        "redis-server",
         Command::new(&redis_server)
             .args([
                 "--port",
@@ -64,10 +54,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             ])
             .arg("--dir")
             .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", redis_server.display()))?,
-    );
+            .stdout(Stdio::null()),
+    )?;
     wait_until("redis-server answers PING", || {
         redis_answers_ping(redis_port)
     })?;
@@ -75,7 +63,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let gateway_port = free_port()?;
     let token = format!("conformance-{}-{}", std::process::id(), redis_port);
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-    let gateway = KillOnDrop(
+    let gateway = Process::spawn(
+        "upstash-gateway",
         Command::new(&gateway_bin)
             .env(
                 "UPSTASH_GATEWAY_REDIS_URL",
@@ -86,10 +75,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                 format!("127.0.0.1:{gateway_port}"),
             )
             .env("UPSTASH_GATEWAY_TOKEN", &token)
-            .env("RUST_LOG", "upstash_gateway=warn")
-            .spawn()
-            .with_context(|| format!("starting {}", gateway_bin.display()))?,
-    );
+            .env("RUST_LOG", "upstash_gateway=warn"),
+    )?;
     wait_until("the gateway reports healthy", || {
         gateway_healthy(gateway_port)
     })?;
@@ -211,12 +198,6 @@ fn find_redis_server() -> anyhow::Result<PathBuf> {
             "redis-server not found on PATH: install it (Debian/Ubuntu: apt-get install redis-server; \
              macOS: brew install redis) or set REDIS_SERVER=/path/to/redis-server",
         )
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding an ephemeral port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ mod bench;
 mod ci;
 mod conformance;
 mod e2e;
+mod fuzz;
 mod setup_env;
 mod util;
 
@@ -25,6 +26,8 @@ Tasks:
   bench       criterion benches, then the end-to-end chat benchmark (report under target/bench);
               --quick, --scenario NAME, --criterion-only, --e2e-only
   conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
+  fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
+              --time SECS (per target, default 30), TARGET…
   setup-env   write .env.local with Upstash (or local gateway) credentials, checked by PING
   help        this text
 ";
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("conformance") => conformance::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         Some("setup-env") => setup_env::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");

@@ -43,6 +43,9 @@ mod command;
 mod commands;
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod pipeline;
 mod script;
 mod value;

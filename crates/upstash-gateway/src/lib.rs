@@ -39,6 +39,9 @@ mod auth;
 mod command;
 mod error;
 mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod redis;
 mod request;
