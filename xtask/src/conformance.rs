@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{Process, cargo, free_port, project_root, run_cmd, target_dir};
+use crate::util::{Process, cargo, free_port, project_root, python_venv, run_cmd, target_dir};
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let only = match args {
@@ -92,7 +92,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if only.is_none_or(|o| o == "python") {
         outcomes.push((
             "upstash-redis (PyPI)",
-            run_python(&root, &target_dir, &gateway_url, &token),
+            run_python(&root, &gateway_url, &token),
         ));
     }
     drop(gateway);
@@ -139,43 +139,12 @@ fn run_node(root: &Path, url: &str, token: &str) -> anyhow::Result<()> {
     run_cmd(script)
 }
 
-fn run_python(root: &Path, target_dir: &Path, url: &str, token: &str) -> anyhow::Result<()> {
-    let venv = target_dir.join("conformance").join("venv");
-    let bin = venv.join(if cfg!(windows) { "Scripts" } else { "bin" });
-    let python = bin.join(if cfg!(windows) {
-        "python.exe"
-    } else {
-        "python"
-    });
+fn run_python(root: &Path, url: &str, token: &str) -> anyhow::Result<()> {
     let requirements = root
         .join("conformance")
         .join("python")
         .join("requirements.txt");
-    // Reinstall when requirements.txt changed since the venv was filled (a pin was bumped).
-    let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements)
-        .context("reading conformance/python/requirements.txt")?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        if !python.exists() {
-            let mut create = Command::new("python3");
-            create.arg("-m").arg("venv").arg(&venv);
-            run_cmd(create)
-                .context("creating a Python venv (needs python3 with the venv module)")?;
-        }
-        let mut install = Command::new(&python);
-        install
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements);
-        run_cmd(install).context("installing upstash-redis from PyPI")?;
-        std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
-    }
+    let python = python_venv("conformance", &requirements)?;
     let mut script = Command::new(&python);
     script
         .arg(

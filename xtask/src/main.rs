@@ -8,6 +8,7 @@
     reason = "a developer tool that reports progress on the terminal"
 )]
 
+mod api_fuzz;
 mod bench;
 mod ci;
 mod conformance;
@@ -26,6 +27,7 @@ Tasks:
   bench       criterion benches, then the end-to-end chat benchmark (report under target/bench);
               --quick, --scenario NAME, --criterion-only, --e2e-only
   conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
+  api-fuzz    schemathesis against chat-api's OpenAPI document (fuzz/api); --time SECS, --no-build
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
   setup-env   write .env.local with Upstash (or local gateway) credentials, checked by PING
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&rest),
         Some("conformance") => conformance::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
+        Some("api-fuzz") => api_fuzz::run(&rest),
         Some("setup-env") => setup_env::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");

@@ -116,3 +116,81 @@ pub(crate) fn wait_ready(name: &str, port: u16, path: &str) -> anyhow::Result<()
     }
     bail!("{name} did not become ready on port {port}")
 }
+
+/// One HTTP/1.0 request over loopback with an optional bearer token and JSON body; returns the
+/// status and the body. Enough for set-up calls without an HTTP client dependency.
+pub(crate) fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response without a header end")?;
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("an HTTP response without a status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// The value of a top-level string field in a JSON text (`"token":"…"`), without a JSON parser.
+pub(crate) fn json_string_field(json: &str, field: &str) -> Option<String> {
+    let start = json.find(&format!("\"{field}\":\""))? + field.len() + 4;
+    let end = start + json[start..].find('"')?;
+    Some(json[start..end].to_owned())
+}
+
+/// A Python virtual environment under `target/<name>/venv` holding `requirements`, created or
+/// refreshed when the requirements changed; returns its `python`.
+pub(crate) fn python_venv(name: &str, requirements: &Path) -> anyhow::Result<PathBuf> {
+    let venv = target_dir().join(name).join("venv");
+    let bin = venv.join(if cfg!(windows) { "Scripts" } else { "bin" });
+    let python = bin.join(if cfg!(windows) {
+        "python.exe"
+    } else {
+        "python"
+    });
+    let stamp = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        if !python.exists() {
+            let mut create = Command::new("python3");
+            create.arg("-m").arg("venv").arg(&venv);
+            run_cmd(create)
+                .context("creating a Python venv (needs python3 with the venv module)")?;
+        }
+        let mut install = Command::new(&python);
+        install
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(requirements);
+        run_cmd(install).with_context(|| format!("installing {}", requirements.display()))?;
+        std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
+    }
+    Ok(python)
+}

@@ -58,6 +58,8 @@ struct InputErrors;
 
 /// A ULID as chat-api spells it: canonical upper-case Crockford base32, at most 128 bits.
 const ULID_PATTERN: &str = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$";
+/// An emoji as `validate::emoji` takes it: no whitespace, no control characters.
+const EMOJI_PATTERN: &str = r"^[^\s\u0000-\u001F\u007F-\u009F]+$";
 
 impl Modify for InputErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -94,6 +96,18 @@ impl Modify for InputErrors {
                     has_parameters = true;
                     let is_id = matches!(parameter.parameter_in, ParameterIn::Path)
                         && matches!(parameter.name.as_str(), "cid" | "mid" | "uid");
+                    let is_emoji = matches!(parameter.parameter_in, ParameterIn::Path)
+                        && parameter.name == "emoji";
+                    if is_emoji {
+                        parameter.schema = Some(RefOr::T(Schema::Object(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(EMOJI_PATTERN))
+                                .min_length(Some(1))
+                                .max_length(Some(crate::validate::MAX_EMOJI))
+                                .build(),
+                        )));
+                    }
                     if is_id {
                         parameter.schema = Some(RefOr::T(Schema::Object(
                             ObjectBuilder::new()

@@ -25,8 +25,12 @@ use crate::{
 /// `POST /api/v1/channels` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateChannel {
-    /// 1–64 printable characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// 1–64 characters, no control characters, no leading or trailing whitespace.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]([^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F])?$"
+    )]
     pub name: String,
     /// `public` (default) or `private`.
     #[serde(default = "default_kind")]

@@ -45,19 +45,33 @@ pub struct MessagesQuery {
 /// `POST /api/v1/channels/{cid}/messages` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessage {
-    /// 1–2000 characters.
-    #[schema(min_length = 1, max_length = 2000)]
+    /// 1–2000 characters, not only whitespace; line breaks and tabs but no other control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub content: String,
-    /// Up to 64 characters, echoed back; a retry with the same nonce returns the first message
-    /// (200) instead of posting twice.
+    /// 1–64 characters without whitespace or control characters, echoed back; a retry with the
+    /// same nonce returns the first message (200) instead of posting twice.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub nonce: Option<String>,
 }
 
 /// `PATCH /api/v1/channels/{cid}/messages/{mid}` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EditMessage {
-    /// 1–2000 characters.
-    #[schema(min_length = 1, max_length = 2000)]
+    /// 1–2000 characters, as in a new message.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     pub content: String,
 }
 
@@ -281,7 +295,17 @@ pub(crate) async fn post(
             messages_changed(&state, cid, EventKind::MessageCreate, &message).await;
             Ok((StatusCode::CREATED, axum::Json(message)).into_response())
         }
-        Posted::Duplicate(message) => Ok((StatusCode::OK, axum::Json(message)).into_response()),
+        Posted::Duplicate(message) => {
+            // The first attempt may have committed and then died before its invalidation (a
+            // crash, a lost L2 write): invalidate again, so the message this retry confirms is
+            // visible. No second event: clients already had their chance at the first one.
+            let keys = state.cache().keys();
+            state
+                .cache()
+                .invalidate(&[keys.channel_messages_tag(cid)])
+                .await;
+            Ok((StatusCode::OK, axum::Json(message)).into_response())
+        }
     }
 }
 
