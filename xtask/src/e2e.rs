@@ -35,6 +35,10 @@ pub(crate) struct Settings {
     pub(crate) connections: usize,
     pub(crate) open_rate: u32,
     pub(crate) scenarios: Vec<String>,
+    /// `release` for measurements; `debug` where only correctness is checked (CI's outage run).
+    pub(crate) profile: &'static str,
+    /// Under the target directory: `bench`, or `outage` for the R1 check.
+    pub(crate) out_dir: &'static str,
 }
 
 impl Settings {
@@ -50,6 +54,8 @@ impl Settings {
                 connections: 16,
                 open_rate: 300,
                 scenarios: Vec::new(),
+                profile: "release",
+                out_dir: "bench",
             }
         } else {
             Settings {
@@ -62,13 +68,27 @@ impl Settings {
                 connections: 32,
                 open_rate: 500,
                 scenarios: Vec::new(),
+                profile: "release",
+                out_dir: "bench",
             }
+        }
+    }
+
+    /// The R1 check CI runs (`cargo xtask outage`): the outage scenarios only, on debug builds
+    /// (nothing is measured for speed), with a small dataset and a 24 s run each.
+    pub(crate) fn outage_check() -> Self {
+        Settings {
+            duration_secs: 8,
+            scenarios: vec!["outage".into()],
+            profile: "debug",
+            out_dir: "outage",
+            ..Settings::new(true)
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite",
+            "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite; {} builds",
             if self.quick { "quick run: " } else { "" },
             self.users,
             self.channels,
@@ -76,7 +96,8 @@ impl Settings {
             self.messages,
             self.connections,
             self.duration_secs,
-            self.open_rate
+            self.open_rate,
+            self.profile
         )
     }
 }
@@ -126,6 +147,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario("08-tiered-10ms-open", "tiered", 10, Kind::Open),
     scenario("09-herd-tiered", "tiered", 0, Kind::Herd),
     scenario("10-outage-tiered", "tiered", 0, Kind::Outage),
+    scenario("13-outage-upstash", "upstash", 0, Kind::Outage),
     // P2: the cached latest page alone, against a bare axum handler with a body of the same size.
     Scenario {
         only: Some("latest_page"),
@@ -309,6 +331,21 @@ fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After an outage run: every channel's latest page, as the cached server serves it, equals the
+/// page of a chat-api without a cache on the same database.
+fn compare_with_database(bins: &Bins, db: &Path, port: u16, dataset: &Path) -> anyhow::Result<()> {
+    let (truth, truth_port) = start_chat_api(bins, db, "none", None)?;
+    let mut compare = Command::new(&bins.bench);
+    compare
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "compare"])
+        .args(["--against", &format!("http://127.0.0.1:{truth_port}")])
+        .arg("--dataset")
+        .arg(dataset);
+    let outcome = run_cmd(compare);
+    truth.stop();
+    outcome
+}
+
 fn machine() -> String {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -347,18 +384,21 @@ fn commit() -> String {
 }
 
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
-    let root = project_root();
-    let out = root.join("target/bench");
+    let out = crate::util::target_dir().join(settings.out_dir);
     let scenarios_dir = out.join("scenarios");
     let _ = std::fs::remove_dir_all(&scenarios_dir);
     std::fs::create_dir_all(out.join("db"))?;
     std::fs::create_dir_all(&scenarios_dir)?;
 
-    eprintln!("==> building release binaries");
+    eprintln!("==> building {} binaries", settings.profile);
+    let release = settings.profile == "release";
     let mut build = cargo();
     build.args([
         "build",
-        "--release",
+        "--profile",
+        if release { "release" } else { "dev" },
+    ]);
+    build.args([
         "-p",
         "chat-api",
         "-p",
@@ -367,22 +407,24 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         "chat-bench",
     ]);
     run_cmd(build)?;
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "chat-api",
-        "--example",
-        "bare_page",
-    ]);
-    run_cmd(build)?;
-    let release = root.join("target/release");
+    if release {
+        let mut build = cargo();
+        build.args([
+            "build",
+            "--release",
+            "-p",
+            "chat-api",
+            "--example",
+            "bare_page",
+        ]);
+        run_cmd(build)?;
+    }
+    let bin_dir = crate::util::target_dir().join(settings.profile);
     let bins = Bins {
-        chat_api: release.join("chat-api"),
-        bare_page: release.join("examples/bare_page"),
-        gateway: release.join("upstash-gateway"),
-        bench: release.join("chat-bench"),
+        chat_api: bin_dir.join("chat-api"),
+        bare_page: bin_dir.join("examples/bare_page"),
+        gateway: bin_dir.join("upstash-gateway"),
+        bench: bin_dir.join("chat-bench"),
     };
 
     ensure_redis_server()?;
@@ -495,7 +537,11 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             .arg("--out")
             .arg(&summary);
         if scenario.kind == Kind::Outage {
-            // Kill redis-server a third of the way in, bring it back at two thirds.
+            // Kill redis-server a third of the way in, bring it back at two thirds; check every
+            // latest-page read against the acknowledged posts, and fail on any stale read or
+            // failed request.
+            let d = settings.duration_secs;
+            bench.args(["--check", "--outage", &format!("{d}..{}", 2 * d)]);
             let mut child = bench.spawn().context("starting chat-bench")?;
             let third = Duration::from_secs(settings.duration_secs);
             thread::sleep(third);
@@ -506,6 +552,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             redis = Redis::start(redis_port)?;
             let status = child.wait()?;
             anyhow::ensure!(status.success(), "chat-bench failed in {}", scenario.name);
+            compare_with_database(&bins, &db, port, &dataset)?;
         } else {
             run_cmd(bench)?;
         }

@@ -10,6 +10,8 @@
 //!   on L2 wholesale instead. Either way L2 never serves data a write has replaced.
 //! - L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one instance's L1 can be
 //!   after another instance wrote to L2.
+//! - With a [`NoopBackend`](crate::NoopBackend) as L1 it guards a remote cache used alone: the
+//!   same timeouts, breaker and replay, every read a miss while L2 is away.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -152,6 +154,11 @@ enum L2Gate {
 }
 
 impl TieredBackend {
+    /// Whether there is a real L1 (not a [`NoopBackend`](crate::NoopBackend)).
+    fn has_l1(&self) -> bool {
+        self.l1.name() != "none"
+    }
+
     /// `l1` in front of `l2`.
     pub fn new(l1: DynBackend, l2: DynBackend, config: TieredConfig) -> Self {
         TieredBackend::with_clock(l1, l2, config, Box::new(SystemClock))
@@ -341,8 +348,14 @@ impl TieredBackend {
 
 #[async_trait]
 impl CacheBackend for TieredBackend {
+    /// `tiered`; without an L1 (a [`NoopBackend`](crate::NoopBackend) in front) this is the L2
+    /// with timeouts, a breaker and replay, and it reports the L2's name.
     fn name(&self) -> &'static str {
-        "tiered"
+        if self.has_l1() {
+            "tiered"
+        } else {
+            self.l2.name()
+        }
     }
 
     fn get_now(&self, key: &Key) -> Option<Entry> {
@@ -507,7 +520,9 @@ impl CacheBackend for TieredBackend {
         l1.hits = c.l1_hits.get();
         l1.misses = c.l1_misses.get();
         let mut l2 = self.l2.stats().tiers.into_iter().next().unwrap_or_default();
-        l2.tier = "l2".into();
+        if self.has_l1() {
+            l2.tier = "l2".into();
+        }
         l2.hits = c.l2_hits.get();
         l2.misses = c.l2_misses.get();
         l2.errors = c.l2_errors.get();
@@ -515,7 +530,11 @@ impl CacheBackend for TieredBackend {
         l2.skipped = c.l2_skipped.get();
         l2.latency = Some(c.l2_latency.snapshot());
         CacheStats {
-            tiers: vec![l1, l2],
+            tiers: if self.has_l1() {
+                vec![l1, l2]
+            } else {
+                vec![l2]
+            },
             breaker: Some(self.breaker.stats()),
             pending_invalidations: self.pending_len() as u64,
             ..CacheStats::default()

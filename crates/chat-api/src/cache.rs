@@ -41,7 +41,8 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Builds the cache backend `config` asks for. The one place that knows the backends.
 ///
 /// - `memory`: moka in process.
-/// - `upstash`: Upstash Redis over REST (or `upstash-gateway`), no L1.
+/// - `upstash`: Upstash Redis over REST (or `upstash-gateway`), no L1, behind the same timeouts,
+///   breaker and replay as `tiered`.
 /// - `tiered`: memory (L1) in front of Upstash (L2) with timeouts, a breaker and replay of missed
 ///   invalidations (`cache_core::TieredBackend`).
 /// - `auto`: `tiered` when Upstash credentials are set, `memory` otherwise.
@@ -63,20 +64,24 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
         CacheBackendKind::Memory | CacheBackendKind::Auto => Ok(memory()),
         CacheBackendKind::None => Ok(Arc::new(cache_core::NoopBackend::new())),
         CacheBackendKind::Upstash | CacheBackendKind::Tiered => {
-            let upstash = upstash_backend(config)?;
-            Ok(match kind {
-                CacheBackendKind::Tiered => Arc::new(TieredBackend::new(
-                    memory(),
-                    upstash,
-                    TieredConfig {
-                        l2_timeout: config.l2_timeout,
-                        l1_max_ttl: config.l1_max_ttl,
-                        breaker: config.breaker,
-                        ..TieredConfig::default()
-                    },
-                )),
-                _ => upstash,
-            })
+            let tiered = TieredConfig {
+                l2_timeout: config.l2_timeout,
+                l1_max_ttl: config.l1_max_ttl,
+                breaker: config.breaker,
+                ..TieredConfig::default()
+            };
+            // Upstash alone still gets the tiered guard (no L1): an outage costs one timeout per
+            // probe, not one per request, and invalidations it missed are replayed before Redis
+            // is read again.
+            let l1: DynBackend = match kind {
+                CacheBackendKind::Tiered => memory(),
+                _ => Arc::new(cache_core::NoopBackend::new()),
+            };
+            Ok(Arc::new(TieredBackend::new(
+                l1,
+                upstash_backend(config)?,
+                tiered,
+            )))
         }
     }
 }

@@ -24,6 +24,19 @@ pub(crate) struct IdOnly {
     pub(crate) id: String,
 }
 
+#[derive(Debug, Deserialize)]
+struct MessagePage {
+    messages: Vec<IdOnly>,
+}
+
+/// A page read: what happened, the ETag, and the message ids when they were asked for.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) outcome: Outcome,
+    pub(crate) etag: Option<String>,
+    pub(crate) ids: Option<Vec<String>>,
+}
+
 /// What one request did, for the statistics.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Outcome {
@@ -111,7 +124,8 @@ impl Client {
         Ok((Outcome { status }, id))
     }
 
-    /// `GET …/messages?limit=…[&cursor=id]`, returning the status and the ETag.
+    /// `GET …/messages?limit=…[&cursor=id]`: the status, the ETag, and with `want_ids` the ids on
+    /// the page (newest first; parsing the body costs the client time, so only when checking).
     pub(crate) async fn messages(
         &self,
         token: &str,
@@ -119,7 +133,8 @@ impl Client {
         limit: u32,
         cursor: Option<(&str, &str)>,
         if_none_match: Option<&str>,
-    ) -> anyhow::Result<(Outcome, Option<String>)> {
+        want_ids: bool,
+    ) -> anyhow::Result<Page> {
         let mut url = self.url(&format!(
             "/api/v1/channels/{channel}/messages?limit={limit}"
         ));
@@ -137,8 +152,19 @@ impl Client {
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let _ = res.bytes().await?;
-        Ok((Outcome { status }, etag))
+        let body = res.bytes().await?;
+        let ids = if want_ids && status == 200 {
+            let page: MessagePage =
+                serde_json::from_slice(&body).context("a 200 page that is not a message page")?;
+            Some(page.messages.into_iter().map(|m| m.id).collect())
+        } else {
+            None
+        };
+        Ok(Page {
+            outcome: Outcome { status },
+            etag,
+            ids,
+        })
     }
 
     /// The body size of a channel's latest page (50 messages).

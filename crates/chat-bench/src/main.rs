@@ -11,6 +11,7 @@
 )]
 
 mod api;
+mod check;
 mod dataset;
 mod metrics;
 mod report;
@@ -51,6 +52,8 @@ enum Command {
         #[arg(long, default_value = "target/bench/dataset.json")]
         dataset: PathBuf,
     },
+    /// Compares every channel's latest page with an uncached chat-api on the same database.
+    Compare(check::CompareArgs),
     /// Turns the scenario summaries of a bench directory into report.md, summary.json and plots.
     Report(report::ReportArgs),
 }
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => workload::run(&client, &args, cli.quiet).await,
         Command::Herd(args) => workload::herd(&client, &args).await,
         Command::Report(args) => report::write(&args),
+        Command::Compare(args) => check::compare(&client, &args).await,
         Command::PageSize { dataset } => {
             let dataset = dataset::Dataset::load(&dataset)?;
             let channel = &dataset.channels[0];

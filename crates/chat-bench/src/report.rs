@@ -141,6 +141,44 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let outages: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.summary.get("outage").is_some() || r.summary.get("check").is_some())
+        .collect();
+    if !outages.is_empty() {
+        let _ = writeln!(md, "\n## Redis outage (R1)\n");
+        let _ = writeln!(
+            md,
+            "redis-server is killed (`kill -9`) at the start of the window and restarted at its end. \
+             Window latencies are of requests sent in it; stale reads are latest-page reads that miss \
+             a post acknowledged before they were sent.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | window s | requests in window | p50 ms | p99 ms | max ms | failed (whole run) | acknowledged posts | checked reads | stale reads |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        for row in outages {
+            let s = &row.summary;
+            let w = &s["outage"];
+            let c = &s["check"];
+            let _ = writeln!(
+                md,
+                "| {} | {}..{} | {} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
+                row.name,
+                w["from_s"],
+                w["to_s"],
+                w["latency"]["requests"],
+                f(&w["latency"]["p50_ms"]),
+                f(&w["latency"]["p99_ms"]),
+                f(&w["latency"]["max_ms"]),
+                s["total"]["errors"],
+                c["acknowledged_posts"],
+                c["checked_reads"],
+                c["stale_reads"],
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "\nPlots: `latency.svg`, `throughput.svg`. Every number: `summary.json`."

@@ -83,21 +83,33 @@ pub(crate) struct OpSummary {
     pub(crate) distribution: Vec<(f64, u64)>,
 }
 
-/// Per-operation stats of one worker or of the whole run.
+/// Per-operation stats of one worker or of the whole run, and of all requests sent in a window
+/// of interest (an outage).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunStats {
     pub(crate) ops: BTreeMap<&'static str, OpStats>,
+    pub(crate) window: OpStats,
 }
 
 impl RunStats {
-    pub(crate) fn record(&mut self, op: &'static str, micros: u64, status: Option<u16>) {
+    pub(crate) fn record(
+        &mut self,
+        op: &'static str,
+        micros: u64,
+        status: Option<u16>,
+        in_window: bool,
+    ) {
         self.ops.entry(op).or_default().record(micros, status);
+        if in_window {
+            self.window.record(micros, status);
+        }
     }
 
     pub(crate) fn merge(&mut self, other: &RunStats) {
         for (op, stats) in &other.ops {
             self.ops.entry(op).or_default().merge(stats);
         }
+        self.window.merge(&other.window);
     }
 
     pub(crate) fn total(&self) -> OpStats {

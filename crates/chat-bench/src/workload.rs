@@ -19,6 +19,7 @@ use tokio::sync::{Barrier, Mutex, Semaphore};
 
 use crate::{
     api::Client,
+    check::{CheckSummary, Checker},
     dataset::{Dataset, Zipf, content},
     stats::{OpSummary, RunStats},
 };
@@ -50,6 +51,30 @@ pub(crate) struct RunArgs {
     /// Where to write the JSON summary.
     #[arg(long, default_value = "target/bench/run.json")]
     out: PathBuf,
+    /// Check every latest-page read against the posts acknowledged before it was sent (SPEC R1),
+    /// and fail the run on any stale read or failed request.
+    #[arg(long)]
+    check: bool,
+    /// Report the latency of requests sent in this window too, in seconds from the start
+    /// (`10..20`: the Redis outage of `cargo xtask bench --scenario outage`).
+    #[arg(long, value_parser = parse_window)]
+    outage: Option<(u64, u64)>,
+}
+
+fn parse_window(text: &str) -> Result<(u64, u64), String> {
+    let (from, to) = text
+        .split_once("..")
+        .ok_or_else(|| format!("expected START..END in seconds, got {text:?}"))?;
+    let parse = |n: &str| {
+        n.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad number {n:?}"))
+    };
+    let (from, to) = (parse(from)?, parse(to)?);
+    if from >= to {
+        return Err(format!("an empty window {text:?}"));
+    }
+    Ok((from, to))
 }
 
 /// `chat-bench herd`.
@@ -86,6 +111,19 @@ struct Summary {
     total: OpSummary,
     ops: std::collections::BTreeMap<&'static str, OpSummary>,
     server: crate::metrics::Delta,
+    /// With `--outage`: requests sent in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outage: Option<WindowSummary>,
+    /// With `--check`: the stale-read checker's findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<CheckSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct WindowSummary {
+    from_s: u64,
+    to_s: u64,
+    latency: OpSummary,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,9 +138,17 @@ struct World {
     zipf: Zipf,
     mix: Vec<(&'static str, f64)>,
     etags: Mutex<HashMap<usize, String>>,
+    checker: Option<Checker>,
+    /// Requests sent in this window are also recorded apart.
+    window: Option<(Instant, Instant)>,
 }
 
 impl World {
+    fn in_window(&self, sent: Instant) -> bool {
+        self.window
+            .is_some_and(|(from, to)| (from..to).contains(&sent))
+    }
+
     fn pick_op(&self, rng: &mut fastrand::Rng) -> &'static str {
         let total: f64 = self.mix.iter().map(|(_, w)| w).sum();
         let mut x = rng.f64() * total;
@@ -143,16 +189,39 @@ async fn one_request(
             } else {
                 None
             };
+            let sent = Instant::now();
+            let checker = world.checker.as_ref();
             client
-                .messages(token, &channel.id, 50, None, tag.as_deref())
+                .messages(
+                    token,
+                    &channel.id,
+                    50,
+                    None,
+                    tag.as_deref(),
+                    checker.is_some(),
+                )
                 .await
-                .map(|(outcome, etag)| {
-                    if let Some(etag) = etag {
+                .map(|page| {
+                    let ids = page.ids.map(Arc::new);
+                    if let Some(checker) = checker {
+                        let seen = match (page.outcome.status, &ids, &tag) {
+                            (200, Some(ids), _) => Some((ids.clone(), "200")),
+                            (304, _, Some(tag)) => checker.page_of(tag).map(|ids| (ids, "304")),
+                            _ => None,
+                        };
+                        if let Some((ids, how)) = seen {
+                            checker.check_latest_page(c, sent, &ids, 50, how);
+                        }
+                    }
+                    if let Some(etag) = page.etag {
+                        if let (Some(checker), Some(ids)) = (checker, ids) {
+                            checker.remember_etag(&etag, ids);
+                        }
                         if let Ok(mut map) = world.etags.try_lock() {
                             map.insert(c, etag);
                         }
                     }
-                    outcome
+                    page.outcome
                 })
         }
         "older_page" | "around_page" => {
@@ -166,20 +235,25 @@ async fn one_request(
                 .get(rng.usize(..channel.sample_messages.len().max(1)))
             {
                 Some(id) => client
-                    .messages(token, &channel.id, 50, Some((cursor_name, id)), None)
+                    .messages(token, &channel.id, 50, Some((cursor_name, id)), None, false)
                     .await
-                    .map(|(o, _)| o),
+                    .map(|page| page.outcome),
                 None => client
-                    .messages(token, &channel.id, 50, None, None)
+                    .messages(token, &channel.id, 50, None, None, false)
                     .await
-                    .map(|(o, _)| o),
+                    .map(|page| page.outcome),
             }
         }
         "channel_list" => client.my_channels(token).await,
         _ => client
             .post(token, &channel.id, &content(rng))
             .await
-            .map(|(o, _)| o),
+            .map(|(outcome, id)| {
+                if let (Some(checker), Some(id)) = (&world.checker, id) {
+                    checker.acknowledged(c, id, Instant::now());
+                }
+                outcome
+            }),
     };
     result.ok().map(|o| o.status)
 }
@@ -210,16 +284,23 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
         }
         None => MIX.to_vec(),
     };
+    let before = crate::metrics::scrape(client).await;
+    let bar = progress(args.duration, quiet);
+    bar.set_message(args.scenario.clone());
+    let started = Instant::now();
     let world = Arc::new(World {
         dataset,
         zipf,
         mix,
         etags: Mutex::new(HashMap::new()),
+        checker: args.check.then(Checker::default),
+        window: args.outage.map(|(from, to)| {
+            (
+                started + Duration::from_secs(from),
+                started + Duration::from_secs(to),
+            )
+        }),
     });
-    let before = crate::metrics::scrape(client).await;
-    let bar = progress(args.duration, quiet);
-    bar.set_message(args.scenario.clone());
-    let started = Instant::now();
     let deadline = started + args.duration;
     let ticker = {
         let bar = bar.clone();
@@ -257,6 +338,12 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
             .map(|(op, s)| (*op, s.summary(seconds)))
             .collect(),
         server: crate::metrics::delta(&before, &after),
+        outage: args.outage.map(|(from_s, to_s)| WindowSummary {
+            from_s,
+            to_s,
+            latency: stats.window.summary((to_s - from_s) as f64),
+        }),
+        check: world.checker.as_ref().map(Checker::summary),
     };
     eprintln!(
         "{}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
@@ -266,7 +353,35 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
         summary.total.p99_ms,
         summary.total.errors
     );
-    crate::write_json(&args.out, &summary)
+    if let Some(window) = &summary.outage {
+        eprintln!(
+            "  {}..{} s: {} requests, p99 {:.2} ms, max {:.2} ms, errors {}",
+            window.from_s,
+            window.to_s,
+            window.latency.requests,
+            window.latency.p99_ms,
+            window.latency.max_ms,
+            window.latency.errors
+        );
+    }
+    crate::write_json(&args.out, &summary)?;
+    if let Some(check) = &summary.check {
+        eprintln!(
+            "  check: {} acknowledged posts, {} latest-page reads checked, {} stale",
+            check.acknowledged_posts, check.checked_reads, check.stale_reads
+        );
+        for example in &check.examples {
+            eprintln!("    stale: {example}");
+        }
+        anyhow::ensure!(
+            check.stale_reads == 0 && summary.total.errors == 0,
+            "{}: {} stale reads, {} failed requests",
+            args.scenario,
+            check.stale_reads,
+            summary.total.errors
+        );
+    }
+    Ok(())
 }
 
 async fn closed_loop(
@@ -285,7 +400,8 @@ async fn closed_loop(
                 let op = world.pick_op(&mut rng);
                 let sent = Instant::now();
                 let status = one_request(&client, &world, op, &mut rng).await;
-                stats.record(op, sent.elapsed().as_micros() as u64, status);
+                let in_window = world.in_window(sent);
+                stats.record(op, sent.elapsed().as_micros() as u64, status, in_window);
             }
             stats
         });
@@ -327,7 +443,10 @@ async fn open_loop(
             let status = one_request(&client, &world, op, &mut task_rng).await;
             // Latency from when the request was due, not when it got sent.
             let micros = due.elapsed().as_micros() as u64;
-            all.lock().expect("stats lock").record(op, micros, status);
+            let in_window = world.in_window(due.into_std());
+            all.lock()
+                .expect("stats lock")
+                .record(op, micros, status, in_window);
         });
         // Reap finished requests so the set stays small.
         while tasks.try_join_next().is_some() {}
@@ -344,7 +463,9 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
     let member = channel.members[0];
     let token = dataset.users[member].token.clone();
     // Warm the page, then invalidate it with a post.
-    client.messages(&token, &channel.id, 50, None, None).await?;
+    client
+        .messages(&token, &channel.id, 50, None, None, false)
+        .await?;
     let (posted, _) = client.post(&token, &channel.id, "thundering herd").await?;
     anyhow::ensure!(!posted.is_error(), "post failed with {}", posted.status);
 
@@ -361,10 +482,12 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
         tasks.spawn(async move {
             barrier.wait().await;
             let sent = Instant::now();
-            let result = client.messages(&token, &channel, 50, None, None).await;
+            let result = client
+                .messages(&token, &channel, 50, None, None, false)
+                .await;
             (
                 sent.elapsed().as_micros() as u64,
-                result.ok().map(|(o, _)| o.status),
+                result.ok().map(|page| page.outcome.status),
             )
         });
     }
@@ -372,7 +495,7 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
     let started = Instant::now();
     while let Some(done) = tasks.join_next().await {
         let (micros, status) = done?;
-        stats.record("latest_page", micros, status);
+        stats.record("latest_page", micros, status, false);
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = crate::metrics::scrape(client).await;

@@ -7,3 +7,21 @@ async fn map_backend() -> MapBackend {
 }
 
 cache_core::backend_conformance_tests!(map_backend);
+
+/// A remote backend used alone behind the tiered guard (no L1, as chat-api's `upstash` mode runs
+/// it) keeps the contract too.
+mod guarded {
+    use std::sync::Arc;
+
+    use cache_core::{NoopBackend, TieredBackend, TieredConfig, testing::MapBackend};
+
+    async fn guarded_backend() -> TieredBackend {
+        TieredBackend::new(
+            Arc::new(NoopBackend::new()),
+            Arc::new(MapBackend::new()),
+            TieredConfig::default(),
+        )
+    }
+
+    cache_core::backend_conformance_tests!(guarded_backend);
+}
