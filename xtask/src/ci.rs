@@ -1,11 +1,12 @@
 //! `cargo xtask ci`: every check CI makes, runnable locally: formatting, clippy with
-//! `-D warnings` on all targets and features, the official-SDK conformance check of
-//! `upstash-gateway`, and the test suite (the README's test command, which `.ci/run` runs too).
+//! `-D warnings` on all targets and features, then what `.ci/run` runs: the official-SDK
+//! conformance check of `upstash-gateway`, the fuzz targets (30 s each), the Redis outage check,
+//! the test suite (the README's test command) and schemathesis against chat-api.
 //!
 //! `--tests-only` skips formatting and clippy.
 
 use crate::{
-    conformance,
+    api_fuzz, conformance, e2e, fuzz,
     util::{cargo, run_cmd},
 };
 
@@ -28,7 +29,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         run_cmd(clippy)?;
     }
     conformance::run(&[])?;
+    fuzz::run(&["--time".into(), "30".into()])?;
+    e2e::run(&e2e::Settings::outage_check())?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
-    run_cmd(test)
+    run_cmd(test)?;
+    api_fuzz::run(&["--time".into(), "60".into(), "--no-build".into()])
 }
