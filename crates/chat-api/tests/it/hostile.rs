@@ -1,5 +1,6 @@
 //! Hostile input (SPEC R4): malformed ids, absurd limits, broken JSON, wrong content types,
 //! oversized bodies, control characters. Every answer is a 4xx with the error shape, never a 5xx.
+//! SQL-looking text is stored as text, and concurrent duplicate posts make one message.
 
 use axum::{
     body::Body,
@@ -325,4 +326,93 @@ async fn hostile_requests_get_4xx_with_the_error_shape() {
     )
     .await
     .expect_error(400, "validation_failed");
+}
+
+crate::support::on_both_databases! {
+    sql_looking_text_is_stored_as_text;
+    concurrent_duplicate_posts_make_one_message;
+}
+
+/// SQL-looking names, contents, nonces and cursors are data, never SQL: stored and returned byte
+/// for byte, or refused with 400 where the value is not allowed at all.
+async fn sql_looking_text_is_stored_as_text(db: Db) {
+    let Some(app) = TestApp::start(db).await else {
+        return;
+    };
+    let ann = app.register("ann").await;
+    let evil = "'; DROP TABLE messages; --";
+    let channel = app.create_channel(&ann, evil, "public").await;
+    let got = app
+        .get(&format!("/api/v1/channels/{channel}"), &ann.token)
+        .await
+        .expect(200);
+    assert_eq!(got.body["name"], evil);
+    let messages = format!("/api/v1/channels/{channel}/messages");
+    for content in [
+        evil,
+        "' OR '1'='1",
+        "\" OR \"\"=\"",
+        "1; SELECT pg_sleep(10)",
+        "%_\\",
+    ] {
+        let posted = app
+            .post(
+                &messages,
+                &ann.token,
+                json!({"content": content, "nonce": format!("{content}x").replace(' ', "_")}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(posted.body["content"], content);
+    }
+    let page = app.get(&messages, &ann.token).await.expect(200);
+    assert_eq!(crate::support::ids(&page.body).len(), 5);
+    assert_eq!(page.body["messages"][4]["content"], evil);
+    app.post(
+        "/api/v1/users",
+        "",
+        json!({"name": "robert'); DROP TABLE users;--"}),
+    )
+    .await
+    .expect_error(400, "validation_failed");
+    for cursor in ["before", "after", "around"] {
+        let response = app
+            .get(&format!("{messages}?{cursor}=1'%20OR%20'1'='1"), &ann.token)
+            .await;
+        assert_eq!(response.status.as_u16(), 400, "{cursor}: {}", response.text);
+        assert_error_shape(&response);
+    }
+    // Everything still works: nothing was dropped.
+    app.register("bob").await;
+    app.get(&messages, &ann.token).await.expect(200);
+}
+
+/// Twenty concurrent posts with one nonce: one 201, the rest 200 with the same message, and the
+/// channel holds it once.
+async fn concurrent_duplicate_posts_make_one_message(db: Db) {
+    let Some(app) = TestApp::start(db).await else {
+        return;
+    };
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    let messages = format!("/api/v1/channels/{channel}/messages");
+    let body = json!({"content": "only once", "nonce": "same-nonce"});
+    let attempts = (0..20).map(|_| app.post(&messages, &ann.token, body.clone()));
+    let responses = futures_util::future::join_all(attempts).await;
+    let created = responses.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 1, "exactly one post creates the message");
+    let first_id = &responses.iter().find(|r| r.status == 201).unwrap().body["id"];
+    for response in &responses {
+        assert!(
+            matches!(response.status.as_u16(), 200 | 201),
+            "{}",
+            response.text
+        );
+        assert_eq!(&response.body["id"], first_id);
+    }
+    let page = app.get(&messages, &ann.token).await.expect(200);
+    assert_eq!(
+        crate::support::ids(&page.body),
+        [first_id.as_str().unwrap()]
+    );
 }
