@@ -27,6 +27,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]);
         run_cmd(clippy)?;
+        // The fuzz targets are a workspace of their own.
+        let mut clippy = cargo();
+        clippy
+            .args(["clippy", "--manifest-path"])
+            .arg(crate::util::project_root().join("fuzz").join("Cargo.toml"))
+            .args(["--all-targets", "--", "-D", "warnings"]);
+        run_cmd(clippy)?;
     }
     conformance::run(&[])?;
     fuzz::run(&["--time".into(), "30".into()])?;

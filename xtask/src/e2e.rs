@@ -157,6 +157,14 @@ const SCENARIOS: &[Scenario] = &[
         only: Some("latest_page"),
         ..scenario("12-latest-page-bare-axum", "bare", 0, Kind::Closed)
     },
+    // P3 and P5: the original design (Express + Map cache, or + @upstash/redis with key-tracking
+    // sets), re-created in `baseline/original-express`, on the same database and workload.
+    scenario("14-original-memory", "original", 0, Kind::Closed),
+    Scenario {
+        only: Some("latest_page"),
+        ..scenario("15-latest-page-original", "original", 0, Kind::Closed)
+    },
+    scenario("16-original-upstash", "original-upstash", 0, Kind::Closed),
 ];
 
 fn redis_command(port: u16, parts: &[&str]) -> anyhow::Result<()> {
@@ -281,6 +289,36 @@ fn start_chat_api(
     }
     let process = Process::spawn("chat-api", &mut cmd)?;
     wait_ready("chat-api", port, "/health")?;
+    Ok((process, port))
+}
+
+/// The original design's server (`baseline/original-express`, Node.js) on the same database;
+/// with a gateway port it caches in Upstash through `@upstash/redis`, else in a `Map`.
+fn start_original(db: &Path, gateway_port: Option<u16>) -> anyhow::Result<(Process, u16)> {
+    let dir = project_root().join("baseline").join("original-express");
+    if !dir.join("node_modules").is_dir() {
+        let mut install = Command::new("npm");
+        install
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]);
+        run_cmd(install)
+            .context("installing the original design's packages (needs node and npm)")?;
+    }
+    let port = free_port()?;
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .arg("server.js")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .stdout(Stdio::null());
+    if let Some(gp) = gateway_port {
+        cmd.env("UPSTASH_REDIS_REST_URL", format!("http://127.0.0.1:{gp}"))
+            .env("UPSTASH_REDIS_REST_TOKEN", TOKEN);
+    }
+    let process = Process::spawn("original-express", &mut cmd)?;
+    wait_ready("original-express", port, "/health")?;
     Ok((process, port))
 }
 
@@ -494,12 +532,14 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         redis_command(redis.port, &["FLUSHALL"])?;
         let db = out.join(format!("db/{}.db", scenario.name));
         copy_db(&seed_db, &db)?;
-        let needs_gateway = matches!(scenario.backend, "upstash" | "tiered");
+        let needs_gateway = matches!(scenario.backend, "upstash" | "tiered" | "original-upstash");
         let gateway = needs_gateway
             .then(|| start_gateway(&bins, redis_port, scenario.latency_ms))
             .transpose()?;
         let (api, port) = if scenario.backend == "bare" {
             start_bare_page(&bins, page_bytes)?
+        } else if scenario.backend.starts_with("original") {
+            start_original(&db, gateway.as_ref().map(|g| g.1))?
         } else {
             start_chat_api(&bins, &db, scenario.backend, gateway.as_ref().map(|g| g.1))?
         };

@@ -9,6 +9,9 @@
 //! `target/fuzz/artifacts/<target>/` and fails the task with the command that reproduces it.
 //!
 //! `cargo xtask fuzz [--time SECS] [TARGET…]`: 30 s per target by default, all targets.
+//! `cargo xtask fuzz --merge [TARGET…]`: instead of fuzzing, adds to `fuzz/corpus/<target>` the
+//! inputs of `target/fuzz/corpus/<target>` that reach code the seeds do not (libFuzzer's
+//! `-merge=1`), for review and commit.
 
 use std::{
     path::Path,
@@ -46,10 +49,11 @@ const COVERAGE_FLAGS: &[&str] = &[
     "-Cllvm-args=-sanitizer-coverage-trace-compares",
 ];
 
-const USAGE: &str = "usage: cargo xtask fuzz [--time SECS] [TARGET…]";
+const USAGE: &str = "usage: cargo xtask fuzz [--time SECS | --merge] [TARGET…]";
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut seconds: u64 = 30;
+    let mut merge = false;
     let mut chosen: Vec<&str> = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -61,6 +65,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                     .filter(|&s| s > 0)
                     .context(USAGE)?;
             }
+            "--merge" => merge = true,
             name => match TARGETS.iter().find(|(target, _)| *target == name) {
                 Some((target, _)) => chosen.push(target),
                 None => bail!(
@@ -91,6 +96,18 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         .env("RUSTFLAGS", COVERAGE_FLAGS.join(" "));
     run_cmd(build).context("building the fuzz targets")?;
     let bin_dir = out.join(&host).join("release");
+    if merge {
+        for target in &chosen {
+            let seeds = root.join("fuzz").join("corpus").join(target);
+            let found = out.join("corpus").join(target);
+            std::fs::create_dir_all(&found)?;
+            let mut cmd = Command::new(bin_dir.join(target));
+            cmd.arg("-merge=1").arg(&seeds).arg(&found);
+            run_cmd(cmd).with_context(|| format!("merging the corpus of {target}"))?;
+        }
+        eprintln!("merged; review and commit what was added under fuzz/corpus/");
+        return Ok(());
+    }
 
     let mut results = Vec::new();
     for target in &chosen {
