@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 
 use crate::util::{
     Process, cargo, free_port, http_json, json_string_field, project_root, python_venv, run_cmd,
-    target_dir, wait_ready,
+    seconds_arg, target_dir, wait_ready,
 };
 
 const USAGE: &str = "usage: cargo xtask api-fuzz [--time SECS] [--no-build]";
@@ -27,13 +27,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--time" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|&s| s > 0)
-                    .context(USAGE)?;
-            }
+            "--time" => seconds = seconds_arg(args.next(), USAGE)?,
             "--no-build" => build = false,
             _ => bail!(USAGE),
         }

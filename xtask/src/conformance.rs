@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{Process, cargo, free_port, project_root, python_venv, run_cmd, target_dir};
+use crate::util::{
+    Process, cargo, free_port, project_root, python_venv, run_cmd, summarize, target_dir,
+};
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let only = match args {
@@ -86,33 +88,19 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if only.is_none_or(|o| o == "node") {
         outcomes.push((
             "@upstash/redis (npm)",
-            run_node(&root, &gateway_url, &token),
+            run_node(&root, &gateway_url, &token).map(|()| String::new()),
         ));
     }
     if only.is_none_or(|o| o == "python") {
         outcomes.push((
             "upstash-redis (PyPI)",
-            run_python(&root, &gateway_url, &token),
+            run_python(&root, &gateway_url, &token).map(|()| String::new()),
         ));
     }
     drop(gateway);
     drop(redis);
 
-    eprintln!("\nconformance summary:");
-    let mut failed = 0;
-    for (name, outcome) in &outcomes {
-        match outcome {
-            Ok(()) => eprintln!("  pass  {name}"),
-            Err(err) => {
-                failed += 1;
-                eprintln!("  FAIL  {name}: {err:#}");
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} of {} SDK conformance runs failed", outcomes.len());
-    }
-    Ok(())
+    summarize("conformance summary", "SDK conformance runs", &outcomes)
 }
 
 fn run_node(root: &Path, url: &str, token: &str) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{cargo, project_root, run_cmd, target_dir};
+use crate::util::{cargo, project_root, run_cmd, seconds_arg, summarize, target_dir};
 
 /// Every target in `fuzz/Cargo.toml`, and what it fuzzes.
 const TARGETS: &[(&str, &str)] = &[
@@ -58,13 +58,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--time" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|&s| s > 0)
-                    .context(USAGE)?;
-            }
+            "--time" => seconds = seconds_arg(args.next(), USAGE)?,
             "--merge" => merge = true,
             name => match TARGETS.iter().find(|(target, _)| *target == name) {
                 Some((target, _)) => chosen.push(target),
@@ -118,21 +112,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         results.push((*target, outcome));
     }
 
-    eprintln!("\nfuzz summary ({seconds} s per target):");
-    let mut failed = 0;
-    for (target, outcome) in &results {
-        match outcome {
-            Ok(stats) => eprintln!("  pass  {target:<16} {stats}"),
-            Err(err) => {
-                failed += 1;
-                eprintln!("  FAIL  {target:<16} {err:#}");
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} of {} fuzz targets failed", results.len());
-    }
-    Ok(())
+    summarize(
+        &format!("fuzz summary ({seconds} s per target)"),
+        "fuzz targets",
+        &results,
+    )
 }
 
 /// Runs one target; on success, a line of its final statistics.
@@ -176,8 +160,8 @@ fn fuzz_one(
         .with_context(|| format!("starting {}", bin.display()))?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     if !status.success() {
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
         let input = text
             .lines()
             .find_map(|line| line.split("Test unit written to ").nth(1))

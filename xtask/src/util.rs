@@ -194,3 +194,35 @@ pub(crate) fn python_venv(name: &str, requirements: &Path) -> anyhow::Result<Pat
     }
     Ok(python)
 }
+
+/// The value of a `--time SECS` flag: a positive number of seconds, or `usage` as the error.
+pub(crate) fn seconds_arg(value: Option<&String>, usage: &str) -> anyhow::Result<u64> {
+    value
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s > 0)
+        .with_context(|| usage.to_owned())
+}
+
+/// Prints one `pass`/`FAIL` line per outcome (a pass may carry a detail) under `title`, and
+/// fails if any of the `what` failed.
+pub(crate) fn summarize(
+    title: &str,
+    what: &str,
+    outcomes: &[(&str, anyhow::Result<String>)],
+) -> anyhow::Result<()> {
+    eprintln!("\n{title}:");
+    let mut failed = 0;
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(detail) => eprintln!("  pass  {name:<20} {detail}"),
+            Err(err) => {
+                failed += 1;
+                eprintln!("  FAIL  {name:<20} {err:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} {what} failed", outcomes.len());
+    }
+    Ok(())
+}

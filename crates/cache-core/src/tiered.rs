@@ -10,8 +10,8 @@
 //!   on L2 wholesale instead. Either way L2 never serves data a write has replaced.
 //! - L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one instance's L1 can be
 //!   after another instance wrote to L2.
-//! - With a [`NoopBackend`](crate::NoopBackend) as L1 it guards a remote cache used alone: the
-//!   same timeouts, breaker and replay, every read a miss while L2 is away.
+//! - [`TieredBackend::l2_only`] guards a remote cache used alone: the same timeouts, breaker and
+//!   replay, every read a miss while L2 is away.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -65,6 +65,8 @@ impl Default for TieredConfig {
 pub struct TieredBackend {
     l1: DynBackend,
     l2: DynBackend,
+    // False for `l2_only`: the backend then reports the L2's name and only its tier.
+    has_l1: bool,
     config: TieredConfig,
     clock: Box<dyn Clock>,
     breaker: Breaker,
@@ -154,14 +156,18 @@ enum L2Gate {
 }
 
 impl TieredBackend {
-    /// Whether there is a real L1 (not a [`NoopBackend`](crate::NoopBackend)).
-    fn has_l1(&self) -> bool {
-        self.l1.name() != "none"
-    }
-
     /// `l1` in front of `l2`.
     pub fn new(l1: DynBackend, l2: DynBackend, config: TieredConfig) -> Self {
         TieredBackend::with_clock(l1, l2, config, Box::new(SystemClock))
+    }
+
+    /// `l2` alone behind the same timeouts, breaker and replay, with no L1 (every read a miss
+    /// while L2 is away). It reports `l2`'s name and only its tier.
+    pub fn l2_only(l2: DynBackend, config: TieredConfig) -> Self {
+        TieredBackend {
+            has_l1: false,
+            ..TieredBackend::new(std::sync::Arc::new(crate::NoopBackend::new()), l2, config)
+        }
     }
 
     /// Like [`TieredBackend::new`] with a clock for the stamps of wholesale invalidations.
@@ -174,6 +180,7 @@ impl TieredBackend {
         TieredBackend {
             l1,
             l2,
+            has_l1: true,
             breaker: Breaker::new(config.breaker),
             config,
             clock,
@@ -348,10 +355,9 @@ impl TieredBackend {
 
 #[async_trait]
 impl CacheBackend for TieredBackend {
-    /// `tiered`; without an L1 (a [`NoopBackend`](crate::NoopBackend) in front) this is the L2
-    /// with timeouts, a breaker and replay, and it reports the L2's name.
+    /// `tiered`, or the L2's name for [`TieredBackend::l2_only`].
     fn name(&self) -> &'static str {
-        if self.has_l1() {
+        if self.has_l1 {
             "tiered"
         } else {
             self.l2.name()
@@ -520,7 +526,7 @@ impl CacheBackend for TieredBackend {
         l1.hits = c.l1_hits.get();
         l1.misses = c.l1_misses.get();
         let mut l2 = self.l2.stats().tiers.into_iter().next().unwrap_or_default();
-        if self.has_l1() {
+        if self.has_l1 {
             l2.tier = "l2".into();
         }
         l2.hits = c.l2_hits.get();
@@ -530,11 +536,7 @@ impl CacheBackend for TieredBackend {
         l2.skipped = c.l2_skipped.get();
         l2.latency = Some(c.l2_latency.snapshot());
         CacheStats {
-            tiers: if self.has_l1() {
-                vec![l1, l2]
-            } else {
-                vec![l2]
-            },
+            tiers: if self.has_l1 { vec![l1, l2] } else { vec![l2] },
             breaker: Some(self.breaker.stats()),
             pending_invalidations: self.pending_len() as u64,
             ..CacheStats::default()

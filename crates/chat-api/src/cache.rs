@@ -70,18 +70,14 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
                 breaker: config.breaker,
                 ..TieredConfig::default()
             };
+            let upstash = upstash_backend(config)?;
             // Upstash alone still gets the tiered guard (no L1): an outage costs one timeout per
             // probe, not one per request, and invalidations it missed are replayed before Redis
             // is read again.
-            let l1: DynBackend = match kind {
-                CacheBackendKind::Tiered => memory(),
-                _ => Arc::new(cache_core::NoopBackend::new()),
-            };
-            Ok(Arc::new(TieredBackend::new(
-                l1,
-                upstash_backend(config)?,
-                tiered,
-            )))
+            Ok(Arc::new(match kind {
+                CacheBackendKind::Tiered => TieredBackend::new(memory(), upstash, tiered),
+                _ => TieredBackend::l2_only(upstash, tiered),
+            }))
         }
     }
 }

@@ -11,8 +11,8 @@
 //! - [`state`]: [`AppState`], built from a config or from parts (tests).
 //! - [`store`]: the [`store::Store`] trait and its SQL implementation; migrations in `migrations/`.
 //! - [`cache`]: backend selection, every cache key and tag, the cached reads.
-//! - [`routes`]: the `/api/v1` handlers and their request/response types; [`api_routes`] lists
-//!   what they serve.
+//! - [`routes`]: the `/api/v1` handlers and their request/response types; [`api_route_table`] lists
+//!   what they serve and who may call it.
 //! - `ws` + [`events`]: the realtime session and the in-process event hub.
 //! - [`auth`], [`ratelimit`], [`metrics`], `ops`, `openapi`: cross-cutting pieces.
 //! - [`error`]: [`AppError`], the one error shape.
@@ -65,7 +65,7 @@ use tower_http::{
 pub use config::{Cli, Config};
 pub use error::AppError;
 pub use openapi::document as openapi_document;
-pub use routes::api_routes;
+pub use routes::api_route_table;
 pub use state::AppState;
 pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED};
 

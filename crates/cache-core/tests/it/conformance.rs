@@ -13,14 +13,10 @@ cache_core::backend_conformance_tests!(map_backend);
 mod guarded {
     use std::sync::Arc;
 
-    use cache_core::{NoopBackend, TieredBackend, TieredConfig, testing::MapBackend};
+    use cache_core::{TieredBackend, TieredConfig, testing::MapBackend};
 
     async fn guarded_backend() -> TieredBackend {
-        TieredBackend::new(
-            Arc::new(NoopBackend::new()),
-            Arc::new(MapBackend::new()),
-            TieredConfig::default(),
-        )
+        TieredBackend::l2_only(Arc::new(MapBackend::new()), TieredConfig::default())
     }
 
     cache_core::backend_conformance_tests!(guarded_backend);

@@ -299,11 +299,7 @@ pub(crate) async fn post(
             // The first attempt may have committed and then died before its invalidation (a
             // crash, a lost L2 write): invalidate again, so the message this retry confirms is
             // visible. No second event: clients already had their chance at the first one.
-            let keys = state.cache().keys();
-            state
-                .cache()
-                .invalidate(&[keys.channel_messages_tag(cid)])
-                .await;
+            invalidate_messages(&state, cid).await;
             Ok((StatusCode::OK, axum::Json(message)).into_response())
         }
     }
@@ -563,10 +559,15 @@ pub(crate) async fn ack(
 
 /// After a committed change to the messages of `cid`: one invalidation, then the event.
 async fn messages_changed(state: &AppState, cid: Ulid, kind: EventKind, data: &impl Serialize) {
+    invalidate_messages(state, cid).await;
+    state.hub().publish(kind, Some(cid), None, data);
+}
+
+/// Invalidates the cached pages of `cid`: the channel's one page tag.
+async fn invalidate_messages(state: &AppState, cid: Ulid) {
     let keys = state.cache().keys();
     state
         .cache()
         .invalidate(&[keys.channel_messages_tag(cid)])
         .await;
-    state.hub().publish(kind, Some(cid), None, data);
 }

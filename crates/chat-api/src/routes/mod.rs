@@ -202,15 +202,6 @@ pub fn api_route_table() -> Vec<ApiRoute> {
     build().table
 }
 
-/// Every (method, path) the API serves, in the router's own syntax (`/channels/{cid}`).
-pub fn api_routes() -> Vec<(Method, &'static str)> {
-    build()
-        .table
-        .into_iter()
-        .map(|route| (route.method, route.path))
-        .collect()
-}
-
 /// The channel `cid` as `user` may see it, with the user's membership. A private channel the
 /// user is not a member of does not exist for them (404).
 pub(crate) async fn visible_channel(

@@ -94,9 +94,9 @@ async fn the_openapi_document_matches_the_routes() {
             }
         }
     }
-    let served: BTreeSet<_> = chat_api::api_routes()
+    let served: BTreeSet<_> = chat_api::api_route_table()
         .into_iter()
-        .map(|(method, path)| (method.to_string(), path.to_owned()))
+        .map(|route| (route.method.to_string(), route.path.to_owned()))
         .collect();
     assert_eq!(documented, served);
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
