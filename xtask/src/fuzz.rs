@@ -36,7 +36,10 @@ const TARGETS: &[(&str, &str)] = &[
         "gateway_request",
         "upstash-gateway JSON and path-form request parsers",
     ),
-    ("gateway_resp", "upstash-gateway RESP2 reply parser"),
+    (
+        "gateway_resp",
+        "upstash-gateway RESP2 reply parser and reply rendering (JSON, base64, RESP2)",
+    ),
 ];
 
 /// SanitizerCoverage as libFuzzer wants it; all stable `-C` options.

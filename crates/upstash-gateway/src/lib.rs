@@ -1,7 +1,6 @@
 //! An Upstash-compatible REST server over a real `redis-server`.
 //!
-//! It speaks the Upstash Redis REST protocol (`shared/reference/upstash-rest-protocol.md`) —
-//! JSON body form, path form, `/pipeline`, `/multi-exec`, `Upstash-Encoding: base64`,
+//! It speaks the Upstash Redis REST protocol — JSON body form, path form, `/pipeline`, `/multi-exec`, `Upstash-Encoding: base64`,
 //! `Upstash-Response-Format: resp2`, bearer and `?_token=` auth, a read-only token, the
 //! `upstash-sync-token` header and the SSE endpoints — and forwards to a Redis server over RESP2,
 //! so `@upstash/redis`, `upstash-redis` (Python), `cache-upstash` and chat-api run against real

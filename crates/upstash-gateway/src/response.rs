@@ -2,8 +2,8 @@
 //!
 //! With `Upstash-Encoding: base64`, every string in a result is base64 (standard alphabet, padded)
 //! except the status reply `OK`, recursively through nested arrays; integers and nulls are left as
-//! they are, and error texts are never encoded. That is what both official SDKs decode
-//! (`reference/upstash-rest-protocol.md` §1.6). Without it, invalid UTF-8 becomes U+FFFD.
+//! they are, and error texts are never encoded. That is what both official SDKs decode. Without
+//! it, invalid UTF-8 becomes U+FFFD.
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};

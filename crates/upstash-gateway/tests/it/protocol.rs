@@ -528,3 +528,101 @@ async fn hostile_input_gets_4xx_never_5xx() {
     assert_eq!(client.ok(json!(["DBSIZE"])).await, json!(2000));
     env.shutdown().await;
 }
+
+/// Redis passes a client's bytes through into status and error replies (a Lua `{ok=…}` or
+/// `{err=…}` table, the echo in "unknown command"), so those lines need not be UTF-8. They are
+/// replies like any other: byte for byte in `resp2`, lossy or base64 in JSON, and the connection
+/// stays in use. (A client that insists on UTF-8 here, like redis-rs, tears the connection down
+/// and would turn these into 5xx.)
+#[tokio::test]
+async fn non_utf8_status_and_error_replies_are_replies_and_keep_the_connection() {
+    // One pooled connection: every request below goes over the same one unless it is dropped.
+    let env = TestGateway::start_with(|builder| builder.pool_size(1)).await;
+    let client = Client::new(&env);
+    let auth = format!("Bearer {}", client.token);
+    let resp2 = [
+        ("Authorization", auth.as_str()),
+        ("Upstash-Response-Format", "resp2"),
+    ];
+    let base64 = [
+        ("Authorization", auth.as_str()),
+        ("Upstash-Encoding", "base64"),
+    ];
+    let connections_received = || {
+        let info = env.redis().raw_command(&[b"INFO", b"stats"]);
+        let info = String::from_utf8_lossy(&info).into_owned();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("INFO stats has total_connections_received")
+    };
+    assert_eq!(client.ok(json!(["PING"])).await, json!("PONG"));
+    let before = connections_received();
+
+    let status = "/eval/return%20%7Bok%3DARGV%5B1%5D%7D/0/%FFok";
+    let response = send(client.addr, "GET", status, &resp2, b"").await;
+    assert_eq!(
+        (response.status, &response.body[..]),
+        (200, &b"+\xffok\r\n"[..])
+    );
+    let response = client.request("GET", status, b"").await;
+    assert_eq!(
+        (response.status, response.json()),
+        (200, json!({"result": "\u{FFFD}ok"}))
+    );
+    let response = send(client.addr, "GET", status, &base64, b"").await;
+    assert_eq!(
+        (response.status, response.json()),
+        (200, json!({"result": "/29r"}))
+    );
+
+    let error = "/eval/return%20%7Berr%3DARGV%5B1%5D%7D/0/ERR%20%FFbad";
+    let response = send(client.addr, "GET", error, &resp2, b"").await;
+    assert_eq!(
+        (response.status, &response.body[..]),
+        (400, &b"-ERR \xffbad\r\n"[..])
+    );
+    let response = client.request("GET", error, b"").await;
+    assert_eq!(
+        (response.status, response.error()),
+        (400, "ERR \u{FFFD}bad".to_owned())
+    );
+
+    let unknown = client.request("GET", "/%FF%FE/x", b"").await;
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown
+            .error()
+            .starts_with("ERR unknown command '\u{FFFD}\u{FFFD}'"),
+        "{}",
+        unknown.error()
+    );
+    // In a pipeline and a transaction, such an error is one element among the others.
+    let pipeline = client
+        .post_json(
+            "/pipeline",
+            &json!([["EVAL", "return {err='ERR \\255'}", 0], ["PING"]]),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        pipeline.json(),
+        json!([{"error": "ERR \u{FFFD}"}, {"result": "PONG"}])
+    );
+    let transaction = client
+        .post_json(
+            "/multi-exec",
+            &json!([["EVAL", "return {ok='\\255'}", 0], ["PING"]]),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        transaction.json(),
+        json!([{"result": "\u{FFFD}"}, {"result": "PONG"}])
+    );
+
+    assert_eq!(client.ok(json!(["PING"])).await, json!("PONG"));
+    // The only new connection Redis saw is the `INFO` probe's own.
+    assert_eq!(connections_received(), before + 1);
+    env.shutdown().await;
+}
