@@ -11,7 +11,7 @@
 //! lines to be UTF-8, and a reply that is not is a parse error that closes the connection. Redis
 //! does send such lines — "unknown command" echoes the client's bytes (`GET /%FF` in the path
 //! form), and a Lua script returns any bytes as `{ok=…}` or `{err=…}` — so with redis-rs those
-//! requests would become 5xx and cost a connection, where Upstash answers with the reply. Checked
+//! requests would become 5xx and cost a connection instead of getting their reply. Checked
 //! against redis 1.8.1: `Incompatible type - Parse error … invalid utf-8 sequence`, then
 //! `broken pipe` for the next command on that connection. The test
 //! `non_utf8_status_and_error_replies_are_replies_and_keep_the_connection` holds the line.

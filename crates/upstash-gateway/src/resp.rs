@@ -2,7 +2,9 @@
 //!
 //! The gateway speaks RESP2 only (it never sends `HELLO 3`, and refuses it from clients), so the
 //! reply type has the five RESP2 shapes. Replies keep their bytes as they came: a bulk string may be
-//! any binary, and turning it into JSON (lossy UTF-8 or base64) is the caller's decision.
+//! any binary, and so may a status or error line (Redis echoes client bytes into some errors, and
+//! Lua scripts return any bytes as either); turning them into JSON (lossy UTF-8 or base64) is the
+//! caller's decision, and nothing here requires UTF-8.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -208,6 +210,22 @@ mod tests {
                 Reply::Array(vec![Reply::Integer(1)])
             ]))
         );
+    }
+
+    #[test]
+    fn status_and_error_lines_may_be_any_bytes() {
+        assert_eq!(
+            parse_all(b"+\xffok\r\n").unwrap(),
+            Some(Reply::Status(Bytes::from_static(b"\xffok")))
+        );
+        let mut buf = BytesMut::from(&b"-ERR unknown command '\xfe'\r\n:1\r\n"[..]);
+        assert_eq!(
+            parse_reply(&mut buf).unwrap(),
+            Some(Reply::Error(Bytes::from_static(
+                b"ERR unknown command '\xfe'"
+            )))
+        );
+        assert_eq!(parse_reply(&mut buf).unwrap(), Some(Reply::Integer(1)));
     }
 
     #[test]
