@@ -520,6 +520,39 @@ mod tests {
         }
     }
 
+    /// Arbitrary text never panics a parser, and whatever a parser accepts is exactly what the
+    /// builders would write (no second spelling of a name).
+    #[test]
+    fn arbitrary_text_parses_to_a_canonical_name_or_a_typed_error() {
+        const ALPHABET: &[&str] = &["a", "v", "1", "0", ":", "#", "*", "%", "25", "3A", "é", "-"];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let ns = Namespace::new("a", 1).unwrap();
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let text: String = (0..rng.usize(0..16))
+                .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+                .collect();
+            if let Ok(parsed) = Namespace::parse(&text) {
+                assert_eq!(parsed.to_string(), text);
+                accepted += 1;
+            }
+            if let Ok(tag) = Tag::parse(&text) {
+                assert_eq!(tag.as_str(), text);
+                assert_eq!(Tag::parse(tag.as_str()).unwrap(), tag);
+                accepted += 1;
+            }
+            if let Ok(tag) = ns.parse_tag(&text) {
+                assert_eq!(tag.namespace(), ns);
+                assert_eq!(Tag::parse(tag.as_str()).unwrap(), tag, "{text:?}");
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the generator reaches valid names ({accepted})"
+        );
+    }
+
     #[test]
     fn malformed_namespaces_are_refused_with_a_typed_error() {
         let too_long = format!("{}:v1", "a".repeat(MAX_SEGMENT_LEN + 1));
