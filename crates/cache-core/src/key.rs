@@ -1,17 +1,117 @@
 //! Typed cache keys and tags, built through a [`Namespace`] so that every key carries the
 //! application prefix and the format version, and no call site writes a key with `format!`.
+//! This module is also the only parser of that format ([`Namespace::parse`], [`Tag::parse`],
+//! [`Namespace::parse_tag`]): tools that take names from people call these, never split strings.
 //!
-//! Layout: key `{prefix}:v{version}:{kind}:{part}:…`, tag `{prefix}:v{version}:#{kind}:{part}:…`.
+//! Layout: namespace `{prefix}:v{version}`, key `{namespace}:{kind}:{part}:…`, tag
+//! `{namespace}:#{kind}:{part}:…`, and `{namespace}:#*` the tag of every key of the namespace.
+//! A prefix is 1–64 ASCII letters, digits, `_`, `-` or `.`; a kind 1–64 lowercase ASCII letters,
+//! digits, `_` or `-`; the version a decimal `u32` without leading zeros.
 //! Parts are escaped (`%` → `%25`, `:` → `%3A`) so `("a:b", "c")` and `("a", "b:c")` never collide,
 //! and the `#` keeps tags and keys apart. Bumping the version makes every old key unreachable, so a
 //! changed value format never reads old bytes.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use crate::error::{Error, Result};
 
 /// Keys longer than this are rejected when built (Redis allows more, but such keys are a bug).
 pub const MAX_KEY_LEN: usize = 1024;
+
+/// The longest prefix or kind, in bytes.
+const MAX_SEGMENT_LEN: usize = 64;
+
+/// The one rule for a prefix or a kind: 1 to [`MAX_SEGMENT_LEN`] bytes, each `allowed`.
+fn check_segment(what: &str, text: &str, allowed: fn(u8) -> bool, described: &str) -> Result<()> {
+    if text.is_empty() || text.len() > MAX_SEGMENT_LEN || !text.bytes().all(allowed) {
+        return Err(Error::InvalidKey(format!(
+            "{what} {text:?} must be 1-{MAX_SEGMENT_LEN} {described}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    check_segment(
+        "namespace prefix",
+        prefix,
+        |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'),
+        "ASCII letters, digits, '_', '-' or '.'",
+    )
+}
+
+fn check_kind(kind: &str) -> Result<()> {
+    check_segment(
+        "key kind",
+        kind,
+        |b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'),
+        "lowercase ASCII letters, digits, '_' or '-'",
+    )
+}
+
+/// `vN` → N. Only the form [`Namespace`] writes: no sign, no leading zeros, no overflow.
+fn parse_version(text: &str, whole: &str) -> Result<u32> {
+    let digits = text
+        .strip_prefix('v')
+        .ok_or_else(|| not_a_namespace(whole))?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    match digits.parse() {
+        Ok(version) if canonical => Ok(version),
+        _ => Err(Error::InvalidKey(format!(
+            "{whole:?}: the version after :v must be a number from 0 to {} without leading zeros",
+            u32::MAX
+        ))),
+    }
+}
+
+fn not_a_namespace(text: &str) -> Error {
+    Error::InvalidKey(format!("{text:?} is not prefix:vN (for example chat:v1)"))
+}
+
+/// Splits a stored key or tag after its namespace: `chat:v1:#x:1` → (`chat:v1`, `#x:1`).
+fn split_namespace(text: &str) -> Option<(&str, &str)> {
+    let first = text.find(':')?;
+    let second = first + 1 + text[first + 1..].find(':')?;
+    Some((&text[..second], &text[second + 1..]))
+}
+
+/// Checks the part of a stored tag after `#`: `*`, or a kind and escaped parts.
+fn check_tag_body(body: &str, whole: &str) -> Result<()> {
+    if body == "*" {
+        return Ok(());
+    }
+    let mut pieces = body.split(':');
+    check_kind(pieces.next().unwrap_or_default())?;
+    pieces.try_for_each(|part| check_escaped(part, whole))
+}
+
+/// A part as [`escape_into`] writes it: no `:`, and `%` only in `%25` or `%3A`.
+fn check_escaped(part: &str, whole: &str) -> Result<()> {
+    let bytes = part.as_bytes();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'%') {
+        let code = &bytes[at + offset + 1..];
+        if !(code.starts_with(b"25") || code.starts_with(b"3A")) {
+            return Err(Error::InvalidKey(format!(
+                "{whole:?}: a '%' in a part must start %25 or %3A (how '%' and ':' are escaped)"
+            )));
+        }
+        at += offset + 3;
+    }
+    Ok(())
+}
+
+fn check_len(text: &str) -> Result<()> {
+    if text.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey(format!(
+            "a name of {} bytes is over the {MAX_KEY_LEN} byte limit",
+            text.len()
+        )));
+    }
+    Ok(())
+}
 
 /// A key prefix and format version, from which all keys and tags of an application are built.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -21,26 +121,44 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// A namespace `prefix` (ASCII letters, digits, `_`, `-`, `.`) at format `version`.
+    /// A namespace `prefix` (1-64 ASCII letters, digits, `_`, `-`, `.`) at format `version`.
     pub fn new(prefix: &str, version: u32) -> Result<Self> {
-        if prefix.is_empty()
-            || prefix.len() > 64
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
-            return Err(Error::InvalidKey(format!(
-                "namespace prefix {prefix:?} must be 1-64 ASCII letters, digits, '_', '-' or '.'"
-            )));
+        check_prefix(prefix)?;
+        Ok(Namespace::from_base(&format!("{prefix}:v{version}")))
+    }
+
+    /// A namespace written as [`Namespace::as_str`] writes it: `prefix:vN` (e.g. `chat:v1`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] saying what is wrong: no `:v`, a version that is not a plain number,
+    /// or a prefix outside the rule of [`Namespace::new`].
+    pub fn parse(text: &str) -> Result<Self> {
+        let (prefix, version) = text.split_once(':').ok_or_else(|| not_a_namespace(text))?;
+        let version = parse_version(version, text)?;
+        Namespace::new(prefix, version)
+    }
+
+    /// `base` must be a valid `prefix:vN`.
+    fn from_base(base: &str) -> Self {
+        Namespace {
+            base: base.into(),
+            all_tag: Tag {
+                text: format!("{base}:#*").into(),
+                base_len: base.len(),
+            },
         }
-        let base: Arc<str> = format!("{prefix}:v{version}").into();
-        let all_tag = Tag(format!("{base}:#*").into());
-        Ok(Namespace { base, all_tag })
     }
 
     /// `{prefix}:v{version}`, the start of every key of this namespace.
     pub fn as_str(&self) -> &str {
         &self.base
+    }
+
+    /// The prefix, without the version.
+    pub fn prefix(&self) -> &str {
+        self.base
+            .split_once(':')
+            .map_or(&self.base, |(prefix, _)| prefix)
     }
 
     /// The tag every key of this namespace carries: invalidating it invalidates the namespace.
@@ -80,7 +198,39 @@ impl Namespace {
     /// # Panics
     /// If `kind` is not a lowercase identifier.
     pub fn tag(&self, kind: &str, parts: &[&dyn fmt::Display]) -> Tag {
-        Tag(self.join("#", kind, parts).into())
+        Tag {
+            text: self.join("#", kind, parts).into(),
+            base_len: self.base.len(),
+        }
+    }
+
+    /// A tag of this namespace as a person writes it: `*` (the namespace), `kind:part:…` or
+    /// `#kind:part:…` with parts escaped as stored, or the whole stored tag, which must belong to
+    /// this namespace. Text whose third `:`-separated segment starts with `#` is taken as a whole
+    /// stored tag (`k:v1:#x` is the namespace `k:v1`, not kind `k` with parts `v1`, `#x`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for a malformed tag or a tag of another namespace.
+    pub fn parse_tag(&self, text: &str) -> Result<Tag> {
+        if split_namespace(text).is_some_and(|(_, rest)| rest.starts_with('#')) {
+            let tag = Tag::parse(text)?;
+            if tag.namespace_str() != self.as_str() {
+                return Err(Error::InvalidKey(format!(
+                    "tag {text:?} belongs to namespace {}, not {}",
+                    tag.namespace_str(),
+                    self.as_str()
+                )));
+            }
+            return Ok(tag);
+        }
+        let body = text.strip_prefix('#').unwrap_or(text);
+        check_tag_body(body, text)?;
+        let tag = Tag {
+            text: format!("{}:#{body}", self.base).into(),
+            base_len: self.base.len(),
+        };
+        check_len(tag.as_str())?;
+        Ok(tag)
     }
 
     fn join(&self, marker: &str, kind: &str, parts: &[&dyn fmt::Display]) -> Box<str> {
@@ -106,18 +256,18 @@ impl fmt::Debug for Namespace {
     }
 }
 
-fn check_kind(kind: &str) -> Result<()> {
-    if kind.is_empty()
-        || kind.len() > 64
-        || !kind
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-    {
-        return Err(Error::InvalidKey(format!(
-            "key kind {kind:?} must be 1-64 lowercase ASCII letters, digits, '_' or '-'"
-        )));
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
     }
-    Ok(())
+}
+
+impl FromStr for Namespace {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Namespace::parse(text)
+    }
 }
 
 fn escape_into(out: &mut String, part: &str) {
@@ -190,24 +340,71 @@ impl fmt::Display for Key {
 
 /// A name for a group of keys that are invalidated together. Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(Arc<str>);
+pub struct Tag {
+    text: Arc<str>,
+    // Bytes of `text` that are the namespace (`prefix:vN`): every tag has one.
+    base_len: usize,
+}
 
 impl Tag {
+    /// A tag as stored in the backend (what [`Tag::as_str`] returns):
+    /// `prefix:vN:#kind:part:…` or `prefix:vN:#*`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for anything [`Namespace::tag`] cannot have written.
+    pub fn parse(text: &str) -> Result<Self> {
+        check_len(text)?;
+        let (base, rest) = split_namespace(text).ok_or_else(|| {
+            Error::InvalidKey(format!(
+                "{text:?} is not a tag: it must start with prefix:vN:#"
+            ))
+        })?;
+        let namespace = Namespace::parse(base)?;
+        let body = rest.strip_prefix('#').ok_or_else(|| {
+            Error::InvalidKey(format!(
+                "{text:?} is not a tag: '#' must follow the namespace {namespace}"
+            ))
+        })?;
+        check_tag_body(body, text)?;
+        Ok(Tag {
+            text: text.into(),
+            base_len: base.len(),
+        })
+    }
+
     /// The tag as stored in the backend.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The namespace this tag belongs to.
+    pub fn namespace(&self) -> Namespace {
+        Namespace::from_base(self.namespace_str())
+    }
+
+    /// `prefix:vN` of the namespace this tag belongs to.
+    pub fn namespace_str(&self) -> &str {
+        &self.text[..self.base_len]
     }
 }
 
 impl fmt::Debug for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tag({})", self.0)
+        write!(f, "Tag({})", self.text)
     }
 }
 
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for Tag {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Tag::parse(text)
     }
 }
 
@@ -223,6 +420,12 @@ mod tests {
         assert_eq!(key.tags(), std::slice::from_ref(ns.all_tag()));
         assert_eq!(ns.all_tag().as_str(), "chat:v3:#*");
         assert_eq!(ns.tag("channel", &[&42]).as_str(), "chat:v3:#channel:42");
+        // Replay after a queue overflow maps any tag to its namespace tag.
+        assert_eq!(
+            ns.tag("channel", &[&42]).namespace().all_tag(),
+            ns.all_tag()
+        );
+        assert_eq!(ns.all_tag().namespace(), ns);
     }
 
     #[test]
@@ -263,5 +466,195 @@ mod tests {
             ns.try_key("k", &[&"✓ unicode"]).unwrap().as_str(),
             "app:v1:k:✓ unicode"
         );
+    }
+
+    /// A random part: mostly plain, often with the characters that need escaping, and unicode.
+    fn random_part(rng: &mut fastrand::Rng) -> String {
+        const ALPHABET: &[char] = &['a', 'Z', '0', ':', '%', '#', '*', ' ', '-', '✓', '3', 'A'];
+        (0..rng.usize(0..12))
+            .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+            .collect()
+    }
+
+    fn random_segment(rng: &mut fastrand::Rng, alphabet: &[u8]) -> String {
+        (0..rng.usize(1..=MAX_SEGMENT_LEN))
+            .map(|_| char::from(alphabet[rng.usize(..alphabet.len())]))
+            .collect()
+    }
+
+    #[test]
+    fn every_built_namespace_and_tag_parses_back_to_itself() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let prefix = random_segment(&mut rng, b"aZ09_-.");
+            let version = match rng.u8(..3) {
+                0 => 0,
+                1 => u32::MAX,
+                _ => rng.u32(..),
+            };
+            let ns = Namespace::new(&prefix, version).unwrap();
+            assert_eq!(Namespace::parse(&ns.to_string()).unwrap(), ns);
+            assert_eq!(ns.prefix(), prefix);
+            assert_eq!(Tag::parse(ns.all_tag().as_str()).unwrap(), *ns.all_tag());
+            let kind = random_segment(&mut rng, b"az09_-");
+            let parts: Vec<String> = (0..rng.usize(0..4))
+                .map(|_| random_part(&mut rng))
+                .collect();
+            let parts: Vec<&dyn fmt::Display> = parts.iter().map(|p| p as _).collect();
+            let tag = ns.tag(&kind, &parts);
+            if tag.as_str().len() > MAX_KEY_LEN {
+                continue;
+            }
+            let parsed = Tag::parse(&tag.to_string()).unwrap();
+            assert_eq!(parsed, tag);
+            assert_eq!(parsed.namespace(), ns);
+            // The same tag written relative to its namespace, with or without the `#`.
+            let relative = &tag.as_str()[ns.as_str().len() + 2..];
+            // (Unless a part starts with `#` where a version would be: that reads as whole.)
+            let looks_whole = split_namespace(relative).is_some_and(|(_, r)| r.starts_with('#'));
+            if !looks_whole {
+                assert_eq!(ns.parse_tag(relative).unwrap(), tag, "{relative}");
+                assert_eq!(ns.parse_tag(&format!("#{relative}")).unwrap(), tag);
+            }
+            assert_eq!(ns.parse_tag(tag.as_str()).unwrap(), tag);
+        }
+    }
+
+    /// Arbitrary text never panics a parser, and whatever a parser accepts is exactly what the
+    /// builders would write (no second spelling of a name).
+    #[test]
+    fn arbitrary_text_parses_to_a_canonical_name_or_a_typed_error() {
+        const ALPHABET: &[&str] = &["a", "v", "1", "0", ":", "#", "*", "%", "25", "3A", "é", "-"];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let ns = Namespace::new("a", 1).unwrap();
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let text: String = (0..rng.usize(0..16))
+                .map(|_| ALPHABET[rng.usize(..ALPHABET.len())])
+                .collect();
+            if let Ok(parsed) = Namespace::parse(&text) {
+                assert_eq!(parsed.to_string(), text);
+                accepted += 1;
+            }
+            if let Ok(tag) = Tag::parse(&text) {
+                assert_eq!(tag.as_str(), text);
+                assert_eq!(Tag::parse(tag.as_str()).unwrap(), tag);
+                accepted += 1;
+            }
+            if let Ok(tag) = ns.parse_tag(&text) {
+                assert_eq!(tag.namespace(), ns);
+                assert_eq!(Tag::parse(tag.as_str()).unwrap(), tag, "{text:?}");
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the generator reaches valid names ({accepted})"
+        );
+    }
+
+    #[test]
+    fn malformed_namespaces_are_refused_with_a_typed_error() {
+        let too_long = format!("{}:v1", "a".repeat(MAX_SEGMENT_LEN + 1));
+        for text in [
+            "",
+            "chat",
+            "chat:",
+            "chat:1",
+            "chat:v",
+            "chat:vx",
+            "chat:v-1",
+            "chat:v+1",
+            "chat:v01",
+            "chat:v 1",
+            "chat:v4294967296",
+            "chat:v1:",
+            "chat:v1:x",
+            ":v1",
+            "bad prefix:v1",
+            "ch#t:v1",
+            "chät:v1",
+            &too_long,
+        ] {
+            let err = Namespace::parse(text).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidKey, "{text:?}");
+        }
+        assert!(
+            Namespace::parse("chat")
+                .unwrap_err()
+                .to_string()
+                .contains("is not prefix:vN")
+        );
+        assert!(
+            Namespace::parse("chat:vx")
+                .unwrap_err()
+                .to_string()
+                .contains("must be a number")
+        );
+        let longest = format!("{}:v0", "a".repeat(MAX_SEGMENT_LEN));
+        assert_eq!(Namespace::parse(&longest).unwrap().as_str(), longest);
+        assert_eq!(
+            "my.app:v12".parse::<Namespace>().unwrap().prefix(),
+            "my.app"
+        );
+    }
+
+    #[test]
+    fn malformed_tags_are_refused_with_a_typed_error() {
+        let too_long = format!("chat:v1:#k:{}", "x".repeat(MAX_KEY_LEN));
+        let long_kind = format!("chat:v1:#{}", "k".repeat(MAX_SEGMENT_LEN + 1));
+        for text in [
+            "",
+            "*",
+            "chat:v1",
+            "chat:v1:",
+            "chat:v1:#",
+            "chat:v1:channel:1",
+            "chat:v1:##channel",
+            "chat:v1:#Channel:1",
+            "chat:v1:#chan nel",
+            "chat:v1:#:1",
+            "chat:v1:#*:1",
+            "chat:v1:#**",
+            "chat:v1:#k:50%",
+            "chat:v1:#k:50%2",
+            "chat:v1:#k:%3a",
+            "chat:v1:#k:%41",
+            "chat:vx:#k",
+            "chat:v01:#k",
+            "bad prefix:v1:#k",
+            &too_long,
+            &long_kind,
+        ] {
+            let err = Tag::parse(text).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidKey, "{text:?}");
+        }
+        let ns = Namespace::new("chat", 1).unwrap();
+        for text in [
+            "",
+            "#",
+            "Channel:1",
+            "*:1",
+            ":1",
+            "k:%zz",
+            "other:v2:#k:1",
+            "chat:v1:#Bad",
+        ] {
+            let err = ns.parse_tag(text).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidKey, "{text:?}");
+        }
+        assert!(
+            ns.parse_tag("other:v2:#k:1")
+                .unwrap_err()
+                .to_string()
+                .contains("belongs to namespace other:v2, not chat:v1")
+        );
+        assert_eq!(ns.parse_tag("*").unwrap(), *ns.all_tag());
+        assert_eq!(ns.parse_tag("#*").unwrap(), *ns.all_tag());
+        assert_eq!(
+            ns.parse_tag("membership:c1:u2").unwrap(),
+            ns.tag("membership", &[&"c1", &"u2"])
+        );
+        assert_eq!(ns.parse_tag("k:a%3Ab%25").unwrap(), ns.tag("k", &[&"a:b%"]));
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! # The model
 //!
-//! - A [`Key`] is built through a [`Namespace`] (prefix + format version), never by `format!`.
+//! - A [`Key`] is built through a [`Namespace`] (prefix + format version), never by `format!`;
+//!   names typed by people are read back with [`Namespace::parse`] and [`Tag::parse`], never
+//!   split by hand.
 //!   A key carries its [`Tag`]s: the tags are part of the key's definition, so a reader knows which
 //!   invalidations apply to an entry without a second round trip.
 //! - An [`Entry`] is the JSON of a value plus three timestamps: when its data was read from the

@@ -112,7 +112,7 @@ impl Pending {
             .deletes
             .iter()
             .map(|k| k.namespace_tag().clone())
-            .chain(self.tags.keys().map(namespace_of_tag))
+            .chain(self.tags.keys().map(|t| t.namespace().all_tag().clone()))
             .collect();
         self.overflow_namespaces.extend(namespaces);
         self.deletes.clear();
@@ -128,15 +128,6 @@ impl Pending {
         }
         self.overflow_namespaces.extend(other.overflow_namespaces);
     }
-}
-
-/// `{prefix}:v{n}:#kind:…` → `{prefix}:v{n}:#*`, the tag of the namespace the tag belongs to.
-fn namespace_of_tag(tag: &Tag) -> Tag {
-    let namespace = tag.as_str().split_once(":#").and_then(|(base, _)| {
-        let (prefix, version) = base.rsplit_once(":v")?;
-        crate::key::Namespace::new(prefix, version.parse().ok()?).ok()
-    });
-    namespace.map_or_else(|| tag.clone(), |ns| ns.all_tag().clone())
 }
 
 impl std::fmt::Debug for TieredBackend {
@@ -541,17 +532,5 @@ impl CacheBackend for TieredBackend {
             pending_invalidations: self.pending_len() as u64,
             ..CacheStats::default()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespace_of_tag_finds_the_namespace_tag() {
-        let ns = crate::Namespace::new("chat", 2).unwrap();
-        assert_eq!(&namespace_of_tag(&ns.tag("channel", &[&5])), ns.all_tag());
-        assert_eq!(&namespace_of_tag(ns.all_tag()), ns.all_tag());
     }
 }

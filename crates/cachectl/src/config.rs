@@ -273,16 +273,12 @@ fn describe_dotenv_error(err: &dotenvy::Error) -> String {
     }
 }
 
-/// `prefix:vN` (the `--namespace` flag) → prefix and version.
-pub(crate) fn parse_namespace(text: &str) -> Result<(String, u32), String> {
-    let (prefix, version) = text
-        .rsplit_once(":v")
-        .ok_or_else(|| format!("{text:?} is not prefix:vN (for example chat:v1)"))?;
-    let version = version
-        .parse()
-        .map_err(|_| format!("{text:?}: the version after :v must be a number"))?;
-    cache_core::Namespace::new(prefix, version).map_err(|err| err.to_string())?;
-    Ok((prefix.to_owned(), version))
+/// `prefix:vN` (the `--namespace` flag), parsed by `cache_core` (the one parser of key names).
+pub(crate) fn parse_namespace(text: &str) -> Result<cache_core::Namespace, String> {
+    cache_core::Namespace::parse(text).map_err(|err| match err {
+        cache_core::Error::InvalidKey(message) => message,
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -378,13 +374,22 @@ mod tests {
 
     #[test]
     fn namespaces_parse_as_prefix_and_version() {
-        assert_eq!(parse_namespace("chat:v1").unwrap(), ("chat".into(), 1));
+        let ns = |prefix, version| cache_core::Namespace::new(prefix, version).unwrap();
+        assert_eq!(parse_namespace("chat:v1").unwrap(), ns("chat", 1));
+        assert_eq!(parse_namespace("my.app:v12").unwrap(), ns("my.app", 12));
         assert_eq!(
-            parse_namespace("my.app:v12").unwrap(),
-            ("my.app".into(), 12)
+            parse_namespace("chat").unwrap_err(),
+            r#""chat" is not prefix:vN (for example chat:v1)"#
         );
-        assert!(parse_namespace("chat").is_err());
-        assert!(parse_namespace("chat:vx").is_err());
-        assert!(parse_namespace("bad prefix:v1").is_err());
+        assert!(
+            parse_namespace("chat:vx")
+                .unwrap_err()
+                .contains("the version after :v must be a number")
+        );
+        assert!(
+            parse_namespace("bad prefix:v1")
+                .unwrap_err()
+                .contains("namespace prefix \"bad prefix\" must be 1-64")
+        );
     }
 }

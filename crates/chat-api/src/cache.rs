@@ -1,16 +1,18 @@
 //! Everything chat-api caches, in one place: the backend chosen from config
-//! ([`build_backend`]), every key and tag ([`CacheKeys`], the only code that names them), the TTL
-//! policies, and the cached reads ([`ChatCache`]) that handlers call instead of the store.
+//! ([`build_backend`]), every key and tag (`CacheKeys`, private: the only code that names them),
+//! the TTL policies, the cached reads ([`ChatCache`]) that handlers call instead of the store, and
+//! the write events ([`ChatCache::messages_changed`] and the others) that handlers call after a
+//! committed write. Handlers never name a key or a tag: what a write invalidates is decided here.
 //!
 //! # Keys, tags and what invalidates them
 //!
-//! | key (`{prefix}:v1:…`)                  | value                  | tags                        | invalidated by |
+//! | key (`{prefix}:v1:…`)                  | value                  | tags                        | invalidated by (event) |
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
-//! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | create channel, join, leave, member added, ack (by that user) |
-//! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | post, edit, delete, reaction add/remove in `cid` |
-//! | `auth-user:{uid}`                      | name + token hash      | `#auth-user:{uid}`          | registration of `uid` |
-//! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | create channel, join, leave, member added |
-//! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | create channel |
+//! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
+//! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `messages_changed` (post, edit, delete, reaction add/remove in `cid`) |
+//! | `auth-user:{uid}`                      | name + token hash      | `#auth-user:{uid}`          | `user_registered` |
+//! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
+//! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
 //!
 //! A post invalidates exactly one tag, however many members the channel has and however many page
 //! sizes are cached. Every invalidation runs after the database commit, so a read that follows
@@ -108,82 +110,105 @@ fn upstash_backend(config: &Config) -> Result<DynBackend, ConfigError> {
 
 /// Builds every cache key and tag of chat-api. See the module docs for the table.
 #[derive(Debug, Clone)]
-pub struct CacheKeys {
+struct CacheKeys {
     ns: Namespace,
 }
 
 impl CacheKeys {
     /// Keys under `prefix` at [`FORMAT_VERSION`].
-    pub fn new(prefix: &str) -> Result<Self, ConfigError> {
+    fn new(prefix: &str) -> Result<Self, ConfigError> {
         Namespace::new(prefix, FORMAT_VERSION)
             .map(|ns| CacheKeys { ns })
             .map_err(|e| ConfigError(e.to_string()))
     }
 
-    /// The namespace (for whole-namespace invalidation).
-    pub fn namespace(&self) -> &Namespace {
-        &self.ns
-    }
-
     /// A user's channel list.
-    pub fn user_channels(&self, user: Ulid) -> Key {
+    fn user_channels(&self, user: Ulid) -> Key {
         self.ns
             .key("user-channels", &[&user])
             .tagged(&[self.user_channels_tag(user)])
     }
 
     /// Tag of a user's channel list.
-    pub fn user_channels_tag(&self, user: Ulid) -> Tag {
+    fn user_channels_tag(&self, user: Ulid) -> Tag {
         self.ns.tag("user-channels", &[&user])
     }
 
     /// The latest page of a channel at one page size.
-    pub fn latest_page(&self, channel: Ulid, limit: u32) -> Key {
+    fn latest_page(&self, channel: Ulid, limit: u32) -> Key {
         self.ns
             .key("channel-messages", &[&channel, &limit])
             .tagged(&[self.channel_messages_tag(channel)])
     }
 
     /// Tag of every cached page of a channel.
-    pub fn channel_messages_tag(&self, channel: Ulid) -> Tag {
+    fn channel_messages_tag(&self, channel: Ulid) -> Tag {
         self.ns.tag("channel-messages", &[&channel])
     }
 
     /// A user's token check record.
-    pub fn auth_user(&self, user: Ulid) -> Key {
+    fn auth_user(&self, user: Ulid) -> Key {
         self.ns
             .key("auth-user", &[&user])
             .tagged(&[self.auth_user_tag(user)])
     }
 
     /// Tag of a user's token check record.
-    pub fn auth_user_tag(&self, user: Ulid) -> Tag {
+    fn auth_user_tag(&self, user: Ulid) -> Tag {
         self.ns.tag("auth-user", &[&user])
     }
 
     /// A user's membership of a channel (or its absence).
-    pub fn membership(&self, channel: Ulid, user: Ulid) -> Key {
+    fn membership(&self, channel: Ulid, user: Ulid) -> Key {
         self.ns
             .key("membership", &[&channel, &user])
             .tagged(&[self.membership_tag(channel, user)])
     }
 
     /// Tag of one membership.
-    pub fn membership_tag(&self, channel: Ulid, user: Ulid) -> Tag {
+    fn membership_tag(&self, channel: Ulid, user: Ulid) -> Tag {
         self.ns.tag("membership", &[&channel, &user])
     }
 
     /// A channel (or its absence).
-    pub fn channel(&self, channel: Ulid) -> Key {
+    fn channel(&self, channel: Ulid) -> Key {
         self.ns
             .key("channel", &[&channel])
             .tagged(&[self.channel_tag(channel)])
     }
 
     /// Tag of a channel.
-    pub fn channel_tag(&self, channel: Ulid) -> Tag {
+    fn channel_tag(&self, channel: Ulid) -> Tag {
         self.ns.tag("channel", &[&channel])
     }
+
+    /// The tags `write` invalidates: the last column of the table in the module docs.
+    fn invalidated_by(&self, write: Write) -> Vec<Tag> {
+        match write {
+            Write::UserRegistered { user } => vec![self.auth_user_tag(user)],
+            Write::ChannelCreated { channel, owner } => vec![
+                self.user_channels_tag(owner),
+                self.channel_tag(channel),
+                self.membership_tag(channel, owner),
+            ],
+            Write::MembershipChanged { channel, user } => vec![
+                self.user_channels_tag(user),
+                self.membership_tag(channel, user),
+            ],
+            Write::MessagesChanged { channel } => vec![self.channel_messages_tag(channel)],
+            Write::Acked { user } => vec![self.user_channels_tag(user)],
+        }
+    }
+}
+
+/// A committed write, as far as the cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    UserRegistered { user: Ulid },
+    ChannelCreated { channel: Ulid, owner: Ulid },
+    MembershipChanged { channel: Ulid, user: Ulid },
+    MessagesChanged { channel: Ulid },
+    Acked { user: Ulid },
 }
 
 /// TTL policies per kind of entry.
@@ -265,24 +290,28 @@ fn load_error(err: cache_core::Error) -> AppError {
 }
 
 impl ChatCache {
-    /// Cached reads over `store` through `cache`.
-    pub fn new(cache: Cache, keys: CacheKeys, policies: Policies, store: Arc<dyn Store>) -> Self {
-        ChatCache {
+    /// Cached reads over `store` through `cache`, with keys under `prefix` at
+    /// [`FORMAT_VERSION`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] if `prefix` is not a valid key prefix.
+    pub fn new(
+        cache: Cache,
+        prefix: &str,
+        policies: Policies,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ConfigError> {
+        Ok(ChatCache {
             cache,
-            keys,
+            keys: CacheKeys::new(prefix)?,
             policies,
             store,
-        }
+        })
     }
 
     /// The cache facade (stats, backend).
     pub fn cache(&self) -> &Cache {
         &self.cache
-    }
-
-    /// The key builder.
-    pub fn keys(&self) -> &CacheKeys {
-        &self.keys
     }
 
     /// The store behind the cache.
@@ -376,10 +405,41 @@ impl ChatCache {
             .map_err(load_error)
     }
 
-    /// Invalidates `tags` after a committed write. A cache failure is logged, not returned: the
-    /// write has committed and its response must say so.
-    pub async fn invalidate(&self, tags: &[Tag]) {
-        if let Err(err) = self.cache.invalidate(tags).await {
+    /// After a user `user` was registered: its token record (a miss cached before it existed).
+    pub async fn user_registered(&self, user: Ulid) {
+        self.invalidate(Write::UserRegistered { user }).await;
+    }
+
+    /// After `owner` created `channel`: the owner's channel list and membership, and the channel
+    /// (a miss may have been cached under its id).
+    pub async fn channel_created(&self, channel: Ulid, owner: Ulid) {
+        self.invalidate(Write::ChannelCreated { channel, owner })
+            .await;
+    }
+
+    /// After `user` joined or left `channel`, or was added to it: the user's channel list and
+    /// that one membership. Other members' entries do not change.
+    pub async fn membership_changed(&self, channel: Ulid, user: Ulid) {
+        self.invalidate(Write::MembershipChanged { channel, user })
+            .await;
+    }
+
+    /// After a message of `channel` was posted (or a post retried), edited or deleted, or a
+    /// reaction added or removed: every cached page of the channel, through its one tag.
+    pub async fn messages_changed(&self, channel: Ulid) {
+        self.invalidate(Write::MessagesChanged { channel }).await;
+    }
+
+    /// After `user` moved a read marker: the user's channel list, which carries unread counts.
+    pub async fn acked(&self, user: Ulid) {
+        self.invalidate(Write::Acked { user }).await;
+    }
+
+    /// Invalidates what `write` changed. A cache failure is logged, not returned: the write has
+    /// committed and its response must say so.
+    async fn invalidate(&self, write: Write) {
+        let tags = self.keys.invalidated_by(write);
+        if let Err(err) = self.cache.invalidate(&tags).await {
             tracing::error!(error = %err, ?tags, "cache invalidation failed; entries may be stale until they expire");
         }
     }
@@ -404,6 +464,56 @@ mod tests {
             keys.latest_page(channel, 25).tags(),
             keys.latest_page(channel, 100).tags()
         );
+    }
+
+    /// The table of the module docs, checked against the keys: which write events hide which
+    /// cached entries.
+    #[test]
+    fn write_events_invalidate_what_the_table_says() {
+        let keys = CacheKeys::new(KEY_PREFIX).unwrap();
+        let [c, other_c, u, other_u] = [1, 2, 3, 4].map(|n| Ulid::from_parts(n, 0));
+        let entries = [
+            ("user-channels", keys.user_channels(u)),
+            ("channel-messages", keys.latest_page(c, 50)),
+            ("auth-user", keys.auth_user(u)),
+            ("membership", keys.membership(c, u)),
+            ("channel", keys.channel(c)),
+            // The same kinds for another channel and user: no write of `c`/`u` touches them.
+            ("other", keys.user_channels(other_u)),
+            ("other", keys.latest_page(other_c, 50)),
+            ("other", keys.auth_user(other_u)),
+            ("other", keys.membership(other_c, u)),
+            ("other", keys.membership(c, other_u)),
+            ("other", keys.channel(other_c)),
+        ];
+        let hidden = |write: Write| -> Vec<&str> {
+            let tags = keys.invalidated_by(write);
+            entries
+                .iter()
+                .filter(|(_, key)| key.tags().iter().any(|t| tags.contains(t)))
+                .map(|(name, _)| *name)
+                .collect()
+        };
+        assert_eq!(hidden(Write::UserRegistered { user: u }), ["auth-user"]);
+        assert_eq!(
+            hidden(Write::ChannelCreated {
+                channel: c,
+                owner: u
+            }),
+            ["user-channels", "membership", "channel"]
+        );
+        assert_eq!(
+            hidden(Write::MembershipChanged {
+                channel: c,
+                user: u
+            }),
+            ["user-channels", "membership"]
+        );
+        assert_eq!(
+            hidden(Write::MessagesChanged { channel: c }),
+            ["channel-messages"]
+        );
+        assert_eq!(hidden(Write::Acked { user: u }), ["user-channels"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The chat HTTP and WebSocket server on the tiered cache (SPEC §7).
+//! The chat HTTP and WebSocket server on the tiered cache.
 //!
 //! A real chat backend: users with bearer tokens, public and private channels, keyset-paginated
 //! messages with reactions and read markers, and a WebSocket event stream. The database (SQLite
@@ -73,8 +73,9 @@ pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED
 /// panics turned into 500s, request timeouts, body limits, metrics and rate limits.
 pub fn app(state: AppState) -> Router {
     let config = state.config();
-    let api = routes::api_router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
+    let (api, buckets) = routes::api_router();
+    let api = api.route_layer(middleware::from_fn_with_state(
+        (state.clone(), buckets),
         ratelimit::rate_limit,
     ));
     let layers = ServiceBuilder::new()

@@ -2,12 +2,15 @@
 //! (user, bucket), `X-RateLimit-*` headers on every limited response, and 429 `rate_limited` with
 //! `Retry-After` when a window is full.
 //!
-//! The bucket of a request comes from its method and matched route ([`bucket_for`]), so limits are
-//! one table, not attributes scattered over handlers. Unauthenticated requests (registration,
-//! requests with a bad token) are limited by client IP. Windows live in a bounded moka cache and
-//! disappear when idle, so the limiter cannot grow without bound. `RATE_LIMIT=off` removes it.
+//! The bucket of a request is declared beside its route in the router table
+//! (`routes::api_route_table`, column `bucket`) and looked up here by method and matched route
+//! ([`RouteBuckets`]), so limits are one table, not attributes scattered over handlers or rules
+//! guessed from the path. Unauthenticated requests (registration, requests with a bad token) are
+//! limited by client IP. Windows live in a bounded moka cache and disappear when idle, so the
+//! limiter cannot grow without bound. `RATE_LIMIT=off` removes it.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -23,6 +26,7 @@ use axum::{
 use crate::{
     auth::{CurrentUser, authenticate, bearer_token},
     error::AppError,
+    routes::ApiRoute,
     state::AppState,
 };
 
@@ -72,21 +76,30 @@ impl Bucket {
     }
 }
 
-/// The bucket of a request.
-pub fn bucket_for(method: &Method, route: &str) -> Bucket {
-    if *method == Method::GET || *method == Method::HEAD {
-        return Bucket::Read;
+/// The bucket of every route of the router table, by method and matched path. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RouteBuckets(Arc<HashMap<(Method, &'static str), Bucket>>);
+
+impl RouteBuckets {
+    /// The buckets declared in `table`.
+    pub fn new(table: &[ApiRoute]) -> Self {
+        RouteBuckets(Arc::new(
+            table
+                .iter()
+                .map(|route| ((route.method.clone(), route.path), route.bucket))
+                .collect(),
+        ))
     }
-    if route == "/api/v1/users" {
-        Bucket::Register
-    } else if route.contains("/reactions/") {
-        Bucket::Reactions
-    } else if route.contains("/ack/") {
-        Bucket::Acks
-    } else if route.contains("/messages") {
-        Bucket::Messages
-    } else {
-        Bucket::Channels
+
+    /// The bucket of a request to the route `path` (as matched, `/api/v1/channels/{cid}`).
+    /// `HEAD` is served by the `GET` route, so it counts like `GET`.
+    pub fn get(&self, method: &Method, path: &str) -> Option<Bucket> {
+        let method = if *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        self.0.get(&(method.clone(), path)).copied()
     }
 }
 
@@ -170,20 +183,22 @@ impl RateLimiter {
 }
 
 /// Middleware (a route layer, so the matched route is known): authenticates the caller if it
-/// can, counts the request in its bucket, and answers 429 when the bucket is full.
+/// can, counts the request in the bucket its route declares, and answers 429 when the bucket is
+/// full.
 pub async fn rate_limit(
-    State(state): State<AppState>,
+    State((state, buckets)): State<(AppState, RouteBuckets)>,
     mut request: Request,
     next: Next,
 ) -> Response {
     if !state.config().rate_limit {
         return next.run(request).await;
     }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(String::new, |p| p.as_str().to_owned());
-    let bucket = bucket_for(request.method(), &route);
+    let route = request.extensions().get::<MatchedPath>();
+    let Some(bucket) = route.and_then(|route| buckets.get(request.method(), route.as_str())) else {
+        // Only routes of the table get this layer, so this is a bug: fail closed and loudly.
+        tracing::error!(route = ?route.map(MatchedPath::as_str), "route without a rate-limit bucket");
+        return AppError::Internal("route without a rate-limit bucket".into()).into_response();
+    };
     let mut subject = None;
     if let Some(token) = bearer_token(request.headers()) {
         if let Ok(user) = authenticate(&state, token).await {
@@ -230,31 +245,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_follow_the_table() {
-        assert_eq!(bucket_for(&Method::POST, "/api/v1/users"), Bucket::Register);
+    fn buckets_are_looked_up_by_method_and_matched_route() {
+        let route = |method, path, bucket| ApiRoute {
+            method,
+            path,
+            access: crate::routes::Access::Member,
+            bucket,
+        };
+        let buckets = RouteBuckets::new(&[
+            route(Method::GET, "/a/{id}", Bucket::Read),
+            route(Method::PUT, "/a/{id}", Bucket::Reactions),
+        ]);
+        assert_eq!(buckets.get(&Method::GET, "/a/{id}"), Some(Bucket::Read));
+        assert_eq!(buckets.get(&Method::HEAD, "/a/{id}"), Some(Bucket::Read));
         assert_eq!(
-            bucket_for(&Method::GET, "/api/v1/channels/{cid}/messages"),
-            Bucket::Read
+            buckets.get(&Method::PUT, "/a/{id}"),
+            Some(Bucket::Reactions)
         );
-        assert_eq!(
-            bucket_for(&Method::POST, "/api/v1/channels/{cid}/messages"),
-            Bucket::Messages
-        );
-        assert_eq!(
-            bucket_for(
-                &Method::PUT,
-                "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}"
-            ),
-            Bucket::Reactions
-        );
-        assert_eq!(
-            bucket_for(&Method::PUT, "/api/v1/channels/{cid}/ack/{mid}"),
-            Bucket::Acks
-        );
-        assert_eq!(
-            bucket_for(&Method::PUT, "/api/v1/channels/{cid}/members/me"),
-            Bucket::Channels
-        );
+        assert_eq!(buckets.get(&Method::POST, "/a/{id}"), None);
+        assert_eq!(buckets.get(&Method::GET, "/a/1"), None);
     }
 
     #[test]

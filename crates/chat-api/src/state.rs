@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cache_core::{Cache, DynBackend};
 
 use crate::{
-    cache::{CacheKeys, ChatCache, Policies, build_backend},
+    cache::{ChatCache, Policies, build_backend},
     config::{Config, ConfigError},
     events::Hub,
     metrics::HttpMetrics,
@@ -55,13 +55,12 @@ impl AppState {
         store: Arc<dyn Store>,
         backend: DynBackend,
     ) -> Result<AppState, ConfigError> {
-        let keys = CacheKeys::new(&config.cache_prefix)?;
         let cache = ChatCache::new(
             Cache::new(backend),
-            keys,
+            &config.cache_prefix,
             Policies::from_config(&config),
             store,
-        );
+        )?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,

@@ -1,7 +1,7 @@
 //! `cachectl invalidate --tag`: invalidates cache entries by tag through `cache_core::Cache`,
 //! exactly as chat-api does after a write.
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{sync::Arc, time::SystemTime};
 
 use cache_core::{Cache, Namespace, Tag};
 use cache_upstash::UpstashBackend;
@@ -49,16 +49,13 @@ pub(crate) struct Cmd {
     /// The key namespace as PREFIX:vN [default: CACHE_PREFIX (else chat) at chat-api's format
     /// version, v1]
     #[arg(long, value_name = "PREFIX:vN", value_parser = parse_namespace)]
-    pub(crate) namespace: Option<(String, u32)>,
+    pub(crate) namespace: Option<Namespace>,
 }
 
 impl Cmd {
     pub(crate) async fn run(&self, ctx: &Context) -> anyhow::Result<Outcome> {
         let (namespace, from) = match &self.namespace {
-            Some((prefix, version)) => (
-                Namespace::new(prefix, *version)?,
-                Source::Flag("--namespace"),
-            ),
+            Some(namespace) => (namespace.clone(), Source::Flag("--namespace")),
             None => {
                 let prefix = &ctx.settings.prefix;
                 let ns = Namespace::new(&prefix.value, DEFAULT_FORMAT_VERSION).map_err(|err| {
@@ -112,77 +109,34 @@ impl Cmd {
     }
 }
 
-/// A tag from the command line: `*`, `kind:part…`, `#kind:part…`, or `prefix:vN:#kind:part…`.
+/// A tag from the command line: `*`, `kind:part…`, `#kind:part…`, or `prefix:vN:#kind:part…`,
+/// parsed by `cache_core` (the one parser of key names); this adds the hints.
 pub(crate) fn parse_tag(namespace: &Namespace, text: &str) -> anyhow::Result<Tag> {
-    let body = match text.split_once(":#") {
-        Some((base, rest)) => {
-            if base != namespace.as_str() {
-                return Err(Hinted::new(
-                    format!(
-                        "tag {text:?} belongs to namespace {base}, not {}",
-                        namespace.as_str()
-                    ),
-                    format!("pass --namespace {base}, or give the tag without its namespace"),
-                )
-                .into());
-            }
-            rest
+    if let Ok(tag) = Tag::parse(text) {
+        let base = tag.namespace_str();
+        if base != namespace.as_str() {
+            return Err(Hinted::new(
+                format!(
+                    "tag {text:?} belongs to namespace {base}, not {}",
+                    namespace.as_str()
+                ),
+                format!("pass --namespace {base}, or give the tag without its namespace"),
+            )
+            .into());
         }
-        None => text.strip_prefix('#').unwrap_or(text),
-    };
-    if body == "*" {
-        return Ok(namespace.all_tag().clone());
     }
-    let mut pieces = body.split(':');
-    let kind = pieces.next().unwrap_or_default();
-    let valid_kind = !kind.is_empty()
-        && kind.len() <= 64
-        && kind
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
-    if !valid_kind {
-        return Err(Hinted::new(
-            format!("{text:?} is not a tag: it must start with a kind such as channel-messages"),
-            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v1:#KIND:PART), or *",
+    namespace.parse_tag(text).map_err(|err| {
+        let reason = match err {
+            cache_core::Error::InvalidKey(message) => message,
+            other => other.to_string(),
+        };
+        Hinted::new(
+            format!("{text:?} is not a tag: {reason}"),
+            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v1:#KIND:PART), or *; \
+             in a PART write ':' as %3A and '%' as %25",
         )
-        .into());
-    }
-    // Parts are stored escaped (`:` as %3A, `%` as %25); unescape so the namespace re-escapes
-    // them to the same stored tag.
-    let parts: Vec<Part> = pieces.map(|p| Part(unescape(p))).collect();
-    let parts: Vec<&dyn fmt::Display> = parts.iter().map(|p| p as &dyn fmt::Display).collect();
-    Ok(namespace.tag(kind, &parts))
-}
-
-struct Part(String);
-
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// `%3A` → `:`, `%25` → `%`, left to right; anything else stays.
-fn unescape(part: &str) -> String {
-    let mut out = String::with_capacity(part.len());
-    let mut rest = part;
-    while let Some(at) = rest.find('%') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at + 1..];
-        // `get` rather than indexing: the bytes after a `%` may be inside a multi-byte char.
-        match tail.get(..2) {
-            Some(code) if code.eq_ignore_ascii_case("3a") => out.push(':'),
-            Some("25") => out.push('%'),
-            _ => {
-                out.push('%');
-                rest = tail;
-                continue;
-            }
-        }
-        rest = &tail[2..];
-    }
-    out.push_str(rest);
-    out
+        .into()
+    })
 }
 
 #[cfg(test)]
@@ -206,7 +160,6 @@ mod tests {
             parse_tag(&ns, "membership:c1:u2").unwrap(),
             ns.tag("membership", &[&"c1", &"u2"])
         );
-        assert_eq!(unescape("50%25%3a%é%"), "50%:%é%");
         let escaped = ns.tag("k", &[&"a:b%"]);
         assert_eq!(parse_tag(&ns, escaped.as_str()).unwrap(), escaped);
     }
@@ -220,7 +173,14 @@ mod tests {
                 .unwrap()
                 .contains("--namespace other:v2")
         );
-        assert!(parse_tag(&ns, "Channel:1").is_err());
-        assert!(parse_tag(&ns, "").is_err());
+        for text in ["Channel:1", "", "chat:v1:#Bad", "k:50%"] {
+            let err = parse_tag(&ns, text).unwrap_err();
+            assert!(err.to_string().contains("is not a tag"), "{text}: {err}");
+            assert!(
+                crate::error::hint_for(&err)
+                    .unwrap()
+                    .contains("write KIND:PART")
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Channels and memberships: create, get, join, leave, add a member, list members.
 //!
-//! Every write commits, then invalidates the cache tags it changed (the user's channel list and
-//! the membership entry), then publishes its event.
+//! Every write commits, then tells the cache what happened (`ChatCache::channel_created`,
+//! `ChatCache::membership_changed`: the cache decides which entries that hides), then publishes
+//! its event.
 
 use axum::{
     extract::State,
@@ -92,15 +93,7 @@ pub(crate) async fn create(
         created_at: Millis::now(),
     };
     state.store().create_channel(&channel).await?;
-    let keys = state.cache().keys();
-    state
-        .cache()
-        .invalidate(&[
-            keys.user_channels_tag(user.id),
-            keys.channel_tag(channel.id),
-            keys.membership_tag(channel.id, user.id),
-        ])
-        .await;
+    state.cache().channel_created(channel.id, user.id).await;
     state
         .hub()
         .publish(EventKind::ChannelCreate, None, Some(user.id), &channel);
@@ -264,16 +257,9 @@ pub(crate) async fn members(
     }))
 }
 
-/// After a committed membership change of `user` in `cid`: invalidate, then notify.
+/// After a committed membership change of `user` in `cid`: tell the cache, then notify.
 async fn membership_changed(state: &AppState, cid: Ulid, user: &UserRef, kind: EventKind) {
-    let keys = state.cache().keys();
-    state
-        .cache()
-        .invalidate(&[
-            keys.user_channels_tag(user.id),
-            keys.membership_tag(cid, user.id),
-        ])
-        .await;
+    state.cache().membership_changed(cid, user.id).await;
     state.hub().publish(
         kind,
         Some(cid),

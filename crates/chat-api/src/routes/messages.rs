@@ -1,8 +1,9 @@
 //! Messages: keyset-paginated pages (the latest page from the cache, with `ETag`/304), one
 //! message, post, edit and delete (author only), reactions, and the read marker.
 //!
-//! Every write in a channel commits, then invalidates the channel's one page tag, then publishes
-//! its event: a post costs one invalidation however many members and page sizes there are.
+//! Every write in a channel commits, then tells the cache (`ChatCache::messages_changed`, which
+//! invalidates the channel's one page tag), then publishes its event: a post costs one
+//! invalidation however many members and page sizes there are.
 
 use std::sync::Arc;
 
@@ -299,7 +300,7 @@ pub(crate) async fn post(
             // The first attempt may have committed and then died before its invalidation (a
             // crash, a lost L2 write): invalidate again, so the message this retry confirms is
             // visible. No second event: clients already had their chance at the first one.
-            invalidate_messages(&state, cid).await;
+            state.cache().messages_changed(cid).await;
             Ok((StatusCode::OK, axum::Json(message)).into_response())
         }
     }
@@ -539,11 +540,7 @@ pub(crate) async fn ack(
     member_channel(&state, cid, &user).await?;
     find_message(&state, cid, mid).await?;
     if state.store().ack(cid, user.id, mid).await? {
-        let keys = state.cache().keys();
-        state
-            .cache()
-            .invalidate(&[keys.user_channels_tag(user.id)])
-            .await;
+        state.cache().acked(user.id).await;
         state.hub().publish(
             EventKind::ChannelAck,
             None,
@@ -559,15 +556,6 @@ pub(crate) async fn ack(
 
 /// After a committed change to the messages of `cid`: one invalidation, then the event.
 async fn messages_changed(state: &AppState, cid: Ulid, kind: EventKind, data: &impl Serialize) {
-    invalidate_messages(state, cid).await;
+    state.cache().messages_changed(cid).await;
     state.hub().publish(kind, Some(cid), None, data);
-}
-
-/// Invalidates the cached pages of `cid`: the channel's one page tag.
-async fn invalidate_messages(state: &AppState, cid: Ulid) {
-    let keys = state.cache().keys();
-    state
-        .cache()
-        .invalidate(&[keys.channel_messages_tag(cid)])
-        .await;
 }

@@ -1,6 +1,8 @@
 //! The `/api/v1` routes: one table that builds the router and lists every route with its
-//! [`Access`] rule ([`api_route_table`]), so the OpenAPI document can be checked against what is
-//! really served, and the access matrix test (SPEC R5) is generated from the same table.
+//! [`Access`] rule and rate-limit [`Bucket`] ([`api_route_table`]), so the OpenAPI document can be
+//! checked against what is really served, the access matrix test (every actor against every
+//! route, expecting exactly the answer the rule gives) is generated from the same table, and the
+//! rate limiter looks each request's bucket up in it. Adding a route is one line here.
 //!
 //! # Layout
 //! - `users`: registration, me, my channels.
@@ -23,6 +25,7 @@ use ulid::Ulid;
 use crate::{
     error::AppError,
     model::{Channel, ChannelKind, Membership, UserRef},
+    ratelimit::{Bucket, RouteBuckets},
     state::AppState,
     ws,
 };
@@ -57,7 +60,7 @@ pub enum Access {
     WebSocket,
 }
 
-/// One route of the API: what the router serves and who may call it.
+/// One route of the API: what the router serves, who may call it, and its rate limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiRoute {
     /// The HTTP method.
@@ -66,9 +69,11 @@ pub struct ApiRoute {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// The rate-limit bucket its requests count against.
+    pub bucket: Bucket,
 }
 
-/// A router that remembers every route it serves, with its access rule.
+/// A router that remembers every route it serves, with its access rule and bucket.
 struct Routes {
     router: Router<AppState>,
     table: Vec<ApiRoute>,
@@ -82,7 +87,14 @@ impl Routes {
         }
     }
 
-    fn add<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
+    fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        bucket: Bucket,
+        handler: H,
+    ) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
@@ -93,111 +105,47 @@ impl Routes {
             method,
             path,
             access,
+            bucket,
         });
         self
     }
 }
 
+// One route a line, as a table: method, path, who may call it, rate-limit bucket, handler.
+#[rustfmt::skip]
 fn build() -> Routes {
     use Access as A;
+    use Bucket as B;
     use Method as M;
     Routes::new()
-        .add(M::POST, "/api/v1/users", A::Anyone, users::register)
-        .add(M::GET, "/api/v1/users/me", A::User, users::me)
-        .add(
-            M::GET,
-            "/api/v1/users/me/channels",
-            A::User,
-            users::my_channels,
-        )
-        .add(M::POST, "/api/v1/channels", A::User, channels::create)
-        .add(
-            M::GET,
-            "/api/v1/channels/{cid}",
-            A::ChannelVisible,
-            channels::get,
-        )
-        .add(
-            M::PUT,
-            "/api/v1/channels/{cid}/members/me",
-            A::ChannelVisible,
-            channels::join,
-        )
-        .add(
-            M::DELETE,
-            "/api/v1/channels/{cid}/members/me",
-            A::Member,
-            channels::leave,
-        )
-        .add(
-            M::PUT,
-            "/api/v1/channels/{cid}/members/{uid}",
-            A::ChannelOwner,
-            channels::add_member,
-        )
-        .add(
-            M::GET,
-            "/api/v1/channels/{cid}/members",
-            A::Member,
-            channels::members,
-        )
-        .add(
-            M::GET,
-            "/api/v1/channels/{cid}/messages",
-            A::Member,
-            messages::list,
-        )
-        .add(
-            M::POST,
-            "/api/v1/channels/{cid}/messages",
-            A::Member,
-            messages::post,
-        )
-        .add(
-            M::GET,
-            "/api/v1/channels/{cid}/messages/{mid}",
-            A::Member,
-            messages::get,
-        )
-        .add(
-            M::PATCH,
-            "/api/v1/channels/{cid}/messages/{mid}",
-            A::Author,
-            messages::edit,
-        )
-        .add(
-            M::DELETE,
-            "/api/v1/channels/{cid}/messages/{mid}",
-            A::Author,
-            messages::delete,
-        )
-        .add(
-            M::PUT,
-            "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}",
-            A::Member,
-            messages::react,
-        )
-        .add(
-            M::DELETE,
-            "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}",
-            A::Member,
-            messages::unreact,
-        )
-        .add(
-            M::PUT,
-            "/api/v1/channels/{cid}/ack/{mid}",
-            A::Member,
-            messages::ack,
-        )
-        .add(M::GET, "/api/v1/ws", A::WebSocket, ws::upgrade)
+        .add(M::POST,   "/api/v1/users",                                           A::Anyone,         B::Register,  users::register)
+        .add(M::GET,    "/api/v1/users/me",                                        A::User,           B::Read,      users::me)
+        .add(M::GET,    "/api/v1/users/me/channels",                               A::User,           B::Read,      users::my_channels)
+        .add(M::POST,   "/api/v1/channels",                                        A::User,           B::Channels,  channels::create)
+        .add(M::GET,    "/api/v1/channels/{cid}",                                  A::ChannelVisible, B::Read,      channels::get)
+        .add(M::PUT,    "/api/v1/channels/{cid}/members/me",                       A::ChannelVisible, B::Channels,  channels::join)
+        .add(M::DELETE, "/api/v1/channels/{cid}/members/me",                       A::Member,         B::Channels,  channels::leave)
+        .add(M::PUT,    "/api/v1/channels/{cid}/members/{uid}",                    A::ChannelOwner,   B::Channels,  channels::add_member)
+        .add(M::GET,    "/api/v1/channels/{cid}/members",                          A::Member,         B::Read,      channels::members)
+        .add(M::GET,    "/api/v1/channels/{cid}/messages",                         A::Member,         B::Read,      messages::list)
+        .add(M::POST,   "/api/v1/channels/{cid}/messages",                         A::Member,         B::Messages,  messages::post)
+        .add(M::GET,    "/api/v1/channels/{cid}/messages/{mid}",                   A::Member,         B::Read,      messages::get)
+        .add(M::PATCH,  "/api/v1/channels/{cid}/messages/{mid}",                   A::Author,         B::Messages,  messages::edit)
+        .add(M::DELETE, "/api/v1/channels/{cid}/messages/{mid}",                   A::Author,         B::Messages,  messages::delete)
+        .add(M::PUT,    "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}", A::Member,         B::Reactions, messages::react)
+        .add(M::DELETE, "/api/v1/channels/{cid}/messages/{mid}/reactions/{emoji}", A::Member,         B::Reactions, messages::unreact)
+        .add(M::PUT,    "/api/v1/channels/{cid}/ack/{mid}",                        A::Member,         B::Acks,      messages::ack)
+        .add(M::GET,    "/api/v1/ws",                                              A::WebSocket,      B::Read,      ws::upgrade)
 }
 
-/// The `/api/v1` router (without the global layers; see [`crate::app`]).
-pub(crate) fn api_router() -> Router<AppState> {
-    build().router
+/// The `/api/v1` router (without the global layers; see [`crate::app`]) and the bucket of each
+/// of its routes, for the rate limiter.
+pub(crate) fn api_router() -> (Router<AppState>, RouteBuckets) {
+    let Routes { router, table } = build();
+    (router, RouteBuckets::new(&table))
 }
 
-/// Every route the API serves, with its access rule, in the order of the router table.
+/// Every route the API serves, with its access rule and bucket, in the order of the router table.
 pub fn api_route_table() -> Vec<ApiRoute> {
     build().table
 }
@@ -231,4 +179,72 @@ pub(crate) async fn member_channel(
     let (channel, membership) = visible_channel(state, cid, user).await?;
     let membership = membership.ok_or(AppError::NotAMember)?;
     Ok((channel, membership))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each bucket is for, written independently of the table: a route in the wrong bucket
+    /// (a reaction counted as a message, a write counted as a read) fails here.
+    fn expected_bucket(method: &Method, path: &str) -> Bucket {
+        if *method == Method::GET {
+            Bucket::Read
+        } else if path == "/api/v1/users" {
+            Bucket::Register
+        } else if path.contains("/reactions/") {
+            Bucket::Reactions
+        } else if path.contains("/ack/") {
+            Bucket::Acks
+        } else if path.contains("/messages") {
+            Bucket::Messages
+        } else {
+            Bucket::Channels
+        }
+    }
+
+    #[test]
+    fn every_route_declares_the_bucket_of_what_it_does() {
+        let table = api_route_table();
+        for route in &table {
+            assert_eq!(
+                route.bucket,
+                expected_bucket(&route.method, route.path),
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+        let reactions: Vec<_> = table
+            .iter()
+            .filter(|r| r.path.contains("/reactions/"))
+            .collect();
+        assert_eq!(reactions.len(), 2, "add and remove a reaction");
+        assert!(reactions.iter().all(|r| r.bucket == Bucket::Reactions));
+        // Every bucket limits something.
+        for bucket in [
+            Bucket::Register,
+            Bucket::Read,
+            Bucket::Messages,
+            Bucket::Reactions,
+            Bucket::Channels,
+            Bucket::Acks,
+        ] {
+            assert!(table.iter().any(|r| r.bucket == bucket), "{bucket:?}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limiter_finds_every_route_of_the_table() {
+        let (_, buckets) = api_router();
+        for route in api_route_table() {
+            assert_eq!(
+                buckets.get(&route.method, route.path),
+                Some(route.bucket),
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+    }
 }

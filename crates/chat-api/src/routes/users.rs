@@ -77,11 +77,7 @@ pub(crate) async fn register(
     if !state.store().create_user(&user, &issued.hash).await? {
         return Err(AppError::NameTaken);
     }
-    let keys = state.cache().keys();
-    state
-        .cache()
-        .invalidate(&[keys.auth_user_tag(user.id)])
-        .await;
+    state.cache().user_registered(user.id).await;
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
         StatusCode::CREATED,

@@ -208,6 +208,67 @@ async fn rate_limits_answer_429_with_headers() {
     );
 }
 
+/// The middleware counts every route of the table in the bucket declared beside it: a route
+/// whose bucket the limiter cannot find, or finds wrong, fails here.
+#[tokio::test]
+async fn every_route_is_limited_by_the_bucket_its_table_row_declares() {
+    let app = TestApp::start_with(
+        Db::Sqlite,
+        |c| chat_api::Config {
+            rate_limit: true,
+            ..c
+        },
+        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
+    )
+    .await
+    .unwrap();
+    let ann = app.register("ann").await;
+    let channel = app
+        .post("/api/v1/channels", &ann.token, json!({"name": "general"}))
+        .await
+        .expect(201);
+    let cid = channel.body["id"].as_str().unwrap().to_owned();
+    let message = app
+        .post(
+            &format!("/api/v1/channels/{cid}/messages"),
+            &ann.token,
+            json!({"content": "hi"}),
+        )
+        .await
+        .expect(201);
+    let mid = message.body["id"].as_str().unwrap().to_owned();
+    for route in chat_api::api_route_table() {
+        let path = route
+            .path
+            .replace("{cid}", &cid)
+            .replace("{mid}", &mid)
+            .replace("{uid}", &ann.id)
+            .replace("{emoji}", "%F0%9F%91%8D");
+        // Whatever the handler answers (a 404 after a delete, a 426 without an upgrade), the
+        // route matched and was counted.
+        let response = app
+            .call(
+                route.method.clone(),
+                &path,
+                Some(&ann.token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            response.headers["x-ratelimit-bucket"],
+            route.bucket.as_str(),
+            "{} {} answered {}",
+            route.method,
+            route.path,
+            response.status
+        );
+        assert_eq!(
+            response.headers["x-ratelimit-limit"],
+            route.bucket.limit().to_string().as_str()
+        );
+    }
+}
+
 #[tokio::test]
 async fn rate_limits_can_be_turned_off() {
     let app = TestApp::start(Db::Sqlite).await.unwrap();
