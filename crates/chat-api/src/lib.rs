@@ -1,4 +1,4 @@
-//! The chat HTTP and WebSocket server on the tiered cache (SPEC §7).
+//! The chat HTTP and WebSocket server on the tiered cache.
 //!
 //! A real chat backend: users with bearer tokens, public and private channels, keyset-paginated
 //! messages with reactions and read markers, and a WebSocket event stream. The database (SQLite
@@ -69,7 +69,7 @@ pub use routes::api_route_table;
 pub use state::AppState;
 pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED};
 
-/// The whole HTTP application: `/api/v1`, `/health`, `/metrics`, with request ids, tracing,
+/// The whole HTTP application: `/api/v1`, `/health`, `/stats` (JSON), `/metrics` (Prometheus), with request ids, tracing,
 /// panics turned into 500s, request timeouts, body limits, metrics and rate limits.
 pub fn app(state: AppState) -> Router {
     let config = state.config();
@@ -94,7 +94,8 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .route("/api/v1/openapi.json", get(ops::openapi_json))
         .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
+        .route("/stats", get(metrics::stats))
+        .route("/metrics", get(metrics::prometheus))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
