@@ -299,7 +299,7 @@ fn cache_document(stats: &cache_core::stats::CacheStats) -> CacheStats {
 }
 
 /// The breaker gauge: 0 closed, 1 open, 2 half-open.
-fn breaker_gauge(state: BreakerState) -> i64 {
+fn breaker_gauge(state: BreakerState) -> u64 {
     match state {
         BreakerState::Closed => 0,
         BreakerState::Open => 1,
@@ -352,7 +352,7 @@ fn gauges(
     Ok(())
 }
 
-fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&value)
@@ -507,11 +507,11 @@ impl Collector for Snapshot {
                 .iter()
                 .map(|(bucket, n)| (vec![("bucket", label(bucket))], *n)),
         )?;
-        gauges(
+        gauge(
             &mut encoder,
             "chat_ws_sessions",
             "WebSocket sessions connected now.",
-            [(Vec::new(), *ws_sessions)],
+            *ws_sessions,
         )
     }
 }
@@ -664,11 +664,11 @@ impl Snapshot {
         ] {
             counter(encoder, name, help, value)?;
         }
-        gauges(
+        gauge(
             encoder,
             "chat_cache_pending_invalidations",
             "Invalidations waiting to be replayed on L2.",
-            [(Vec::new(), *pending_invalidations)],
+            *pending_invalidations,
         )?;
         if let Some(BreakerStats {
             state,

@@ -72,7 +72,10 @@ pub(crate) fn delta(before: Option<&Stats>, after: Option<&Stats>) -> Delta {
         upstash_requests: 0,
         upstash_commands: 0,
         loads: change(after.cache.lookups.loads, before.cache.lookups.loads),
-        coalesced: change(after.cache.lookups.coalesced, before.cache.lookups.coalesced),
+        coalesced: change(
+            after.cache.lookups.coalesced,
+            before.cache.lookups.coalesced,
+        ),
         breaker_state_after: after.cache.breaker.map(|b| b.state),
         ..Delta::default()
     };
@@ -205,7 +208,10 @@ mod tests {
         );
         // The post invalidated the latest page: the first read loads it, the next two hit.
         assert!(d.loads >= 1, "{d:?}");
-        assert!(d.cache_hits.get("memory").copied().unwrap_or(0) >= 2, "{d:?}");
+        assert!(
+            d.cache_hits.get("memory").copied().unwrap_or(0) >= 2,
+            "{d:?}"
+        );
         assert_eq!((d.upstash_requests, d.upstash_commands), (0, 0));
         assert_eq!(d.breaker_state_after, None, "memory has no breaker");
         // What the bench read is what the server holds.

@@ -25,7 +25,10 @@ async fn stats_shows_what_a_real_chat_api_counted() {
         if keys > 0 {
             break keys;
         }
-        assert!(Instant::now() < deadline, "the tiered cache never wrote to L2");
+        assert!(
+            Instant::now() < deadline,
+            "the tiered cache never wrote to L2"
+        );
         tokio::task::yield_now().await;
     };
 
@@ -63,7 +66,10 @@ async fn stats_shows_what_a_real_chat_api_counted() {
     let l1 = &shown.cache.tiers[0];
     assert!(l1.hits >= 2 && l1.entries.is_some_and(|n| n > 0), "{l1:?}");
     let l2 = &shown.cache.tiers[1];
-    assert!(l2.commands.is_some_and(|n| n > 0) && l2.requests.is_some_and(|n| n > 0), "{l2:?}");
+    assert!(
+        l2.commands.is_some_and(|n| n > 0) && l2.requests.is_some_and(|n| n > 0),
+        "{l2:?}"
+    );
     assert!(shown.cache.lookups.loads >= 1);
     assert_eq!(
         shown.cache.breaker.map(|b| b.state),

@@ -119,7 +119,10 @@ impl Env {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind chat-api");
-        let url = format!("http://{}", listener.local_addr().expect("chat-api address"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("chat-api address")
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(chat_api::serve(
             listener,

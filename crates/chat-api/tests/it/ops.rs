@@ -156,7 +156,9 @@ async fn metrics_cover_http_cache_and_database() {
         "an OpenMetrics body ends with # EOF"
     );
     for needle in [
-        r#"chat_http_request_duration_seconds_bucket{method="GET",route="/api/v1/channels/{cid}/messages",le="+Inf"} 3"#,
+        // prometheus-client writes `le` first; label order means nothing to Prometheus.
+        r#"chat_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/api/v1/channels/{cid}/messages"} 3"#,
+        r#"chat_http_request_duration_seconds_count{method="GET",route="/api/v1/channels/{cid}/messages"} 3"#,
         r#"chat_http_responses_total{method="POST",route="/api/v1/users",status="2xx"} 1"#,
         r#"chat_cache_hits_total{tier="memory",backend="memory"}"#,
         r#"chat_cache_misses_total{tier="memory",backend="memory"}"#,
@@ -169,7 +171,8 @@ async fn metrics_cover_http_cache_and_database() {
         "chat_cache_failsafe_served_total 0",
         r#"chat_db_queries_total{op="messages"} 1"#,
         r#"chat_db_queries_total{op="post_message"} 1"#,
-        "chat_ws_sessions 0",
+        "chat_ws_sessions 0\n",
+        "chat_cache_pending_invalidations 0\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
