@@ -214,9 +214,12 @@ mod tests {
         );
         assert_eq!((d.upstash_requests, d.upstash_commands), (0, 0));
         assert_eq!(d.breaker_state_after, None, "memory has no breaker");
-        // What the bench read is what the server holds.
-        let now = chat_api::metrics::Snapshot::take(&state).stats;
-        assert_eq!(after.unwrap().db, now.db);
+        // What the bench read is what the store and cache-core count.
+        let after = after.unwrap();
+        assert_eq!(after.db.queries, state.store().query_counts().total);
+        let core = state.cache().cache().stats();
+        assert_eq!(after.cache.tiers[0].hits, core.tiers[0].hits);
+        assert_eq!(after.cache.lookups.loads, core.loads.loads);
 
         let _ = stop.send(());
         tokio::time::timeout(Duration::from_secs(10), server)

@@ -185,9 +185,14 @@ impl ChatApi {
         }
     }
 
-    /// What chat-api's `/stats` says now, read in process.
-    pub(crate) fn stats(&self) -> chat_stats::Stats {
-        chat_api::metrics::Snapshot::take(&self.state).stats
+    /// What the cache counts now, straight from cache-core (not through chat-api's `/stats`).
+    pub(crate) fn cache_stats(&self) -> cache_core::stats::CacheStats {
+        self.state.cache().cache().stats()
+    }
+
+    /// Database statements so far, straight from the store.
+    pub(crate) fn queries(&self) -> u64 {
+        self.state.store().query_counts().total
     }
 }
 

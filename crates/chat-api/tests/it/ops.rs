@@ -60,6 +60,41 @@ async fn stats_and_metrics_are_one_snapshot_rendered_twice() {
     assert!(stats.cache.lookups.hits >= 2, "{stats:?}");
     assert!(tier.hits >= 2 && tier.entries.is_some(), "{stats:?}");
     assert!(stats.cache.breaker.is_none(), "memory has no breaker");
+    // The document says what cache-core and the store count (no field mixed up on the way).
+    let core = app.state.cache().cache().stats();
+    let core_tier = &core.tiers[0];
+    assert_eq!(
+        (
+            tier.hits,
+            tier.misses,
+            tier.errors,
+            tier.timeouts,
+            tier.skipped
+        ),
+        (
+            core_tier.hits,
+            core_tier.misses,
+            core_tier.errors,
+            core_tier.timeouts,
+            core_tier.skipped
+        )
+    );
+    let l = stats.cache.lookups;
+    assert_eq!(
+        [l.hits, l.misses, l.loads, l.load_errors, l.coalesced],
+        [
+            core.loads.hits,
+            core.loads.misses,
+            core.loads.loads,
+            core.loads.load_errors,
+            core.loads.coalesced
+        ]
+    );
+    assert_eq!(stats.db.queries, app.queries());
+    assert_eq!(
+        stats.db.queries_by_op["messages"],
+        app.queries_of("messages")
+    );
     assert_eq!(stats.db.queries_by_op["post_message"], 1);
     assert_eq!(
         stats.db.queries,
