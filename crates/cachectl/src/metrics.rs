@@ -3,9 +3,6 @@
 
 use chat_stats::Stats;
 
-/// The path of the document on a chat-api.
-pub(crate) const STATS_PATH: &str = "/stats";
-
 /// Reads the body of `GET /stats`.
 ///
 /// # Errors

@@ -94,7 +94,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .route("/api/v1/openapi.json", get(ops::openapi_json))
         .route("/health", get(ops::health))
-        .route("/stats", get(metrics::stats))
+        .route(chat_stats::PATH, get(metrics::stats))
         .route("/metrics", get(metrics::prometheus))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })

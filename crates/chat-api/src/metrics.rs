@@ -158,8 +158,7 @@ impl Snapshot {
         )
     }
 
-    /// Assembles a snapshot from its sources.
-    pub fn from_parts(
+    fn from_parts(
         http: &HttpMetrics,
         cache: &cache_core::stats::CacheStats,
         queries: &QueryCounts,

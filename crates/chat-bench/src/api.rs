@@ -182,7 +182,7 @@ impl Client {
 
     /// chat-api's counters, read through the types it writes them with.
     pub(crate) async fn stats(&self) -> anyhow::Result<chat_stats::Stats> {
-        let res = self.http.get(self.url("/stats")).send().await?;
+        let res = self.http.get(self.url(chat_stats::PATH)).send().await?;
         let res = expect(res, StatusCode::OK, "stats").await?;
         Ok(chat_stats::parse(&res.bytes().await?)?)
     }

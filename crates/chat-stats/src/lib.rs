@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 /// The version of the document this crate writes and reads.
 pub const VERSION: u32 = 1;
 
+/// Where chat-api serves the document (beside `/health` and `/metrics`, outside `/api/v1`).
+pub const PATH: &str = "/stats";
+
 /// Everything chat-api reports about itself at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -15,7 +15,7 @@ use crate::{
     cli::parse_duration,
     cmd::Context,
     error::{Outcome, hint_for},
-    metrics::{self, STATS_PATH},
+    metrics,
     output::{self, Style, Table, Tone},
 };
 
@@ -212,7 +212,7 @@ async fn server_stats(http: &reqwest::Client, base: &str) -> anyhow::Result<Stat
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         anyhow::bail!("--server {base:?} must start with http:// or https://");
     }
-    let url = format!("{base}{STATS_PATH}");
+    let url = format!("{base}{}", chat_stats::PATH);
     let response = http
         .get(&url)
         .send()
