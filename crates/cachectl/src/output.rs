@@ -44,9 +44,12 @@ impl Output {
 
     /// Writes `value` as one line of JSON: a whole document, or one line of a JSON-lines stream.
     pub(crate) fn json_line(&self, value: &impl Serialize) -> anyhow::Result<()> {
+        // Serialized first: serde_json wraps a write error so that a broken pipe no longer shows
+        // as an `io::Error` in the chain (and `main` would report it instead of exiting quietly).
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
         let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, value)?;
-        out.write_all(b"\n")?;
+        out.write_all(&line)?;
         out.flush()?;
         Ok(())
     }

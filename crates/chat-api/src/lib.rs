@@ -69,7 +69,7 @@ pub use routes::api_route_table;
 pub use state::AppState;
 pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED};
 
-/// The whole HTTP application: `/api/v1`, `/health`, `/metrics`, with request ids, tracing,
+/// The whole HTTP application: `/api/v1`, `/health`, `/stats` (JSON), `/metrics` (Prometheus), with request ids, tracing,
 /// panics turned into 500s, request timeouts, body limits, metrics and rate limits.
 pub fn app(state: AppState) -> Router {
     let config = state.config();
@@ -95,7 +95,8 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .route("/api/v1/openapi.json", get(ops::openapi_json))
         .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
+        .route(chat_stats::PATH, get(metrics::stats))
+        .route("/metrics", get(metrics::prometheus))
         .fallback(|| async { AppError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

@@ -1,13 +1,21 @@
-//! `/metrics` in the Prometheus text format: HTTP latency histograms per matched route, the cache
-//! metrics of SPEC §3.6 (rendered from `Cache::stats()`), database statement counts, WebSocket
-//! sessions and rate-limit rejections.
+//! What the server reports about itself, from one [`Snapshot`] rendered two ways:
+//! - `GET /stats`: the typed, versioned [`chat_stats::Stats`] document as JSON, which
+//!   `cachectl stats` and `chat-bench` read back through the same types;
+//! - `GET /metrics`: OpenMetrics text for Prometheus, encoded by `prometheus-client` from a
+//!   collector over the snapshot: HTTP latency histograms and responses per matched route, the
+//!   cache (per tier, `get_or_load`, breaker; read from `Cache::stats()` at scrape time), database
+//!   statements, WebSocket sessions and rate-limit rejections.
+//!
+//! The Prometheus names live only here; the JSON names only in `chat-stats`. Every field of the
+//! document is destructured without `..` below, so a field added there does not compile here
+//! until it is exported (or deliberately skipped).
 //!
 //! Routes are labelled by their pattern (`/api/v1/channels/{cid}/messages`), never by the raw
 //! path, so label cardinality is bounded and no id or token reaches the metrics.
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
+    fmt,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -16,14 +24,28 @@ use std::{
 };
 
 use axum::{
+    Json,
     extract::{MatchedPath, Request, State},
-    http::Method,
+    http::{HeaderValue, Method, header},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
-use cache_core::stats::{CacheStats, Histogram, HistogramSnapshot};
+use cache_core::stats::{Histogram, HistogramSnapshot};
+use chat_stats::{
+    BreakerState, BreakerStats, CacheStats, DbStats, HttpStats, LookupStats, Stats, StatusClasses,
+    TierStats,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
 
 use crate::{ratelimit::Bucket, state::AppState, store::QueryCounts};
+
+/// The content type of `/metrics`: OpenMetrics text, which Prometheus negotiates and scrapes.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Default)]
 struct RouteStats {
@@ -85,7 +107,206 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
-/// Escapes a label value.
+/// `GET /stats`: the [`Stats`] document as JSON.
+pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
+    Json(Snapshot::take(&state).stats)
+}
+
+/// `GET /metrics`: the same snapshot as OpenMetrics text.
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    let mut response = Snapshot::take(&state).to_openmetrics().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
+    response
+}
+
+/// One reading of every counter: the [`Stats`] document plus what only Prometheus gets
+/// (latency histograms and per-route response counts).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The document served at `/stats`.
+    pub stats: Stats,
+    routes: Vec<RouteSnapshot>,
+    tier_latency: Vec<TierLatency>,
+}
+
+#[derive(Debug, Clone)]
+struct RouteSnapshot {
+    method: String,
+    route: String,
+    latency: HistogramSnapshot,
+    responses: StatusClasses,
+}
+
+#[derive(Debug, Clone)]
+struct TierLatency {
+    tier: String,
+    backend: String,
+    latency: HistogramSnapshot,
+}
+
+impl Snapshot {
+    /// Reads the counters of a running app.
+    pub fn take(state: &AppState) -> Snapshot {
+        Snapshot::from_parts(
+            state.metrics(),
+            &state.cache().cache().stats(),
+            &state.store().query_counts(),
+            state.hub().sessions(),
+        )
+    }
+
+    fn from_parts(
+        http: &HttpMetrics,
+        cache: &cache_core::stats::CacheStats,
+        queries: &QueryCounts,
+        sessions: usize,
+    ) -> Snapshot {
+        let mut routes: Vec<RouteSnapshot> = http
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((method, route), stats)| {
+                let mut responses = StatusClasses::default();
+                for (i, count) in (1u16..).zip(&stats.by_class) {
+                    responses.record(i * 100, count.load(Ordering::Relaxed));
+                }
+                RouteSnapshot {
+                    method: method.to_string(),
+                    route: route.clone(),
+                    latency: stats.latency.snapshot(),
+                    responses,
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| (&a.route, &a.method).cmp(&(&b.route, &b.method)));
+        let mut responses = StatusClasses::default();
+        for route in &routes {
+            responses = add_classes(responses, route.responses);
+        }
+        let rate_limited = http
+            .rate_limited
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(bucket, count)| ((*bucket).to_owned(), count.load(Ordering::Relaxed)))
+            .collect();
+        let tier_latency = cache
+            .tiers
+            .iter()
+            .filter_map(|t| {
+                Some(TierLatency {
+                    tier: t.tier.clone(),
+                    backend: t.backend.clone(),
+                    latency: t.latency.clone()?,
+                })
+            })
+            .collect();
+        Snapshot {
+            stats: Stats {
+                version: chat_stats::VERSION,
+                cache: cache_document(cache),
+                db: DbStats {
+                    queries: queries.total,
+                    queries_by_op: queries
+                        .by_op
+                        .iter()
+                        .map(|(op, n)| ((*op).to_owned(), *n))
+                        .collect(),
+                },
+                http: HttpStats { responses },
+                rate_limited,
+                ws_sessions: u64::try_from(sessions).unwrap_or(u64::MAX),
+            },
+            routes,
+            tier_latency,
+        }
+    }
+
+    /// The snapshot in the OpenMetrics text format (ends with `# EOF`).
+    pub fn to_openmetrics(self) -> String {
+        // A registry per scrape over this snapshot: no global recorder, so the many apps of a
+        // test process never share counters, and nothing is registered twice.
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail; encoding our own names cannot either.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+fn add_classes(a: StatusClasses, b: StatusClasses) -> StatusClasses {
+    StatusClasses {
+        informational: a.informational.saturating_add(b.informational),
+        success: a.success.saturating_add(b.success),
+        redirection: a.redirection.saturating_add(b.redirection),
+        client_error: a.client_error.saturating_add(b.client_error),
+        server_error: a.server_error.saturating_add(b.server_error),
+    }
+}
+
+/// cache-core's stats as the document's cache section.
+fn cache_document(stats: &cache_core::stats::CacheStats) -> CacheStats {
+    let tiers = stats
+        .tiers
+        .iter()
+        .map(|t| TierStats {
+            tier: t.tier.clone(),
+            backend: t.backend.clone(),
+            hits: t.hits,
+            misses: t.misses,
+            errors: t.errors,
+            timeouts: t.timeouts,
+            skipped: t.skipped,
+            decode_errors: t.decode_errors,
+            entries: t.entries,
+            bytes: t.bytes,
+            evictions: t.evictions,
+            requests: t.requests,
+            commands: t.commands,
+        })
+        .collect();
+    let l = &stats.loads;
+    CacheStats {
+        tiers,
+        lookups: LookupStats {
+            hits: l.hits,
+            misses: l.misses,
+            loads: l.loads,
+            load_errors: l.load_errors,
+            coalesced: l.coalesced,
+            stale_served: l.stale_served,
+            failsafe_served: l.failsafe_served,
+            decode_errors: l.decode_errors,
+            backend_errors: l.backend_errors,
+        },
+        breaker: stats.breaker.map(|b| BreakerStats {
+            state: match b.state {
+                cache_core::BreakerState::Closed => BreakerState::Closed,
+                cache_core::BreakerState::Open => BreakerState::Open,
+                cache_core::BreakerState::HalfOpen => BreakerState::HalfOpen,
+            },
+            opened: b.opened,
+            closed: b.closed,
+        }),
+        pending_invalidations: stats.pending_invalidations,
+    }
+}
+
+/// The breaker gauge: 0 closed, 1 open, 2 half-open.
+fn breaker_gauge(state: BreakerState) -> u64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
+/// Escapes a label value (the encoder writes values verbatim).
 fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -93,259 +314,383 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (bound, count) in &h.buckets {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+type Labels = Vec<(&'static str, String)>;
+
+/// A counter family; `name` without `_total`, which the encoder appends.
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    Ok(())
 }
 
-/// Renders everything as Prometheus text.
-pub fn render(
-    http: &HttpMetrics,
-    cache: &CacheStats,
-    queries: &QueryCounts,
-    sessions: usize,
-) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    render_http(&mut out, http);
-    render_cache(&mut out, cache);
-
-    out.push_str("# HELP chat_db_queries_total Database statements run, by store operation.\n");
-    out.push_str("# TYPE chat_db_queries_total counter\n");
-    for (op, count) in &queries.by_op {
-        let _ = writeln!(out, "chat_db_queries_total{{op=\"{op}\"}} {count}");
-    }
-    out.push_str("# HELP chat_ws_sessions WebSocket sessions connected now.\n");
-    out.push_str("# TYPE chat_ws_sessions gauge\n");
-    let _ = writeln!(out, "chat_ws_sessions {sessions}");
-    out
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, u64, u64>(&value, None)
 }
 
-fn render_http(out: &mut String, http: &HttpMetrics) {
-    let mut routes: Vec<_> = http
-        .routes
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|((m, r), s)| (m.clone(), r.clone(), Arc::clone(s)))
-        .collect();
-    routes.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
-    out.push_str("# HELP chat_http_request_duration_seconds HTTP request latency by route.\n");
-    out.push_str("# TYPE chat_http_request_duration_seconds histogram\n");
-    for (method, route, stats) in &routes {
-        let labels = format!("method=\"{method}\",route=\"{}\"", label(route));
-        histogram(
-            out,
-            "chat_http_request_duration_seconds",
-            &labels,
-            &stats.latency.snapshot(),
-        );
+fn gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        metric.encode_family(&labels)?.encode_gauge(&value)?;
     }
-    out.push_str("# HELP chat_http_responses_total HTTP responses by route and status class.\n");
-    out.push_str("# TYPE chat_http_responses_total counter\n");
-    for (method, route, stats) in &routes {
-        for (i, count) in stats.by_class.iter().enumerate() {
-            let count = count.load(Ordering::Relaxed);
-            if count > 0 {
-                let _ = writeln!(
-                    out,
-                    "chat_http_responses_total{{method=\"{method}\",route=\"{}\",status=\"{}xx\"}} {count}",
-                    label(route),
-                    i + 1
-                );
-            }
+    Ok(())
+}
+
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+/// A histogram family from cumulative snapshots.
+fn histograms<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, &'a HistogramSnapshot)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in rows {
+        // The encoder wants per-bucket counts and accumulates them; `f64::MAX` is its `+Inf`.
+        let mut buckets = Vec::with_capacity(h.buckets.len() + 1);
+        let mut below = 0;
+        for &(bound, cumulative) in &h.buckets {
+            buckets.push((bound, cumulative.saturating_sub(below)));
+            below = cumulative;
         }
+        buckets.push((f64::MAX, h.count.saturating_sub(below)));
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
     }
-    out.push_str("# HELP chat_rate_limited_total Requests answered 429, by bucket.\n");
-    out.push_str("# TYPE chat_rate_limited_total counter\n");
-    for (bucket, count) in http
-        .rate_limited
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "chat_rate_limited_total{{bucket=\"{bucket}\"}} {}",
-            count.load(Ordering::Relaxed)
-        );
-    }
+    Ok(())
 }
 
-fn render_cache(out: &mut String, stats: &CacheStats) {
-    type Field = fn(&cache_core::stats::TierStats) -> Option<u64>;
-    let tier_metrics: [(&str, &str, &str, Field); 11] = [
+/// The per-tier series of one tier: name, kind, help, value (`None`: not known for this
+/// backend). Destructured without `..`: a field added to the document fails to compile here
+/// until it is exported.
+fn tier_fields(t: &TierStats) -> [(&'static str, MetricType, &'static str, Option<u64>); 11] {
+    let TierStats {
+        tier: _,
+        backend: _,
+        hits,
+        misses,
+        errors,
+        timeouts,
+        skipped,
+        decode_errors,
+        entries,
+        bytes,
+        evictions,
+        requests,
+        commands,
+    } = *t;
+    use MetricType::{Counter, Gauge};
+    [
         (
-            "chat_cache_hits_total",
-            "counter",
+            "chat_cache_hits",
+            Counter,
             "Reads that found a valid entry.",
-            |t| Some(t.hits),
+            Some(hits),
         ),
         (
-            "chat_cache_misses_total",
-            "counter",
+            "chat_cache_misses",
+            Counter,
             "Reads that found nothing valid.",
-            |t| Some(t.misses),
+            Some(misses),
         ),
         (
-            "chat_cache_errors_total",
-            "counter",
+            "chat_cache_errors",
+            Counter,
             "Backend calls that failed.",
-            |t| Some(t.errors),
+            Some(errors),
         ),
         (
-            "chat_cache_timeouts_total",
-            "counter",
+            "chat_cache_timeouts",
+            Counter,
             "Backend calls that timed out.",
-            |t| Some(t.timeouts),
+            Some(timeouts),
         ),
         (
-            "chat_cache_skipped_total",
-            "counter",
+            "chat_cache_skipped",
+            Counter,
             "Calls skipped while the breaker was open.",
-            |t| Some(t.skipped),
+            Some(skipped),
+        ),
+        (
+            "chat_cache_tier_decode_errors",
+            Counter,
+            "Stored bytes a tier could not decode.",
+            Some(decode_errors),
         ),
         (
             "chat_cache_bytes",
-            "gauge",
+            Gauge,
             "Bytes stored (approximate).",
-            |t| t.bytes,
+            bytes,
         ),
         (
             "chat_cache_entries",
-            "gauge",
+            Gauge,
             "Entries stored (approximate).",
-            |t| t.entries,
+            entries,
         ),
         (
-            "chat_cache_evictions_total",
-            "counter",
+            "chat_cache_evictions",
+            Counter,
             "Entries evicted for space.",
-            |t| t.evictions,
+            evictions,
         ),
         (
-            "chat_cache_requests_total",
-            "counter",
+            "chat_cache_requests",
+            Counter,
             "HTTP requests sent to Upstash.",
-            |t| t.requests,
+            requests,
         ),
         (
-            "chat_cache_commands_total",
-            "counter",
+            "chat_cache_commands",
+            Counter,
             "Redis commands sent (what Upstash bills).",
-            |t| t.commands,
+            commands,
         ),
-        (
-            "chat_cache_tier_info",
-            "gauge",
-            "The backend of each tier.",
-            |_| Some(1),
-        ),
-    ];
-    for (name, kind, help, field) in tier_metrics {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for tier in &stats.tiers {
-            if let Some(value) = field(tier) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{tier=\"{}\",backend=\"{}\"}} {value}",
-                    label(&tier.tier),
-                    label(&tier.backend)
-                );
+    ]
+}
+
+fn tier_labels(t: &TierStats) -> Labels {
+    vec![("tier", label(&t.tier)), ("backend", label(&t.backend))]
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        self.encode_http(&mut encoder)?;
+        self.encode_cache(&mut encoder)?;
+        let Stats {
+            version: _,
+            cache: _,
+            db: DbStats {
+                queries: _,
+                queries_by_op,
+            },
+            http: _,
+            rate_limited,
+            ws_sessions,
+        } = &self.stats;
+        counters(
+            &mut encoder,
+            "chat_db_queries",
+            "Database statements run, by store operation.",
+            queries_by_op
+                .iter()
+                .map(|(op, n)| (vec![("op", label(op))], *n)),
+        )?;
+        counters(
+            &mut encoder,
+            "chat_rate_limited",
+            "Requests answered 429, by bucket.",
+            rate_limited
+                .iter()
+                .map(|(bucket, n)| (vec![("bucket", label(bucket))], *n)),
+        )?;
+        gauge(
+            &mut encoder,
+            "chat_ws_sessions",
+            "WebSocket sessions connected now.",
+            *ws_sessions,
+        )
+    }
+}
+
+impl Snapshot {
+    fn encode_http(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let route_labels = |r: &RouteSnapshot| -> Labels {
+            vec![("method", label(&r.method)), ("route", label(&r.route))]
+        };
+        histograms(
+            encoder,
+            "chat_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            self.routes.iter().map(|r| (route_labels(r), &r.latency)),
+        )?;
+        let mut rows = Vec::new();
+        for r in &self.routes {
+            let StatusClasses {
+                informational,
+                success,
+                redirection,
+                client_error,
+                server_error,
+            } = r.responses;
+            for (class, n) in [
+                ("1xx", informational),
+                ("2xx", success),
+                ("3xx", redirection),
+                ("4xx", client_error),
+                ("5xx", server_error),
+            ] {
+                if n > 0 {
+                    let mut labels = route_labels(r);
+                    labels.push(("status", class.to_owned()));
+                    rows.push((labels, n));
+                }
             }
         }
-    }
-    out.push_str("# HELP chat_cache_latency_seconds Latency of calls to a cache tier.\n");
-    out.push_str("# TYPE chat_cache_latency_seconds histogram\n");
-    for tier in &stats.tiers {
-        if let Some(latency) = &tier.latency {
-            let labels = format!(
-                "tier=\"{}\",backend=\"{}\"",
-                label(&tier.tier),
-                label(&tier.backend)
-            );
-            histogram(out, "chat_cache_latency_seconds", &labels, latency);
-        }
+        counters(
+            encoder,
+            "chat_http_responses",
+            "HTTP responses by route and status class.",
+            rows,
+        )
     }
 
-    let loads = &stats.loads;
-    let load_metrics: [(&str, &str, u64); 9] = [
-        (
-            "chat_cache_lookup_hits_total",
-            "get_or_load calls answered by a fresh entry.",
-            loads.hits,
-        ),
-        (
-            "chat_cache_lookup_misses_total",
-            "get_or_load calls that found no usable entry.",
-            loads.misses,
-        ),
-        (
-            "chat_cache_loads_total",
-            "Loader runs (database loads through the cache).",
-            loads.loads,
-        ),
-        (
-            "chat_cache_load_errors_total",
-            "Loader runs that failed.",
-            loads.load_errors,
-        ),
-        (
-            "chat_cache_coalesced_total",
-            "Callers that waited for another caller's load.",
-            loads.coalesced,
-        ),
-        (
-            "chat_cache_stale_served_total",
-            "Stale values served while refreshing.",
-            loads.stale_served,
-        ),
-        (
-            "chat_cache_failsafe_served_total",
-            "Stale values served because the loader failed.",
-            loads.failsafe_served,
-        ),
-        (
-            "chat_cache_decode_errors_total",
-            "Cached bytes that could not be decoded.",
-            loads.decode_errors,
-        ),
-        (
-            "chat_cache_backend_errors_total",
-            "Cache failures hidden from requests.",
-            loads.backend_errors,
-        ),
-    ];
-    for (name, help, value) in load_metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP chat_cache_pending_invalidations Invalidations waiting to be replayed on L2.\n\
-         # TYPE chat_cache_pending_invalidations gauge\nchat_cache_pending_invalidations {}",
-        stats.pending_invalidations
-    );
-    if let Some(breaker) = &stats.breaker {
-        let _ = writeln!(
-            out,
-            "# HELP chat_cache_breaker_state L2 circuit breaker: 0 closed, 1 open, 2 half-open.\n\
-             # TYPE chat_cache_breaker_state gauge\nchat_cache_breaker_state {}",
-            breaker.state.as_gauge()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP chat_cache_breaker_transitions_total Breaker transitions, by new state.\n\
-             # TYPE chat_cache_breaker_transitions_total counter\n\
-             chat_cache_breaker_transitions_total{{to=\"open\"}} {}\n\
-             chat_cache_breaker_transitions_total{{to=\"closed\"}} {}",
-            breaker.opened, breaker.closed
-        );
+    fn encode_cache(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let CacheStats {
+            tiers,
+            lookups,
+            breaker,
+            pending_invalidations,
+        } = &self.stats.cache;
+        let rows: Vec<_> = tiers
+            .iter()
+            .map(|t| (tier_labels(t), tier_fields(t)))
+            .collect();
+        // The names and kinds do not depend on the values; read them off an empty row.
+        for (i, (name, kind, help, _)) in tier_fields(&TierStats::default()).into_iter().enumerate()
+        {
+            let values = rows
+                .iter()
+                .filter_map(|(labels, fields)| Some((labels.clone(), fields[i].3?)));
+            if matches!(kind, MetricType::Counter) {
+                counters(encoder, name, help, values)?;
+            } else {
+                gauges(encoder, name, help, values)?;
+            }
+        }
+        {
+            let mut info = encoder.encode_descriptor(
+                "chat_cache_tier",
+                "The backend of each tier.",
+                None,
+                MetricType::Info,
+            )?;
+            for t in tiers {
+                info.encode_info(&tier_labels(t))?;
+            }
+        }
+        histograms(
+            encoder,
+            "chat_cache_latency_seconds",
+            "Latency of calls to a cache tier.",
+            self.tier_latency.iter().map(|t| {
+                (
+                    vec![("tier", label(&t.tier)), ("backend", label(&t.backend))],
+                    &t.latency,
+                )
+            }),
+        )?;
+
+        let LookupStats {
+            hits,
+            misses,
+            loads,
+            load_errors,
+            coalesced,
+            stale_served,
+            failsafe_served,
+            decode_errors,
+            backend_errors,
+        } = *lookups;
+        for (name, help, value) in [
+            (
+                "chat_cache_lookup_hits",
+                "get_or_load calls answered by a fresh entry.",
+                hits,
+            ),
+            (
+                "chat_cache_lookup_misses",
+                "get_or_load calls that found no usable entry.",
+                misses,
+            ),
+            (
+                "chat_cache_loads",
+                "Loader runs (database loads through the cache).",
+                loads,
+            ),
+            (
+                "chat_cache_load_errors",
+                "Loader runs that failed.",
+                load_errors,
+            ),
+            (
+                "chat_cache_coalesced",
+                "Callers that waited for another caller's load.",
+                coalesced,
+            ),
+            (
+                "chat_cache_stale_served",
+                "Stale values served while refreshing.",
+                stale_served,
+            ),
+            (
+                "chat_cache_failsafe_served",
+                "Stale values served because the loader failed.",
+                failsafe_served,
+            ),
+            (
+                "chat_cache_decode_errors",
+                "Cached bytes that could not be decoded.",
+                decode_errors,
+            ),
+            (
+                "chat_cache_backend_errors",
+                "Cache failures hidden from requests.",
+                backend_errors,
+            ),
+        ] {
+            counter(encoder, name, help, value)?;
+        }
+        gauge(
+            encoder,
+            "chat_cache_pending_invalidations",
+            "Invalidations waiting to be replayed on L2.",
+            *pending_invalidations,
+        )?;
+        if let Some(BreakerStats {
+            state,
+            opened,
+            closed,
+        }) = *breaker
+        {
+            gauge(
+                encoder,
+                "chat_cache_breaker_state",
+                "L2 circuit breaker: 0 closed, 1 open, 2 half-open.",
+                breaker_gauge(state),
+            )?;
+            counters(
+                encoder,
+                "chat_cache_breaker_transitions",
+                "Breaker transitions, by new state.",
+                [
+                    (vec![("to", "open".to_owned())], opened),
+                    (vec![("to", "closed".to_owned())], closed),
+                ],
+            )?;
+        }
+        Ok(())
     }
 }

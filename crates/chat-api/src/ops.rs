@@ -1,16 +1,16 @@
-//! Operations endpoints outside `/api/v1`: `/health` (database, cache backend, breaker) and
-//! `/metrics` (Prometheus text), plus the OpenAPI document at `/api/v1/openapi.json`.
+//! Operations endpoints outside `/api/v1`: `/health` (database, cache backend, breaker) and the
+//! OpenAPI document at `/api/v1/openapi.json`. `/stats` and `/metrics` are in `metrics`.
 
 use std::time::Duration;
 
 use axum::{
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde_json::json;
 
-use crate::{error::AppError, metrics, openapi, state::AppState};
+use crate::{error::AppError, openapi, state::AppState};
 
 /// How long a health probe waits for the database or the cache.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,22 +53,6 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
         body["status"] = json!("unavailable");
         (err.status(), axum::Json(body)).into_response()
     }
-}
-
-/// `GET /metrics`: Prometheus text format 0.0.4.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let text = metrics::render(
-        state.metrics(),
-        &state.cache().cache().stats(),
-        &state.store().query_counts(),
-        state.hub().sessions(),
-    );
-    let mut response = text.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }
 
 /// `GET /api/v1/openapi.json`.

@@ -1,4 +1,5 @@
-//! A thin client of chat-api's fixed contract (SPEC §7.1): just what seeding and the workload use.
+//! A thin client of chat-api's fixed `/api/v1` contract, and of its `/stats` document: just what
+//! seeding, the workload and the measurements use.
 
 use std::time::Duration;
 
@@ -179,10 +180,11 @@ impl Client {
         Ok(res.bytes().await?.len())
     }
 
-    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
-        let res = self.http.get(self.url("/metrics")).send().await?;
-        let res = expect(res, StatusCode::OK, "metrics").await?;
-        Ok(res.text().await?)
+    /// chat-api's counters, read through the types it writes them with.
+    pub(crate) async fn stats(&self) -> anyhow::Result<chat_stats::Stats> {
+        let res = self.http.get(self.url(chat_stats::PATH)).send().await?;
+        let res = expect(res, StatusCode::OK, "stats").await?;
+        Ok(chat_stats::parse(&res.bytes().await?)?)
     }
 
     pub(crate) async fn my_channels(&self, token: &str) -> anyhow::Result<Outcome> {

@@ -1,83 +1,103 @@
-//! Scraping chat-api's `/metrics` (Prometheus text) before and after a run, and the derived
-//! numbers the report needs: database queries, hits per tier, Upstash requests and billed commands.
+//! chat-api's own counts around a run: its `/stats` document (the `chat-stats` types chat-api
+//! writes it from) read before and after, and the [`Delta`] the report needs: database queries,
+//! hits per tier, Upstash requests and billed commands, loads, L2 trouble.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use chat_stats::{BreakerState, Stats, TierStats};
+use serde::{Deserialize, Serialize};
 
 use crate::api::Client;
 
-/// Every sample of one scrape: `name{labels}` → value.
-pub(crate) type Samples = BTreeMap<String, f64>;
-
-pub(crate) async fn scrape(client: &Client) -> Samples {
-    match client.metrics().await {
-        Ok(text) => parse(&text),
+/// The document, or `None` (after a warning) when it could not be read: a run still reports its
+/// latencies without the server's counts.
+pub(crate) async fn scrape(client: &Client) -> Option<Stats> {
+    match client.stats().await {
+        Ok(stats) => Some(stats),
         Err(err) => {
-            eprintln!("warning: could not read /metrics: {err:#}");
-            Samples::new()
+            eprintln!("warning: could not read chat-api's /stats: {err:#}");
+            None
         }
     }
 }
 
-pub(crate) fn parse(text: &str) -> Samples {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// What the run changed, from two scrapes.
-#[derive(Debug, Default, Serialize)]
+/// What the run changed, from two readings. Written into each scenario's summary and read back
+/// by `chat-bench report` through this same type.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct Delta {
-    pub(crate) db_queries: f64,
-    pub(crate) db_queries_by_op: BTreeMap<String, f64>,
-    pub(crate) cache_hits: BTreeMap<String, f64>,
-    pub(crate) cache_misses: BTreeMap<String, f64>,
-    pub(crate) upstash_requests: f64,
-    pub(crate) upstash_commands: f64,
-    pub(crate) loads: f64,
-    pub(crate) coalesced: f64,
-    pub(crate) l2_errors: f64,
-    pub(crate) l2_timeouts: f64,
-    pub(crate) l2_skipped: f64,
-    pub(crate) breaker_state_after: Option<f64>,
+    /// `false` when a reading failed: the counts below are then zero, not measured.
+    pub(crate) measured: bool,
+    pub(crate) db_queries: u64,
+    pub(crate) db_queries_by_op: BTreeMap<String, u64>,
+    /// Per tier name (`memory`, `l1`, `l2`, `upstash`).
+    pub(crate) cache_hits: BTreeMap<String, u64>,
+    pub(crate) cache_misses: BTreeMap<String, u64>,
+    pub(crate) upstash_requests: u64,
+    pub(crate) upstash_commands: u64,
+    pub(crate) loads: u64,
+    pub(crate) coalesced: u64,
+    /// Of the remote tier (`l2`, or `upstash` alone).
+    pub(crate) l2_errors: u64,
+    pub(crate) l2_timeouts: u64,
+    pub(crate) l2_skipped: u64,
+    pub(crate) breaker_state_after: Option<BreakerState>,
 }
 
-fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
-    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
-    let end = series[start..].find('"')? + start;
-    Some(&series[start..end])
+impl Delta {
+    /// hits / (hits + misses) of `tier` during the run, when it was read.
+    pub(crate) fn hit_ratio(&self, tier: &str) -> Option<f64> {
+        let hits = *self.cache_hits.get(tier)?;
+        let misses = self.cache_misses.get(tier).copied().unwrap_or(0);
+        let total = hits + misses;
+        (total > 0).then(|| hits as f64 / total as f64)
+    }
 }
 
-pub(crate) fn delta(before: &Samples, after: &Samples) -> Delta {
-    let mut d = Delta::default();
-    for (series, value) in after {
-        let change = value - before.get(series).copied().unwrap_or(0.0);
-        let name = series.split('{').next().unwrap_or(series);
-        let tier = || label(series, "tier").unwrap_or("?").to_owned();
-        match name {
-            "chat_db_queries_total" => {
-                d.db_queries += change;
-                if change != 0.0 {
-                    let op = label(series, "op").unwrap_or("?").to_owned();
-                    *d.db_queries_by_op.entry(op).or_default() += change;
-                }
-            }
-            "chat_cache_hits_total" => *d.cache_hits.entry(tier()).or_default() += change,
-            "chat_cache_misses_total" => *d.cache_misses.entry(tier()).or_default() += change,
-            "chat_cache_requests_total" => d.upstash_requests += change,
-            "chat_cache_commands_total" => d.upstash_commands += change,
-            "chat_cache_loads_total" => d.loads += change,
-            "chat_cache_coalesced_total" => d.coalesced += change,
-            "chat_cache_errors_total" => d.l2_errors += change,
-            "chat_cache_timeouts_total" => d.l2_timeouts += change,
-            "chat_cache_skipped_total" => d.l2_skipped += change,
-            "chat_cache_breaker_state" => d.breaker_state_after = Some(*value),
-            _ => {}
+/// The remote tier: Upstash under a tiered cache (`l2`) or alone.
+fn is_remote(tier: &TierStats) -> bool {
+    tier.requests.is_some()
+}
+
+pub(crate) fn delta(before: Option<&Stats>, after: Option<&Stats>) -> Delta {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Delta::default();
+    };
+    // Counters only grow; a restart between the readings must not underflow.
+    let change = |a: u64, b: u64| a.saturating_sub(b);
+    let tier_before = |name: &str| before.cache.tiers.iter().find(|t| t.tier == name);
+    let mut d = Delta {
+        measured: true,
+        db_queries: change(after.db.queries, before.db.queries),
+        upstash_requests: 0,
+        upstash_commands: 0,
+        loads: change(after.cache.lookups.loads, before.cache.lookups.loads),
+        coalesced: change(
+            after.cache.lookups.coalesced,
+            before.cache.lookups.coalesced,
+        ),
+        breaker_state_after: after.cache.breaker.map(|b| b.state),
+        ..Delta::default()
+    };
+    for (op, n) in &after.db.queries_by_op {
+        let n = change(*n, before.db.queries_by_op.get(op).copied().unwrap_or(0));
+        if n > 0 {
+            d.db_queries_by_op.insert(op.clone(), n);
+        }
+    }
+    for tier in &after.cache.tiers {
+        let old = tier_before(&tier.tier).cloned().unwrap_or_default();
+        d.cache_hits
+            .insert(tier.tier.clone(), change(tier.hits, old.hits));
+        d.cache_misses
+            .insert(tier.tier.clone(), change(tier.misses, old.misses));
+        let optional = |a: Option<u64>, b: Option<u64>| change(a.unwrap_or(0), b.unwrap_or(0));
+        d.upstash_requests += optional(tier.requests, old.requests);
+        d.upstash_commands += optional(tier.commands, old.commands);
+        if is_remote(tier) {
+            d.l2_errors += change(tier.errors, old.errors);
+            d.l2_timeouts += change(tier.timeouts, old.timeouts);
+            d.l2_skipped += change(tier.skipped, old.skipped);
         }
     }
     d
@@ -85,19 +105,127 @@ pub(crate) fn delta(before: &Samples, after: &Samples) -> Delta {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
+    fn tier(name: &str, hits: u64, requests: Option<u64>) -> TierStats {
+        TierStats {
+            tier: name.into(),
+            backend: name.into(),
+            hits,
+            errors: hits / 10,
+            requests,
+            commands: requests.map(|r| r * 2),
+            ..TierStats::default()
+        }
+    }
+
     #[test]
-    fn deltas_are_summed_per_tier() {
-        let before = parse(
-            "# TYPE x counter\nchat_db_queries_total{op=\"page\"} 10\nchat_cache_hits_total{tier=\"l1\",backend=\"memory\"} 5\n",
+    fn deltas_are_per_tier_and_never_underflow() {
+        let mut before = Stats::default();
+        before.db.queries = 10;
+        before.db.queries_by_op.insert("page".into(), 10);
+        before.cache.tiers = vec![tier("l1", 5, None), tier("l2", 20, Some(7))];
+        let mut after = before.clone();
+        after.db.queries = 15;
+        after.db.queries_by_op.insert("page".into(), 13);
+        after.db.queries_by_op.insert("list".into(), 2);
+        after.cache.tiers = vec![tier("l1", 50, None), tier("l2", 30, Some(10))];
+        let d = delta(Some(&before), Some(&after));
+        assert!(d.measured);
+        assert_eq!(d.db_queries, 5);
+        assert_eq!(d.db_queries_by_op["page"], 3);
+        assert_eq!(d.cache_hits["l1"], 45);
+        assert_eq!((d.upstash_requests, d.upstash_commands), (3, 6));
+        assert_eq!(d.l2_errors, 1, "only the remote tier's errors");
+        // A restarted server reads lower than before.
+        assert_eq!(delta(Some(&after), Some(&before)).db_queries, 0);
+        assert!(!delta(None, Some(&after)).measured);
+    }
+
+    #[test]
+    fn the_summary_round_trips_through_the_same_type() {
+        let mut d = Delta {
+            measured: true,
+            db_queries: 4,
+            breaker_state_after: Some(BreakerState::Open),
+            ..Delta::default()
+        };
+        d.cache_hits.insert("memory".into(), 3);
+        d.cache_misses.insert("memory".into(), 1);
+        let json = serde_json::to_value(&d).unwrap();
+        let back: Delta = serde_json::from_value(json).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(back.hit_ratio("memory"), Some(0.75));
+    }
+
+    /// A real chat-api (in process, SQLite in a temporary directory, the memory cache) measured
+    /// the way a bench run measures it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_real_chat_api_is_measured_through_its_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = chat_api::Config {
+            database_url: format!("sqlite://{}", dir.path().join("chat.db").display()),
+            rate_limit: false,
+            ..chat_api::Config::default()
+        };
+        let state = chat_api::AppState::from_config(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(chat_api::serve(
+            listener,
+            chat_api::app(state.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        let client = Client::new(&base).unwrap();
+        let (_, token) = client.register("ann").await.unwrap();
+        let channel = client.create_channel(&token, "general").await.unwrap();
+        let before = scrape(&client).await;
+        assert!(before.is_some(), "/stats answers");
+        let (posted, _) = client.post(&token, &channel, "hello").await.unwrap();
+        assert!(!posted.is_error());
+        for _ in 0..3 {
+            let page = client
+                .messages(&token, &channel, 50, None, None, false)
+                .await
+                .unwrap();
+            assert!(!page.outcome.is_error());
+        }
+        let after = scrape(&client).await;
+        let d = delta(before.as_ref(), after.as_ref());
+
+        assert!(d.measured);
+        assert_eq!(d.db_queries_by_op.get("post_message"), Some(&1), "{d:?}");
+        assert_eq!(
+            d.db_queries,
+            d.db_queries_by_op.values().sum::<u64>(),
+            "{d:?}"
         );
-        let after = parse(
-            "chat_db_queries_total{op=\"page\"} 13\nchat_db_queries_total{op=\"list\"} 2\nchat_cache_hits_total{tier=\"l1\",backend=\"memory\"} 50\nchat_cache_requests_total{tier=\"l2\",backend=\"upstash\"} 7\n",
+        // The post invalidated the latest page: the first read loads it, the next two hit.
+        assert!(d.loads >= 1, "{d:?}");
+        assert!(
+            d.cache_hits.get("memory").copied().unwrap_or(0) >= 2,
+            "{d:?}"
         );
-        let d = delta(&before, &after);
-        assert_eq!(d.db_queries, 5.0);
-        assert_eq!(d.cache_hits["l1"], 45.0);
-        assert_eq!(d.upstash_requests, 7.0);
+        assert_eq!((d.upstash_requests, d.upstash_commands), (0, 0));
+        assert_eq!(d.breaker_state_after, None, "memory has no breaker");
+        // What the bench read is what the store and cache-core count.
+        let after = after.unwrap();
+        assert_eq!(after.db.queries, state.store().query_counts().total);
+        let core = state.cache().cache().stats();
+        assert_eq!(after.cache.tiers[0].hits, core.tiers[0].hits);
+        assert_eq!(after.cache.lookups.loads, core.loads.loads);
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server drains")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -4,7 +4,10 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::Context;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
+
+use crate::metrics::Delta;
 
 /// `chat-bench report`.
 #[derive(Debug, clap::Args)]
@@ -32,16 +35,18 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
-fn ratio(server: &Value, tier: &str) -> Option<f64> {
-    let hits = server["cache_hits"].get(tier).map(f)?;
-    let misses = server["cache_misses"].get(tier).map(f).unwrap_or(0.0);
-    (hits + misses > 0.0).then(|| hits / (hits + misses))
+/// The server's counts of a summary, read back through the type that wrote them.
+fn server_delta(summary: &Value) -> Delta {
+    summary
+        .get("server")
+        .and_then(|v| Delta::deserialize(v).ok())
+        .unwrap_or_default()
 }
 
-fn hit_ratios(server: &Value) -> String {
+fn hit_ratios(server: &Delta) -> String {
     let mut parts = Vec::new();
     for tier in ["memory", "l1", "l2", "upstash"] {
-        if let Some(r) = ratio(server, tier) {
+        if let Some(r) = server.hit_ratio(tier) {
             parts.push(format!("{tier} {:.0}%", r * 100.0));
         }
     }
@@ -97,8 +102,8 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         }
         let total = &s["total"];
         let requests = f(&total["requests"]).max(1.0);
-        let server = &s["server"];
-        let per_k = |v: &Value| f(v) / requests * 1000.0;
+        let server = server_delta(s);
+        let per_k = |v: u64| v as f64 / requests * 1000.0;
         let _ = writeln!(
             md,
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
@@ -110,10 +115,10 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
             f(&total["p99_ms"]),
             f(&total["max_ms"]),
             total["errors"],
-            hit_ratios(server),
-            per_k(&server["db_queries"]),
-            per_k(&server["upstash_requests"]),
-            per_k(&server["upstash_commands"]),
+            hit_ratios(&server),
+            per_k(server.db_queries),
+            per_k(server.upstash_requests),
+            per_k(server.upstash_commands),
         );
     }
     let herds: Vec<&Row> = rows
@@ -134,7 +139,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
                 "| {} | {} | {} | {:.2} | {:.2} | {} |",
                 row.name,
                 s["callers"],
-                f(&s["server"]["db_queries"]),
+                server_delta(s).db_queries,
                 f(&s["latency"]["p50_ms"]),
                 f(&s["latency"]["p99_ms"]),
                 s["latency"]["errors"],

@@ -337,7 +337,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
             .iter()
             .map(|(op, s)| (*op, s.summary(seconds)))
             .collect(),
-        server: crate::metrics::delta(&before, &after),
+        server: crate::metrics::delta(before.as_ref(), after.as_ref()),
         outage: args.outage.map(|(from_s, to_s)| WindowSummary {
             from_s,
             to_s,
@@ -502,7 +502,7 @@ pub(crate) async fn herd(client: &Client, args: &HerdArgs) -> anyhow::Result<()>
     let summary = HerdSummary {
         callers: args.n,
         latency: stats.total().summary(seconds),
-        server: crate::metrics::delta(&before, &after),
+        server: crate::metrics::delta(before.as_ref(), after.as_ref()),
     };
     eprintln!(
         "herd of {}: p50 {:.2} ms, p99 {:.2} ms, errors {}, database queries {}",

@@ -1,5 +1,5 @@
 //! `cachectl stats`: what the backend holds (`DBSIZE`, `INFO memory`, `INFO keyspace`) and how
-//! chat-api's cache is doing (its `/metrics`), as tables or JSON, once or `--watch`ed.
+//! chat-api's cache is doing (its `/stats` document), as tables or JSON, once or `--watch`ed.
 
 use std::{
     io::IsTerminal as _,
@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use chat_stats::{BreakerState, Stats};
 use clap::Args;
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use crate::{
     cli::parse_duration,
     cmd::Context,
     error::{Outcome, hint_for},
-    metrics::{self, ServerStats},
+    metrics,
     output::{self, Style, Table, Tone},
 };
 
@@ -27,9 +28,9 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
 /// keyspace (INFO, where the server offers it). From a running chat-api (--server, default
 /// http://127.0.0.1:3000): per tier hits, misses and hit ratio, errors, timeouts, calls skipped by
 /// the open breaker, entries, bytes, Upstash HTTP requests and billed commands; get_or_load hits,
-/// loads and errors; the breaker state; pending invalidations. Without an explicit --server, a
-/// chat-api that is not running is skipped with a note. With --json, one document (one per line
-/// with --watch).
+/// loads and errors; the breaker state; pending invalidations (from its GET /stats). Without an
+/// explicit --server, a chat-api that is not running is skipped with a note. With --json, one
+/// document (one per line with --watch) whose "server" is chat-api's /stats document as served.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  cachectl stats\n  cachectl stats --server http://127.0.0.1:3000 --watch\n  cachectl stats --watch 500ms --json"
@@ -75,7 +76,8 @@ struct Report {
     backend: Option<BackendStats>,
     backend_error: Option<String>,
     server_url: String,
-    server: Option<ServerStats>,
+    /// chat-api's `/stats` document, as served.
+    server: Option<Stats>,
     server_error: Option<String>,
     #[serde(skip)]
     notes: Vec<String>,
@@ -206,11 +208,11 @@ async fn backend_stats(ctx: &Context) -> anyhow::Result<BackendStats> {
     })
 }
 
-async fn server_stats(http: &reqwest::Client, base: &str) -> anyhow::Result<ServerStats> {
+async fn server_stats(http: &reqwest::Client, base: &str) -> anyhow::Result<Stats> {
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         anyhow::bail!("--server {base:?} must start with http:// or https://");
     }
-    let url = format!("{base}/metrics");
+    let url = format!("{base}{}", chat_stats::PATH);
     let response = http
         .get(&url)
         .send()
@@ -220,11 +222,11 @@ async fn server_stats(http: &reqwest::Client, base: &str) -> anyhow::Result<Serv
     if !status.is_success() {
         anyhow::bail!("GET {url} answered {status}");
     }
-    let text = response
-        .text()
+    let body = response
+        .bytes()
         .await
         .map_err(|err| anyhow::anyhow!("GET {url}: {}", reqwest_reason(&err)))?;
-    metrics::summarize(&metrics::parse(&text))
+    metrics::decode(&body).with_context(|| format!("GET {url}"))
 }
 
 /// Why an HTTP call failed, in a few words.
@@ -351,7 +353,7 @@ fn render(report: &Report, style: Style) -> String {
             "requests",
             "commands",
         ]);
-        for tier in &server.tiers {
+        for tier in &server.cache.tiers {
             let errors_tone = if tier.errors + tier.timeouts > 0 {
                 Tone::Bad
             } else {
@@ -362,7 +364,7 @@ fn render(report: &Report, style: Style) -> String {
                 (tier.backend.clone(), Tone::Plain),
                 (tier.hits.to_string(), Tone::Plain),
                 (tier.misses.to_string(), Tone::Plain),
-                (percent(tier.hit_ratio), Tone::Good),
+                (percent(tier.hit_ratio()), Tone::Good),
                 (tier.errors.to_string(), errors_tone),
                 (tier.timeouts.to_string(), errors_tone),
                 (tier.skipped.to_string(), Tone::Plain),
@@ -376,7 +378,7 @@ fn render(report: &Report, style: Style) -> String {
             ]);
         }
         out.push_str(&tiers.render(style));
-        let l = &server.lookups;
+        let l = &server.cache.lookups;
         let mut summary = Table::new(&["get_or_load", ""]);
         summary.plain_row([
             "hits / misses".to_owned(),
@@ -384,7 +386,7 @@ fn render(report: &Report, style: Style) -> String {
                 "{} / {} ({} hit ratio)",
                 l.hits,
                 l.misses,
-                percent(l.hit_ratio)
+                percent(l.hit_ratio())
             ),
         ]);
         summary.plain_row([
@@ -402,24 +404,32 @@ fn render(report: &Report, style: Style) -> String {
             "errors hidden".to_owned(),
             format!("{} backend, {} decode", l.backend_errors, l.decode_errors),
         ]);
-        let breaker = server.breaker.as_ref().map_or_else(
+        let breaker = server.cache.breaker.as_ref().map_or_else(
             || "none (not tiered)".to_owned(),
-            |b| format!("{} (opened {}x, closed {}x)", b.state, b.opened, b.closed),
+            |b| {
+                format!(
+                    "{} (opened {}x, closed {}x)",
+                    b.state.as_str(),
+                    b.opened,
+                    b.closed
+                )
+            },
         );
-        let tone = match server.breaker.as_ref().map(|b| b.state.as_str()) {
-            Some("closed") | None => Tone::Plain,
-            Some(_) => Tone::Bad,
+        let tone = match server.cache.breaker.map(|b| b.state) {
+            Some(BreakerState::Closed) | None => Tone::Plain,
+            Some(BreakerState::Open | BreakerState::HalfOpen) => Tone::Bad,
         };
         summary.row(vec![("breaker".to_owned(), Tone::Plain), (breaker, tone)]);
         summary.plain_row([
             "pending invalidations".to_owned(),
-            optional(server.pending_invalidations),
+            server.cache.pending_invalidations.to_string(),
         ]);
         summary.plain_row([
             "http responses".to_owned(),
             format!(
                 "{} ({} 5xx)",
-                server.http_responses, server.http_server_errors
+                server.http.responses.total(),
+                server.http.responses.server_error
             ),
         ]);
         out.push('\n');

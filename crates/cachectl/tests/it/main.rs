@@ -2,7 +2,7 @@
 //! `redis-server` behind an in-process `upstash-gateway` (`TestGateway`), in a temporary working
 //! directory and with the Upstash variables of the developer's environment removed.
 
-// The fixtures (Redis, gateway, HTTP stub) and the command builder.
+// The fixtures (Redis, gateway, a real chat-api, an HTTP stub) and the command builder.
 mod support;
 
 // ping, get, set, del, ttl, scan, latency.
@@ -11,7 +11,7 @@ mod keys;
 mod admin;
 // doctor passing, failing with Redis down, and without configuration.
 mod doctor;
-// stats from the backend and from a chat-api /metrics stub, --watch, broken pipes.
+// stats from the backend and from a real chat-api's /stats, refusals, --watch, broken pipes.
 mod stats;
 // configuration errors, unreachable and silent servers, bad tokens, help and usage.
 mod failures;

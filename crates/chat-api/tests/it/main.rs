@@ -20,7 +20,7 @@ mod access;
 mod caching;
 // Hostile input: 4xx with the error shape, never 5xx.
 mod hostile;
-// /health, /metrics, OpenAPI drift, request ids, rate limits.
+// /health, /stats and /metrics agreeing, OpenAPI drift, request ids, rate limits.
 mod ops;
 // Upstash and tiered backends behind upstash-gateway, Redis outages (R1).
 mod upstash;

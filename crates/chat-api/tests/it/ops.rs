@@ -1,5 +1,6 @@
-//! Operations: `/health`, `/metrics`, the OpenAPI document (checked against the router's route
-//! table), request ids, rate limits, and secrets staying out of responses and metrics.
+//! Operations: `/health`, `/stats` and `/metrics` (one snapshot, two renderings that agree), the
+//! OpenAPI document (checked against the router's route table), request ids, rate limits, and
+//! secrets staying out of responses and metrics.
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,141 @@ use axum::{
 use serde_json::json;
 
 use crate::support::{Db, TestApp};
+
+/// The value of the one sample line of `/metrics` that starts with `series ` (name and labels).
+fn sample(text: &str, series: &str) -> u64 {
+    let values: Vec<u64> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .collect();
+    assert_eq!(values.len(), 1, "one {series:?} sample in\n{text}");
+    values[0]
+}
+
+#[tokio::test]
+async fn stats_and_metrics_are_one_snapshot_rendered_twice() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    app.post_message(&ann, &channel, "hello").await;
+    for _ in 0..3 {
+        app.get(&format!("/api/v1/channels/{channel}/messages"), &ann.token)
+            .await
+            .expect(200);
+    }
+    app.get("/api/v1/channels/not-an-id/messages", &ann.token)
+        .await
+        .expect(400);
+
+    let response = app
+        .call(Method::GET, "/stats", None, None)
+        .await
+        .expect(200);
+    assert!(
+        response.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    // Read through the shared types, as cachectl and chat-bench do.
+    let stats = chat_stats::parse(response.text.as_bytes()).unwrap();
+    assert_eq!(stats.version, chat_stats::VERSION);
+    let tier = &stats.cache.tiers[0];
+    assert_eq!(
+        (tier.tier.as_str(), tier.backend.as_str()),
+        ("memory", "memory")
+    );
+    // Token lookups and three reads of the latest page: loads, then hits.
+    assert!(stats.cache.lookups.loads >= 1, "{stats:?}");
+    assert!(stats.cache.lookups.hits >= 2, "{stats:?}");
+    assert!(tier.hits >= 2 && tier.entries.is_some(), "{stats:?}");
+    assert!(stats.cache.breaker.is_none(), "memory has no breaker");
+    // The document says what cache-core and the store count (no field mixed up on the way).
+    let core = app.state.cache().cache().stats();
+    let core_tier = &core.tiers[0];
+    assert_eq!(
+        (
+            tier.hits,
+            tier.misses,
+            tier.errors,
+            tier.timeouts,
+            tier.skipped
+        ),
+        (
+            core_tier.hits,
+            core_tier.misses,
+            core_tier.errors,
+            core_tier.timeouts,
+            core_tier.skipped
+        )
+    );
+    let l = stats.cache.lookups;
+    assert_eq!(
+        [l.hits, l.misses, l.loads, l.load_errors, l.coalesced],
+        [
+            core.loads.hits,
+            core.loads.misses,
+            core.loads.loads,
+            core.loads.load_errors,
+            core.loads.coalesced
+        ]
+    );
+    assert_eq!(stats.db.queries, app.queries());
+    assert_eq!(
+        stats.db.queries_by_op["messages"],
+        app.queries_of("messages")
+    );
+    assert_eq!(stats.db.queries_by_op["post_message"], 1);
+    assert_eq!(
+        stats.db.queries,
+        stats.db.queries_by_op.values().sum::<u64>()
+    );
+    assert_eq!(stats.http.responses.client_error, 1);
+    assert_eq!(stats.http.responses.server_error, 0);
+    // register, create channel, post, three reads, the 400.
+    assert!(stats.http.responses.success >= 6, "{stats:?}");
+    assert_eq!(stats.ws_sessions, 0);
+    assert!(!response.text.contains(&channel) && !response.text.contains(&ann.token));
+
+    // No request touched the cache or the database since: /metrics shows the same counts.
+    let text = app
+        .call(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200)
+        .text;
+    let labels = r#"{tier="memory",backend="memory"}"#;
+    assert_eq!(
+        sample(&text, &format!("chat_cache_hits_total{labels}")),
+        tier.hits
+    );
+    assert_eq!(
+        sample(&text, &format!("chat_cache_misses_total{labels}")),
+        tier.misses
+    );
+    // Entries are an estimate that settles as background cache writes finish: present is enough.
+    sample(&text, &format!("chat_cache_entries{labels}"));
+    assert_eq!(
+        sample(&text, "chat_cache_lookup_hits_total"),
+        stats.cache.lookups.hits
+    );
+    assert_eq!(
+        sample(&text, "chat_cache_loads_total"),
+        stats.cache.lookups.loads
+    );
+    for (op, count) in &stats.db.queries_by_op {
+        assert_eq!(
+            sample(&text, &format!("chat_db_queries_total{{op=\"{op}\"}}")),
+            *count
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            r#"chat_http_responses_total{method="GET",route="/api/v1/channels/{cid}/messages",status="4xx"}"#
+        ),
+        stats.http.responses.client_error
+    );
+}
 
 #[tokio::test]
 async fn health_reports_database_cache_and_breaker() {
@@ -44,15 +180,20 @@ async fn metrics_cover_http_cache_and_database() {
         .call(Method::GET, "/metrics", None, None)
         .await
         .expect(200);
-    assert!(
-        metrics.headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
+    // OpenMetrics, which Prometheus asks for first and parses natively.
+    assert_eq!(
+        metrics.headers[header::CONTENT_TYPE],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = metrics.text;
+    assert!(
+        text.ends_with("# EOF\n"),
+        "an OpenMetrics body ends with # EOF"
+    );
     for needle in [
-        r#"chat_http_request_duration_seconds_bucket{method="GET",route="/api/v1/channels/{cid}/messages",le="+Inf"} 3"#,
+        // prometheus-client writes `le` first; label order means nothing to Prometheus.
+        r#"chat_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/api/v1/channels/{cid}/messages"} 3"#,
+        r#"chat_http_request_duration_seconds_count{method="GET",route="/api/v1/channels/{cid}/messages"} 3"#,
         r#"chat_http_responses_total{method="POST",route="/api/v1/users",status="2xx"} 1"#,
         r#"chat_cache_hits_total{tier="memory",backend="memory"}"#,
         r#"chat_cache_misses_total{tier="memory",backend="memory"}"#,
@@ -65,7 +206,8 @@ async fn metrics_cover_http_cache_and_database() {
         "chat_cache_failsafe_served_total 0",
         r#"chat_db_queries_total{op="messages"} 1"#,
         r#"chat_db_queries_total{op="post_message"} 1"#,
-        "chat_ws_sessions 0",
+        "chat_ws_sessions 0\n",
+        "chat_cache_pending_invalidations 0\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
