@@ -1,5 +1,7 @@
-//! Counters, gauges and latency histograms of the cache (SPEC §3.6), as plain snapshots that
-//! `chat-api` renders as Prometheus text and `cachectl` as tables or JSON.
+//! Counters, gauges and latency histograms of the cache, per tier (hits, misses, stale
+//! serves, loads, load errors, L2 errors, timeouts, breaker state and transitions, bytes, entries,
+//! evictions, REST requests and billed commands), as plain snapshots that `chat-api` serves as its
+//! `/stats` document and as Prometheus text, and `cachectl` shows as tables or JSON.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},

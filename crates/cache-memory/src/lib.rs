@@ -12,7 +12,7 @@
 //! - moka's `sync::Cache`, not its `future::Cache`: nothing in this backend awaits inside the cache
 //!   (loads are coalesced by `cache_core::Cache`), and the synchronous get lets a hit skip the
 //!   boxed future of the async trait (`CacheBackend::get_now`), which is what keeps a hit within
-//!   1.5× of a raw moka get (SPEC P1).
+//!   1.5× of a raw moka get (the P1 target of `docs/benchmarks.md`).
 //!
 //! ```
 //! use std::sync::Arc;

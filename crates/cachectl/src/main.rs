@@ -1,4 +1,4 @@
-//! `cachectl`: the operator's command-line tool for the chat cache (SPEC §8).
+//! `cachectl`: the operator's command-line tool for the chat cache.
 //!
 //! Talks to Upstash Redis (or `upstash-gateway`) over the REST API, through the same
 //! configuration chat-api reads, and to a running chat-api's `/metrics`.

@@ -1,4 +1,5 @@
-//! The P2 baseline of `cargo xtask bench` (SPEC §10): a bare axum handler that answers the latest
+//! The P2 baseline of `cargo xtask bench` (target: chat-api's cached latest page at ≥ 60 % of its
+//! throughput, full dataset, server and load generator on separate cores): a bare axum handler that answers the latest
 //! page route with a fixed JSON body of `BODY_BYTES` bytes, with no auth, database or cache. The
 //! benchmark compares chat-api's cached latest page with it at the same body size.
 //!

@@ -1,6 +1,7 @@
 //! Configuration: one typed [`Config`], parsed once from flags and the environment ([`Cli`]).
 //!
-//! Every setting is a `--flag` and an environment variable of the same name (SPEC §7.1); the binary
+//! Every setting is a `--flag` and an environment variable of the same name (`CHAT_ADDR`,
+//! `DATABASE_URL`, `CACHE_BACKEND`, …: clients and scripts rely on these names); the binary
 //! loads `.env.local` and `.env` into the environment first, so the precedence is
 //! flag > environment > `.env.local` > `.env` > default. Tests build a [`Config`] directly.
 
@@ -39,7 +40,8 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// Which cache backend to run on (SPEC §3.5).
+/// Which cache backend to run on: `auto` is tiered when Upstash credentials are set, memory
+/// otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheBackendKind {
     /// Tiered when Upstash credentials are set, memory otherwise.

@@ -1,6 +1,6 @@
 //! The domain values the API returns and the cache stores: users, channels, memberships, messages.
 //!
-//! They serialize to the JSON of the contract (SPEC §7.1) and round-trip through serde, because
+//! They serialize to the JSON of the HTTP contract (the shapes clients and chat-bench rely on) and round-trip through serde, because
 //! the cache stores them as JSON (and other clients of the same Redis can read them). Ids are
 //! ULIDs (time-sortable, so keyset pagination orders by id); times are RFC 3339 strings in JSON
 //! and Unix milliseconds in the database.

@@ -1,8 +1,9 @@
 //! `chat-bench`: seeds a chat-api server with a dataset and drives the chat workload against it
-//! (SPEC §9, `reference/chat-api-anchors.md` §8). `cargo xtask bench` starts the servers and runs
+//! (see `workload.rs` for its mix). `cargo xtask bench` starts the servers and runs
 //! this binary for each scenario; it can also be pointed at any running chat-api.
 //!
-//! It speaks only the fixed HTTP contract of SPEC §7.1, so it measures any implementation of it.
+//! It speaks only the fixed part of chat-api's HTTP contract (register, channels, join, post, message
+//! pages with ETag, `/stats`), so it measures any implementation of it.
 
 #![allow(
     clippy::print_stdout,
@@ -43,7 +44,8 @@ enum Command {
     Seed(dataset::SeedArgs),
     /// Drives the read-heavy chat workload and writes a JSON summary.
     Run(workload::RunArgs),
-    /// Posts to a channel, then fires N concurrent requests for its latest page (SPEC P7).
+    /// Posts to a channel, then fires N concurrent requests for its latest page: the stampede
+    /// check, where exactly one database query should serve them all.
     Herd(workload::HerdArgs),
     /// Prints the size in bytes of the latest page of the most popular channel (for the P2
     /// baseline, which must answer with a body of the same size).

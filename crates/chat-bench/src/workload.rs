@@ -1,4 +1,4 @@
-//! The workload of `reference/chat-api-anchors.md` §8: per post, about 6.5 latest-page reads
+//! The chat workload, shaped like a read-heavy chat client: per post, about 6.5 latest-page reads
 //! (half revalidating with If-None-Match), 6 older-page reads, 0.3 `around` reads and 1.15
 //! channel-list reads, from random users in channels picked by Zipf popularity.
 //!
@@ -51,7 +51,8 @@ pub(crate) struct RunArgs {
     /// Where to write the JSON summary.
     #[arg(long, default_value = "target/bench/run.json")]
     out: PathBuf,
-    /// Check every latest-page read against the posts acknowledged before it was sent (SPEC R1),
+    /// Check every latest-page read against the posts acknowledged before it was sent (a read
+    /// that starts after an acknowledged post must show it),
     /// and fail the run on any stale read or failed request.
     #[arg(long)]
     check: bool,
