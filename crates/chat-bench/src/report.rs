@@ -18,6 +18,9 @@ pub(crate) struct ReportArgs {
     /// The commit measured.
     #[arg(long, default_value = "unknown")]
     commit: String,
+    /// The date of the run (`YYYY-MM-DD`).
+    #[arg(long, default_value = "unknown")]
+    date: String,
     /// The settings (dataset, durations, connections), recorded next to the numbers.
     #[arg(long, default_value = "")]
     settings: String,
@@ -82,8 +85,8 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
     let _ = writeln!(md, "# chat-api benchmark report\n");
     let _ = writeln!(
         md,
-        "- machine: {}\n- commit: {}\n- settings: {}\n",
-        args.machine, args.commit, args.settings
+        "- machine: {}\n- commit: {}\n- date: {}\n- settings: {}\n",
+        args.machine, args.commit, args.date, args.settings
     );
     let _ = writeln!(
         md,
@@ -188,6 +191,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
     let summary = json!({
         "machine": args.machine,
         "commit": args.commit,
+        "date": args.date,
         "settings": args.settings,
         "scenarios": rows.iter().map(|r| (r.name.clone(), r.summary.clone())).collect::<serde_json::Map<_, _>>(),
     });
