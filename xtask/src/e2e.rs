@@ -117,7 +117,7 @@ impl Settings {
         !self.quick && self.scenarios.is_empty()
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite; {} builds",
             if self.quick { "quick run: " } else { "" },
@@ -402,7 +402,7 @@ fn compare_with_database(bins: &Bins, db: &Path, port: u16, dataset: &Path) -> a
     outcome
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -430,7 +430,7 @@ fn machine() -> String {
 }
 
 /// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let days = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400);
@@ -478,6 +478,20 @@ pub(crate) fn commit() -> String {
             ""
         }
     )
+}
+
+/// `cargo xtask outage [--scenario NAME]`: the outage scenarios (or those whose name contains
+/// NAME) on debug builds.
+pub(crate) fn outage(args: &[String]) -> anyhow::Result<()> {
+    let mut settings = Settings::outage_check();
+    match args {
+        [] => {}
+        [flag, name] if flag == "--scenario" => {
+            settings.scenarios = vec![format!("outage-{name}")];
+        }
+        _ => anyhow::bail!("usage: cargo xtask outage [--scenario tiered|upstash]"),
+    }
+    run(&settings)
 }
 
 /// What [`seed`] made: the database every scenario copies and what `chat-bench` knows of it.

@@ -124,7 +124,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         .filter(|r| r.summary.get("callers").is_some())
         .collect();
     if !herds.is_empty() {
-        let _ = writeln!(md, "\n## Thundering herd (P7)\n");
+        let _ = writeln!(md, "\n## Thundering herd\n");
         let _ = writeln!(
             md,
             "| scenario | concurrent requests | database queries | p50 ms | p99 ms | errors |"
@@ -149,12 +149,13 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         .filter(|r| r.summary.get("outage").is_some() || r.summary.get("check").is_some())
         .collect();
     if !outages.is_empty() {
-        let _ = writeln!(md, "\n## Redis outage (R1)\n");
+        let _ = writeln!(md, "\n## Redis outage\n");
         let _ = writeln!(
             md,
-            "redis-server is killed (`kill -9`) at the start of the window and restarted at its end. \
-             Window latencies are of requests sent in it; stale reads are latest-page reads that miss \
-             a post acknowledged before they were sent.\n"
+            "redis-server, persisting every write, is killed (`kill -9`) at the start of the window \
+             and restarted with its data at its end, so pages cached before the outage are still in \
+             it. Window latencies are of requests sent in it; stale reads are latest-page reads that \
+             miss a post acknowledged before they were sent.\n"
         );
         let _ = writeln!(
             md,
