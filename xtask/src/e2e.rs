@@ -659,6 +659,30 @@ fn run_scenario(
         Backend::Original | Backend::OriginalUpstash => start_original(&db, gateway_port)?,
     };
 
+    let bench = bench_command(settings, bins, out, seeded, scenario, port);
+    if scenario.kind == Kind::Outage {
+        outage_under_load(bench, redis, settings.duration_secs)?;
+        compare_with_database(bins, &db, port, &seeded.dataset)?;
+    } else {
+        run_cmd(bench)?;
+    }
+    server.stop();
+    if let Some((gateway, _)) = gateway {
+        gateway.stop();
+    }
+    drop(own_redis);
+    Ok(())
+}
+
+/// The `chat-bench` command line of one scenario against the server on `port`.
+fn bench_command(
+    settings: &Settings,
+    bins: &Bins,
+    out: &Path,
+    seeded: &Seeded,
+    scenario: &Scenario,
+    port: u16,
+) -> Command {
     let mut bench = Command::new(&bins.bench);
     bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
     let d = settings.duration_secs;
@@ -696,30 +720,27 @@ fn run_scenario(
         );
 
     if scenario.kind == Kind::Outage {
-        // Redis dies a third of the way in and comes back, with its data, at two thirds;
         // `--check` holds every latest-page read to the posts acknowledged before it was sent
         // and fails on any stale read or failed request.
         bench.args(["--check", "--outage", &format!("{d}..{}", 2 * d)]);
-        eprintln!("$ {bench:?}");
-        let mut child = bench.spawn().context("starting chat-bench")?;
-        // Fault injection on a schedule, not synchronisation: the window is the run's.
-        thread::sleep(Duration::from_secs(d));
-        eprintln!("    killing redis-server (kill -9; its data stays on disk)");
-        redis.kill();
-        thread::sleep(Duration::from_secs(d));
-        eprintln!("    restarting redis-server with its data");
-        redis.restart()?;
-        let status = child.wait()?;
-        anyhow::ensure!(status.success(), "chat-bench run --check failed ({status})");
-        compare_with_database(bins, &db, port, &seeded.dataset)?;
-    } else {
-        run_cmd(bench)?;
     }
-    server.stop();
-    if let Some((gateway, _)) = gateway {
-        gateway.stop();
-    }
-    drop(own_redis);
+    bench
+}
+
+/// Runs `bench` (3 × `d` seconds) with `redis` killed (`kill -9`) after `d` seconds and restarted
+/// with its data after `2 d`; fails if chat-bench does.
+fn outage_under_load(mut bench: Command, redis: &mut RedisServer, d: u64) -> anyhow::Result<()> {
+    eprintln!("$ {bench:?}");
+    let mut child = Process::spawn("chat-bench", &mut bench)?;
+    // Fault injection on a schedule, not synchronisation: the window is the run's.
+    thread::sleep(Duration::from_secs(d));
+    eprintln!("    killing redis-server (kill -9; its data stays on disk)");
+    redis.kill();
+    thread::sleep(Duration::from_secs(d));
+    eprintln!("    restarting redis-server with its data");
+    redis.restart()?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "chat-bench run --check failed ({status})");
     Ok(())
 }
 

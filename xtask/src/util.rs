@@ -70,6 +70,13 @@ impl Process {
         Ok(Process { name, child })
     }
 
+    /// Waits until the process exits.
+    pub(crate) fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.name))
+    }
+
     /// SIGTERM, then wait (a graceful shutdown flushes SQLite).
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
@@ -197,8 +204,9 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Sends one command and fails unless the reply is not an error.
-    pub(crate) fn command(&self, parts: &[&str]) -> anyhow::Result<()> {
+    /// Sends one command; returns the start of the reply (up to 64 bytes), or fails on an error
+    /// reply.
+    pub(crate) fn command(&self, parts: &[&str]) -> anyhow::Result<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut msg = format!("*{}\r\n", parts.len());
@@ -208,12 +216,43 @@ impl RedisServer {
         stream.write_all(msg.as_bytes())?;
         let mut reply = [0u8; 64];
         let n = stream.read(&mut reply)?;
-        anyhow::ensure!(
-            n > 0 && !matches!(reply[0], b'-'),
-            "redis answered {:?}",
-            String::from_utf8_lossy(&reply[..n])
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        anyhow::ensure!(n > 0 && !reply.starts_with('-'), "redis answered {reply:?}");
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the outage check relies on: a persistent server comes back from `kill -9` with its
+    /// data, an ephemeral one empty.
+    #[test]
+    fn a_persistent_redis_keeps_its_data_across_kill_and_restart() {
+        let dir = target_dir()
+            .join("xtask-tests")
+            .join(format!("redis-{}", std::process::id()));
+        let mut persistent = RedisServer::persistent(&dir).expect("redis-server");
+        let mut ephemeral = RedisServer::ephemeral().expect("redis-server");
+        for redis in [&persistent, &ephemeral] {
+            assert_eq!(
+                redis.command(&["SET", "page", "cached"]).unwrap(),
+                "+OK\r\n"
+            );
+        }
+        for redis in [&mut persistent, &mut ephemeral] {
+            redis.kill();
+            assert!(redis.command(&["PING"]).is_err(), "killed");
+            redis.restart().expect("restart");
+        }
+        assert_eq!(
+            persistent.command(&["GET", "page"]).unwrap(),
+            "$6\r\ncached\r\n"
         );
-        Ok(())
+        assert_eq!(ephemeral.command(&["GET", "page"]).unwrap(), "$-1\r\n");
+        drop(persistent);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
