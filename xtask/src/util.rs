@@ -222,40 +222,6 @@ impl RedisServer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the outage check relies on: a persistent server comes back from `kill -9` with its
-    /// data, an ephemeral one empty.
-    #[test]
-    fn a_persistent_redis_keeps_its_data_across_kill_and_restart() {
-        let dir = target_dir()
-            .join("xtask-tests")
-            .join(format!("redis-{}", std::process::id()));
-        let mut persistent = RedisServer::persistent(&dir).expect("redis-server");
-        let mut ephemeral = RedisServer::ephemeral().expect("redis-server");
-        for redis in [&persistent, &ephemeral] {
-            assert_eq!(
-                redis.command(&["SET", "page", "cached"]).unwrap(),
-                "+OK\r\n"
-            );
-        }
-        for redis in [&mut persistent, &mut ephemeral] {
-            redis.kill();
-            assert!(redis.command(&["PING"]).is_err(), "killed");
-            redis.restart().expect("restart");
-        }
-        assert_eq!(
-            persistent.command(&["GET", "page"]).unwrap(),
-            "$6\r\ncached\r\n"
-        );
-        assert_eq!(ephemeral.command(&["GET", "page"]).unwrap(), "$-1\r\n");
-        drop(persistent);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -389,4 +355,38 @@ pub(crate) fn summarize(
         bail!("{failed} of {} {what} failed", outcomes.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the outage check relies on: a persistent server comes back from `kill -9` with its
+    /// data, an ephemeral one empty.
+    #[test]
+    fn a_persistent_redis_keeps_its_data_across_kill_and_restart() {
+        let dir = target_dir()
+            .join("xtask-tests")
+            .join(format!("redis-{}", std::process::id()));
+        let mut persistent = RedisServer::persistent(&dir).expect("redis-server");
+        let mut ephemeral = RedisServer::ephemeral().expect("redis-server");
+        for redis in [&persistent, &ephemeral] {
+            assert_eq!(
+                redis.command(&["SET", "page", "cached"]).unwrap(),
+                "+OK\r\n"
+            );
+        }
+        for redis in [&mut persistent, &mut ephemeral] {
+            redis.kill();
+            assert!(redis.command(&["PING"]).is_err(), "killed");
+            redis.restart().expect("restart");
+        }
+        assert_eq!(
+            persistent.command(&["GET", "page"]).unwrap(),
+            "$6\r\ncached\r\n"
+        );
+        assert_eq!(ephemeral.command(&["GET", "page"]).unwrap(), "$-1\r\n");
+        drop(persistent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
