@@ -168,7 +168,10 @@ fn criterion(quick: bool) -> anyhow::Result<String> {
     );
     let mut md = String::from("\n### Criterion benchmarks\n\n");
     md.push_str("| benchmark | median | 95 % confidence interval |\n|---|---|---|\n");
-    for (id, e) in &estimates {
+    let mut ids: Vec<&String> = estimates.keys().collect();
+    ids.sort_by_key(|id| natural_key(id));
+    for id in ids {
+        let e = &estimates[id];
         let _ = writeln!(
             md,
             "| `{id}` | {} | {} – {} |",
@@ -208,6 +211,26 @@ fn criterion(quick: bool) -> anyhow::Result<String> {
         }
     }
     Ok(md)
+}
+
+/// `id` with every run of digits zero-padded, so `1KiB` sorts before `16KiB` and `8` before `64`.
+fn natural_key(id: &str) -> String {
+    let mut key = String::new();
+    let mut digits = String::new();
+    for c in id.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if !digits.is_empty() {
+            let _ = write!(key, "{digits:0>12}");
+            digits.clear();
+        }
+        if c != '\0' {
+            key.push(c);
+        }
+    }
+    key
 }
 
 /// `codec/16KiB/lz4: 16513 bytes -> 2344 bytes (14.2%)`, as the codec bench prints it.
@@ -327,6 +350,24 @@ mod tests {
         );
         assert_eq!(codec_size("Benchmarking codec/16KiB/encode/lz4"), None);
         assert_eq!(duration(297.0), "297 ns");
+        let mut ids = [
+            "codec/256KiB/x",
+            "codec/16KiB/x",
+            "codec/1KiB/x",
+            "hit/64",
+            "hit/8",
+        ];
+        ids.sort_by_key(|id| natural_key(id));
+        assert_eq!(
+            ids,
+            [
+                "codec/1KiB/x",
+                "codec/16KiB/x",
+                "codec/256KiB/x",
+                "hit/8",
+                "hit/64"
+            ]
+        );
         assert_eq!(duration(2_790.0), "2.79 µs");
         assert_eq!(duration(188_000.0), "188 µs");
     }
