@@ -1,27 +1,53 @@
-//! The end-to-end benchmark behind `cargo xtask bench`: starts `redis-server`, `upstash-gateway`
-//! and `chat-api` (release builds) on free ports, seeds a dataset once with `chat-bench seed`, and
-//! runs each scenario against a fresh copy of it with `chat-bench run`, then writes the report
-//! with `chat-bench report` (`target/bench/report.md`, `summary.json`, `latency.svg`,
-//! `throughput.svg`).
+//! The end-to-end benchmark behind `cargo xtask bench` and the outage check `cargo xtask outage`.
+//!
+//! [`run`] builds `chat-api`, `upstash-gateway` and `chat-bench`, seeds a dataset once with
+//! `chat-bench seed` ([`seed`]), runs each selected scenario against a fresh copy of it with
+//! `chat-bench run` ([`run_scenario`]), then writes the report with `chat-bench report`
+//! ([`report`]: `report.md`, `summary.json`, `latency.svg`, `throughput.svg`).
 //!
 //! Scenarios: `none` (no cache, the "before"), `memory`, `upstash`, `tiered`, the last two again
-//! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd (P7), and a
-//! Redis outage under load (R1: redis-server killed and restarted mid-run).
+//! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd, the cached
+//! latest page against a bare axum handler, the original design, and a Redis outage under load.
+//!
+//! The outage scenarios run on a Redis that keeps its data on disk (append-only file, fsync on
+//! every write): it is `kill -9`ed mid-run and restarted with the pages cached before the outage
+//! still in it. Invalidations that failed during the outage must be replayed before L2 is read
+//! again, or those pages are served stale, and the check fails. A Redis that restarted empty
+//! would let the check pass even without replay.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context;
 
-use crate::util::{Process, cargo, free_port, project_root, run_cmd, wait_ready};
+use crate::util::{
+    Process, RedisServer, cargo, free_port, project_root, run_cmd, target_dir, wait_ready,
+};
 
 const TOKEN: &str = "bench-token-not-a-secret";
+
+/// The cargo profile the binaries are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// For measurements.
+    Release,
+    /// Where only correctness is checked (CI's outage run): a much shorter build.
+    Debug,
+}
+
+impl Profile {
+    /// The directory under the target directory.
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
+}
 
 /// Sizes and durations of one run.
 #[derive(Debug, Clone)]
@@ -34,10 +60,10 @@ pub(crate) struct Settings {
     pub(crate) duration_secs: u64,
     pub(crate) connections: usize,
     pub(crate) open_rate: u32,
+    /// Substrings of scenario names; empty: every scenario.
     pub(crate) scenarios: Vec<String>,
-    /// `release` for measurements; `debug` where only correctness is checked (CI's outage run).
-    pub(crate) profile: &'static str,
-    /// Under the target directory: `bench`, or `outage` for the R1 check.
+    pub(crate) profile: Profile,
+    /// Under the target directory: `bench`, or `outage` for the outage check.
     pub(crate) out_dir: &'static str,
 }
 
@@ -54,7 +80,7 @@ impl Settings {
                 connections: 16,
                 open_rate: 300,
                 scenarios: Vec::new(),
-                profile: "release",
+                profile: Profile::Release,
                 out_dir: "bench",
             }
         } else {
@@ -68,25 +94,30 @@ impl Settings {
                 connections: 32,
                 open_rate: 500,
                 scenarios: Vec::new(),
-                profile: "release",
+                profile: Profile::Release,
                 out_dir: "bench",
             }
         }
     }
 
-    /// The R1 check CI runs (`cargo xtask outage`): the outage scenarios only, on debug builds
+    /// The outage check CI runs (`cargo xtask outage`): the outage scenarios only, on debug builds
     /// (nothing is measured for speed), with a small dataset and a 24 s run each.
     pub(crate) fn outage_check() -> Self {
         Settings {
             duration_secs: 8,
             scenarios: vec!["outage".into()],
-            profile: "debug",
+            profile: Profile::Debug,
             out_dir: "outage",
             ..Settings::new(true)
         }
     }
 
-    fn describe(&self) -> String {
+    /// Every scenario at full size: the only run whose tables go into the docs.
+    pub(crate) fn is_complete(&self) -> bool {
+        !self.quick && self.scenarios.is_empty()
+    }
+
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite; {} builds",
             if self.quick { "quick run: " } else { "" },
@@ -97,28 +128,66 @@ impl Settings {
             self.connections,
             self.duration_secs,
             self.open_rate,
-            self.profile
+            self.profile.dir()
         )
     }
 }
 
-/// One scenario: which cache, whether Upstash is slowed down, and how it is driven.
+/// The server under test and its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// chat-api with `CACHE_BACKEND=none|memory|upstash|tiered`.
+    ChatApi(CacheBackend),
+    /// `chat-api/examples/bare_page`: a fixed body of the latest page's size.
+    BareAxum,
+    /// The original design (`baseline/original-express`) with its `Map` cache.
+    Original,
+    /// The original design with `@upstash/redis` against the gateway.
+    OriginalUpstash,
+}
+
+/// chat-api's `CACHE_BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheBackend {
+    None,
+    Memory,
+    Upstash,
+    Tiered,
+}
+
+impl CacheBackend {
+    fn env_value(self) -> &'static str {
+        match self {
+            CacheBackend::None => "none",
+            CacheBackend::Memory => "memory",
+            CacheBackend::Upstash => "upstash",
+            CacheBackend::Tiered => "tiered",
+        }
+    }
+}
+
+impl Backend {
+    fn needs_gateway(self) -> bool {
+        matches!(
+            self,
+            Backend::ChatApi(CacheBackend::Upstash | CacheBackend::Tiered)
+                | Backend::OriginalUpstash
+        )
+    }
+}
+
+/// One scenario: which server and cache, whether Upstash is slowed down, and how it is driven.
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
-    backend: &'static str,
+    backend: Backend,
     latency_ms: u64,
     kind: Kind,
     /// Drive only this operation instead of the mix.
     only: Option<&'static str>,
 }
 
-const fn scenario(
-    name: &'static str,
-    backend: &'static str,
-    latency_ms: u64,
-    kind: Kind,
-) -> Scenario {
+const fn scenario(name: &'static str, backend: Backend, latency_ms: u64, kind: Kind) -> Scenario {
     Scenario {
         name,
         backend,
@@ -128,123 +197,68 @@ const fn scenario(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// A fixed number of connections, each sending its next request when the last is answered.
     Closed,
+    /// A fixed request rate, latency measured from when each request was due.
     Open,
+    /// 1,000 concurrent requests for a just-invalidated page.
     Herd,
+    /// Closed loop, with Redis killed and restarted (with its data) mid-run; every read checked.
     Outage,
 }
 
+const NONE: Backend = Backend::ChatApi(CacheBackend::None);
+const MEMORY: Backend = Backend::ChatApi(CacheBackend::Memory);
+const UPSTASH: Backend = Backend::ChatApi(CacheBackend::Upstash);
+const TIERED: Backend = Backend::ChatApi(CacheBackend::Tiered);
+
 const SCENARIOS: &[Scenario] = &[
-    scenario("01-none", "none", 0, Kind::Closed),
-    scenario("02-memory", "memory", 0, Kind::Closed),
-    scenario("03-upstash", "upstash", 0, Kind::Closed),
-    scenario("04-tiered", "tiered", 0, Kind::Closed),
-    scenario("05-upstash-10ms", "upstash", 10, Kind::Closed),
-    scenario("06-tiered-10ms", "tiered", 10, Kind::Closed),
-    scenario("07-none-open", "none", 0, Kind::Open),
-    scenario("08-tiered-10ms-open", "tiered", 10, Kind::Open),
-    scenario("09-herd-tiered", "tiered", 0, Kind::Herd),
-    scenario("10-outage-tiered", "tiered", 0, Kind::Outage),
-    scenario("13-outage-upstash", "upstash", 0, Kind::Outage),
-    // P2: the cached latest page alone, against a bare axum handler with a body of the same size.
+    scenario("01-none", NONE, 0, Kind::Closed),
+    scenario("02-memory", MEMORY, 0, Kind::Closed),
+    scenario("03-upstash", UPSTASH, 0, Kind::Closed),
+    scenario("04-tiered", TIERED, 0, Kind::Closed),
+    scenario("05-upstash-10ms", UPSTASH, 10, Kind::Closed),
+    scenario("06-tiered-10ms", TIERED, 10, Kind::Closed),
+    scenario("07-none-open", NONE, 0, Kind::Open),
+    scenario("08-tiered-10ms-open", TIERED, 10, Kind::Open),
+    scenario("09-herd-tiered", TIERED, 0, Kind::Herd),
+    scenario("10-outage-tiered", TIERED, 0, Kind::Outage),
+    scenario("13-outage-upstash", UPSTASH, 0, Kind::Outage),
+    // The cached latest page alone, against a bare axum handler with a body of the same size.
     Scenario {
         only: Some("latest_page"),
-        ..scenario("11-latest-page-memory", "memory", 0, Kind::Closed)
+        ..scenario("11-latest-page-memory", MEMORY, 0, Kind::Closed)
     },
     Scenario {
         only: Some("latest_page"),
-        ..scenario("12-latest-page-bare-axum", "bare", 0, Kind::Closed)
-    },
-    // P3 and P5: the original design (Express + Map cache, or + @upstash/redis with key-tracking
-    // sets), re-created in `baseline/original-express`, on the same database and workload.
-    scenario("14-original-memory", "original", 0, Kind::Closed),
-    Scenario {
-        only: Some("latest_page"),
-        ..scenario("15-latest-page-original", "original", 0, Kind::Closed)
-    },
-    scenario("16-original-upstash", "original-upstash", 0, Kind::Closed),
-];
-
-fn redis_command(port: u16, parts: &[&str]) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    let mut msg = format!("*{}\r\n", parts.len());
-    for p in parts {
-        msg.push_str(&format!("${}\r\n{p}\r\n", p.len()));
-    }
-    stream.write_all(msg.as_bytes())?;
-    let mut reply = [0u8; 64];
-    let n = stream.read(&mut reply)?;
-    anyhow::ensure!(
-        n > 0 && reply[0] != b'-',
-        "redis answered {:?}",
-        String::from_utf8_lossy(&reply[..n])
-    );
-    Ok(())
-}
-
-struct Redis {
-    port: u16,
-    process: Option<Process>,
-}
-
-/// Installs `redis-server` from the OS packages when it is missing (as `.ci/run` does), so the
-/// benchmark runs on a fresh machine without a manual step.
-fn ensure_redis_server() -> anyhow::Result<()> {
-    let present = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
-        return Ok(());
-    }
-    eprintln!("==> redis-server is missing; installing it with apt-get");
-    let installed = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server"])
-        .status()
-        .is_ok_and(|s| s.success());
-    anyhow::ensure!(
-        installed,
-        "could not install redis-server; install it (apt-get install redis-server) and retry"
-    );
-    Ok(())
-}
-
-impl Redis {
-    fn start(port: u16) -> anyhow::Result<Self> {
-        let process = Process::spawn(
-            "redis-server",
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null()),
+        ..scenario(
+            "12-latest-page-bare-axum",
+            Backend::BareAxum,
+            0,
+            Kind::Closed,
         )
-        .context("redis-server is needed (apt-get install redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis_command(port, &["PING"]).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Redis {
-            port,
-            process: Some(process),
-        })
-    }
-
-    fn kill(&mut self) {
-        self.process.take();
-    }
-}
+    },
+    // The original design (Express + Map cache, or + @upstash/redis with key-tracking sets),
+    // re-created in `baseline/original-express`, on the same database and workload.
+    scenario("14-original-memory", Backend::Original, 0, Kind::Closed),
+    Scenario {
+        only: Some("latest_page"),
+        ..scenario(
+            "15-latest-page-original",
+            Backend::Original,
+            0,
+            Kind::Closed,
+        )
+    },
+    scenario(
+        "16-original-upstash",
+        Backend::OriginalUpstash,
+        0,
+        Kind::Closed,
+    ),
+];
 
 struct Bins {
     chat_api: PathBuf,
@@ -269,7 +283,7 @@ fn start_bare_page(bins: &Bins, body_bytes: usize) -> anyhow::Result<(Process, u
 fn start_chat_api(
     bins: &Bins,
     db: &Path,
-    backend: &str,
+    backend: CacheBackend,
     gateway_port: Option<u16>,
 ) -> anyhow::Result<(Process, u16)> {
     let port = free_port()?;
@@ -279,7 +293,7 @@ fn start_chat_api(
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("CACHE_BACKEND", backend)
+        .env("CACHE_BACKEND", backend.env_value())
         .env("RATE_LIMIT", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
@@ -322,7 +336,11 @@ fn start_original(db: &Path, gateway_port: Option<u16>) -> anyhow::Result<(Proce
     Ok((process, port))
 }
 
-fn start_gateway(bins: &Bins, redis_port: u16, latency_ms: u64) -> anyhow::Result<(Process, u16)> {
+fn start_gateway(
+    bins: &Bins,
+    redis: &RedisServer,
+    latency_ms: u64,
+) -> anyhow::Result<(Process, u16)> {
     let port = free_port()?;
     let process = Process::spawn(
         "upstash-gateway",
@@ -332,7 +350,7 @@ fn start_gateway(bins: &Bins, redis_port: u16, latency_ms: u64) -> anyhow::Resul
             .env("RUST_LOG", "warn")
             .args([
                 "--redis",
-                &format!("redis://127.0.0.1:{redis_port}"),
+                &redis.url(),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--latency-ms",
@@ -372,7 +390,7 @@ fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// After an outage run: every channel's latest page, as the cached server serves it, equals the
 /// page of a chat-api without a cache on the same database.
 fn compare_with_database(bins: &Bins, db: &Path, port: u16, dataset: &Path) -> anyhow::Result<()> {
-    let (truth, truth_port) = start_chat_api(bins, db, "none", None)?;
+    let (truth, truth_port) = start_chat_api(bins, db, CacheBackend::None, None)?;
     let mut compare = Command::new(&bins.bench);
     compare
         .args(["--url", &format!("http://127.0.0.1:{port}"), "compare"])
@@ -384,7 +402,7 @@ fn compare_with_database(bins: &Bins, db: &Path, port: u16, dataset: &Path) -> a
     outcome
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -411,31 +429,128 @@ fn machine() -> String {
     )
 }
 
-fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(project_root())
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned())
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
+pub(crate) fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The short commit hash, marked when the working tree has uncommitted changes (the numbers
+/// then belong to no commit).
+pub(crate) fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(project_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let Some(hash) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.trim().is_empty());
+    format!(
+        "{}{}",
+        hash.trim(),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `cargo xtask outage [--scenario NAME]`: the outage scenarios (or those whose name contains
+/// NAME) on debug builds.
+pub(crate) fn outage(args: &[String]) -> anyhow::Result<()> {
+    let mut settings = Settings::outage_check();
+    match args {
+        [] => {}
+        [flag, name] if flag == "--scenario" => {
+            settings.scenarios = vec![format!("outage-{name}")];
+        }
+        _ => anyhow::bail!("usage: cargo xtask outage [--scenario tiered|upstash]"),
+    }
+    run(&settings)
+}
+
+/// What [`seed`] made: the database every scenario copies and what `chat-bench` knows of it.
+struct Seeded {
+    db: PathBuf,
+    dataset: PathBuf,
+    /// The size of the busiest channel's latest page, for the bare handler.
+    page_bytes: usize,
+}
+
+/// Runs the selected scenarios and writes the report; fails on the first failing scenario.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
-    let out = crate::util::target_dir().join(settings.out_dir);
+    let selected = select(settings)?;
+    let out = target_dir().join(settings.out_dir);
     let scenarios_dir = out.join("scenarios");
     let _ = std::fs::remove_dir_all(&scenarios_dir);
     std::fs::create_dir_all(out.join("db"))?;
     std::fs::create_dir_all(&scenarios_dir)?;
 
-    eprintln!("==> building {} binaries", settings.profile);
-    let release = settings.profile == "release";
+    let bins = build(settings.profile)?;
+    let seeded = seed(&bins, settings, &out)?;
+    // Shared by the scenarios that do not break it; flushed before each.
+    let mut shared_redis: Option<RedisServer> = None;
+    for (i, scenario) in selected.iter().enumerate() {
+        eprintln!(
+            "==> scenario {}/{}: {}",
+            i + 1,
+            selected.len(),
+            scenario.name
+        );
+        run_scenario(settings, &bins, &out, &seeded, &mut shared_redis, scenario)
+            .with_context(|| format!("scenario {}", scenario.name))?;
+    }
+    drop(shared_redis);
+    report(&bins, settings, &out)
+}
+
+fn select(settings: &Settings) -> anyhow::Result<Vec<&'static Scenario>> {
+    let selected: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| {
+            settings.scenarios.is_empty() || settings.scenarios.iter().any(|n| s.name.contains(n))
+        })
+        .collect();
+    anyhow::ensure!(
+        !selected.is_empty(),
+        "no scenario matches {:?}",
+        settings.scenarios
+    );
+    Ok(selected)
+}
+
+fn build(profile: Profile) -> anyhow::Result<Bins> {
+    eprintln!("==> building {} binaries", profile.dir());
     let mut build = cargo();
-    build.args([
-        "build",
-        "--profile",
-        if release { "release" } else { "dev" },
-    ]);
+    build.args(["build", "--profile"]).arg(match profile {
+        Profile::Release => "release",
+        Profile::Debug => "dev",
+    });
     build.args([
         "-p",
         "chat-api",
@@ -445,7 +560,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         "chat-bench",
     ]);
     run_cmd(build)?;
-    if release {
+    if profile == Profile::Release {
         let mut build = cargo();
         build.args([
             "build",
@@ -457,162 +572,220 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         ]);
         run_cmd(build)?;
     }
-    let bin_dir = crate::util::target_dir().join(settings.profile);
-    let bins = Bins {
+    let bin_dir = target_dir().join(profile.dir());
+    Ok(Bins {
         chat_api: bin_dir.join("chat-api"),
         bare_page: bin_dir.join("examples/bare_page"),
         gateway: bin_dir.join("upstash-gateway"),
         bench: bin_dir.join("chat-bench"),
+    })
+}
+
+/// Seeds the dataset once through the API (`chat-bench seed`); every scenario starts from a copy.
+fn seed(bins: &Bins, settings: &Settings, out: &Path) -> anyhow::Result<Seeded> {
+    let db = out.join("db/seed.db");
+    remove_db(&db);
+    let dataset = out.join("dataset.json");
+    eprintln!("==> seeding: {}", settings.describe());
+    let (api, port) = start_chat_api(bins, &db, CacheBackend::Memory, None)?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut seed = Command::new(&bins.bench);
+    seed.args(["--url", &url, "seed"])
+        .args(["--users", &settings.users.to_string()])
+        .args(["--channels", &settings.channels.to_string()])
+        .args(["--per-user", &settings.per_user.to_string()])
+        .args(["--messages", &settings.messages.to_string()])
+        .arg("--out")
+        .arg(&dataset);
+    run_cmd(seed)?;
+    let output = Command::new(&bins.bench)
+        .args(["--url", &url, "page-size", "--dataset"])
+        .arg(&dataset)
+        .output()
+        .context("measuring the latest page")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "chat-bench page-size failed with {}",
+        output.status
+    );
+    let page_bytes = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("chat-bench page-size printed no byte count")?;
+    eprintln!("    latest page of the busiest channel: {page_bytes} bytes");
+    api.stop();
+    Ok(Seeded {
+        db,
+        dataset,
+        page_bytes,
+    })
+}
+
+/// Runs one scenario on a fresh copy of the seeded database; its summary lands in
+/// `<out>/scenarios/<name>.json`.
+fn run_scenario(
+    settings: &Settings,
+    bins: &Bins,
+    out: &Path,
+    seeded: &Seeded,
+    shared_redis: &mut Option<RedisServer>,
+    scenario: &Scenario,
+) -> anyhow::Result<()> {
+    let db = out.join(format!("db/{}.db", scenario.name));
+    copy_db(&seeded.db, &db)?;
+    // The outage scenarios kill their Redis, so each gets its own, persistent one.
+    let mut own_redis = None;
+    let redis = if scenario.kind == Kind::Outage {
+        own_redis.insert(RedisServer::persistent(
+            &out.join("redis").join(scenario.name),
+        )?)
+    } else {
+        let redis = match shared_redis {
+            Some(redis) => redis,
+            None => shared_redis.insert(RedisServer::ephemeral()?),
+        };
+        redis.command(&["FLUSHALL"])?;
+        redis
+    };
+    let gateway = scenario
+        .backend
+        .needs_gateway()
+        .then(|| start_gateway(bins, redis, scenario.latency_ms))
+        .transpose()?;
+    let gateway_port = gateway.as_ref().map(|g| g.1);
+    let (server, port) = match scenario.backend {
+        Backend::ChatApi(cache) => start_chat_api(bins, &db, cache, gateway_port)?,
+        Backend::BareAxum => start_bare_page(bins, seeded.page_bytes)?,
+        Backend::Original | Backend::OriginalUpstash => start_original(&db, gateway_port)?,
     };
 
-    ensure_redis_server()?;
-    let redis_port = free_port()?;
-    let mut redis = Redis::start(redis_port)?;
-
-    // Seed once; every scenario starts from a copy.
-    let seed_db = out.join("db/seed.db");
-    remove_db(&seed_db);
-    let dataset = out.join("dataset.json");
-    let page_bytes: usize;
-    eprintln!("==> seeding: {}", settings.describe());
-    {
-        let (api, port) = start_chat_api(&bins, &seed_db, "memory", None)?;
-        let mut seed = Command::new(&bins.bench);
-        seed.args(["--url", &format!("http://127.0.0.1:{port}"), "seed"])
-            .args(["--users", &settings.users.to_string()])
-            .args(["--channels", &settings.channels.to_string()])
-            .args(["--per-user", &settings.per_user.to_string()])
-            .args(["--messages", &settings.messages.to_string()])
-            .arg("--out")
-            .arg(&dataset);
-        run_cmd(seed)?;
-        let output = Command::new(&bins.bench)
-            .args([
-                "--url",
-                &format!("http://127.0.0.1:{port}"),
-                "page-size",
-                "--dataset",
-            ])
-            .arg(&dataset)
-            .output()
-            .context("measuring the latest page")?;
-        page_bytes = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(12_000);
-        eprintln!("    latest page of the busiest channel: {page_bytes} bytes");
-        api.stop();
+    let bench = bench_command(settings, bins, out, seeded, scenario, port);
+    if scenario.kind == Kind::Outage {
+        outage_under_load(bench, redis, settings.duration_secs)?;
+        compare_with_database(bins, &db, port, &seeded.dataset)?;
+    } else {
+        run_cmd(bench)?;
     }
+    server.stop();
+    if let Some((gateway, _)) = gateway {
+        gateway.stop();
+    }
+    drop(own_redis);
+    Ok(())
+}
 
-    let selected: Vec<&Scenario> = SCENARIOS
-        .iter()
-        .filter(|s| {
-            settings.scenarios.is_empty()
-                || settings
-                    .scenarios
-                    .iter()
-                    .any(|n| s.name.contains(n.as_str()))
-        })
-        .collect();
-    anyhow::ensure!(
-        !selected.is_empty(),
-        "no scenario matches {:?}",
-        settings.scenarios
-    );
-    for (i, scenario) in selected.iter().enumerate() {
-        eprintln!(
-            "==> scenario {}/{}: {}",
-            i + 1,
-            selected.len(),
-            scenario.name
-        );
-        if redis.process.is_none() {
-            redis = Redis::start(redis_port)?;
+/// The `chat-bench` command line of one scenario against the server on `port`.
+fn bench_command(
+    settings: &Settings,
+    bins: &Bins,
+    out: &Path,
+    seeded: &Seeded,
+    scenario: &Scenario,
+    port: u16,
+) -> Command {
+    let mut bench = Command::new(&bins.bench);
+    bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
+    let d = settings.duration_secs;
+    match scenario.kind {
+        Kind::Herd => {
+            bench.args(["herd", "--n", "1000"]);
         }
-        redis_command(redis.port, &["FLUSHALL"])?;
-        let db = out.join(format!("db/{}.db", scenario.name));
-        copy_db(&seed_db, &db)?;
-        let needs_gateway = matches!(scenario.backend, "upstash" | "tiered" | "original-upstash");
-        let gateway = needs_gateway
-            .then(|| start_gateway(&bins, redis_port, scenario.latency_ms))
-            .transpose()?;
-        let (api, port) = if scenario.backend == "bare" {
-            start_bare_page(&bins, page_bytes)?
-        } else if scenario.backend.starts_with("original") {
-            start_original(&db, gateway.as_ref().map(|g| g.1))?
+        Kind::Open => {
+            bench.args(["run", "--rate", &settings.open_rate.to_string()]);
+        }
+        Kind::Closed | Kind::Outage => {
+            bench.args(["run", "--connections", &settings.connections.to_string()]);
+        }
+    }
+    if let Some(op) = scenario.only {
+        bench.args(["--only", op]);
+    }
+    if scenario.kind != Kind::Herd {
+        let duration = if scenario.kind == Kind::Outage {
+            3 * d
         } else {
-            start_chat_api(&bins, &db, scenario.backend, gateway.as_ref().map(|g| g.1))?
+            d
         };
-        let summary = scenarios_dir.join(format!("{}.json", scenario.name));
-        let mut bench = Command::new(&bins.bench);
-        bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
-        match scenario.kind {
-            Kind::Herd => {
-                bench.args(["herd", "--n", "1000"]);
-            }
-            Kind::Open => {
-                bench.args(["run", "--rate", &settings.open_rate.to_string()]);
-            }
-            Kind::Closed | Kind::Outage => {
-                bench.args(["run", "--connections", &settings.connections.to_string()]);
-            }
-        }
-        if let Some(op) = scenario.only {
-            bench.args(["--only", op]);
-        }
-        if scenario.kind != Kind::Herd {
-            bench
-                .args([
-                    "--duration",
-                    &format!(
-                        "{}s",
-                        settings.duration_secs * if scenario.kind == Kind::Outage { 3 } else { 1 }
-                    ),
-                ])
-                .args(["--scenario", scenario.name]);
-        }
         bench
-            .arg("--dataset")
-            .arg(&dataset)
-            .arg("--out")
-            .arg(&summary);
-        if scenario.kind == Kind::Outage {
-            // Kill redis-server a third of the way in, bring it back at two thirds; check every
-            // latest-page read against the acknowledged posts, and fail on any stale read or
-            // failed request.
-            let d = settings.duration_secs;
-            bench.args(["--check", "--outage", &format!("{d}..{}", 2 * d)]);
-            let mut child = bench.spawn().context("starting chat-bench")?;
-            let third = Duration::from_secs(settings.duration_secs);
-            thread::sleep(third);
-            eprintln!("    killing redis-server (kill -9)");
-            redis.kill();
-            thread::sleep(third);
-            eprintln!("    restarting redis-server");
-            redis = Redis::start(redis_port)?;
-            let status = child.wait()?;
-            anyhow::ensure!(status.success(), "chat-bench failed in {}", scenario.name);
-            compare_with_database(&bins, &db, port, &dataset)?;
-        } else {
-            run_cmd(bench)?;
-        }
-        api.stop();
-        if let Some((gateway, _)) = gateway {
-            gateway.stop();
-        }
+            .args(["--duration", &format!("{duration}s")])
+            .args(["--scenario", scenario.name]);
     }
-    drop(redis);
+    bench
+        .arg("--dataset")
+        .arg(&seeded.dataset)
+        .arg("--out")
+        .arg(
+            out.join("scenarios")
+                .join(format!("{}.json", scenario.name)),
+        );
 
+    if scenario.kind == Kind::Outage {
+        // `--check` holds every latest-page read to the posts acknowledged before it was sent
+        // and fails on any stale read or failed request.
+        bench.args(["--check", "--outage", &format!("{d}..{}", 2 * d)]);
+    }
+    bench
+}
+
+/// Runs `bench` (3 × `d` seconds) with `redis` killed (`kill -9`) after `d` seconds and restarted
+/// with its data after `2 d`; fails if chat-bench does.
+fn outage_under_load(mut bench: Command, redis: &mut RedisServer, d: u64) -> anyhow::Result<()> {
+    eprintln!("$ {bench:?}");
+    let mut child = Process::spawn("chat-bench", &mut bench)?;
+    // Fault injection on a schedule, not synchronisation: the window is the run's.
+    thread::sleep(Duration::from_secs(d));
+    eprintln!("    killing redis-server (kill -9; its data stays on disk)");
+    redis.kill();
+    thread::sleep(Duration::from_secs(d));
+    eprintln!("    restarting redis-server with its data");
+    redis.restart()?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "chat-bench run --check failed ({status})");
+    Ok(())
+}
+
+/// `chat-bench report`: the tables of this run, headed by machine, commit, date and settings.
+fn report(bins: &Bins, settings: &Settings, out: &Path) -> anyhow::Result<()> {
     let mut report = Command::new(&bins.bench);
-    report.args(["report", "--dir"]).arg(&out).args([
+    report.args(["report", "--dir"]).arg(out).args([
         "--machine",
         &machine(),
         "--commit",
         &commit(),
+        "--date",
+        &today(),
         "--settings",
         &settings.describe(),
     ]);
     run_cmd(report)?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
+    }
+
+    #[test]
+    fn scenario_names_are_unique_and_outage_scenarios_use_redis() {
+        let mut names: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SCENARIOS.len());
+        let outage = Settings::outage_check();
+        let selected = select(&outage).expect("outage scenarios");
+        assert_eq!(selected.len(), 2);
+        assert!(
+            selected
+                .iter()
+                .all(|s| s.kind == Kind::Outage && s.backend.needs_gateway())
+        );
+    }
 }

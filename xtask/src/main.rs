@@ -23,13 +23,14 @@ const HELP: &str = "\
 cargo xtask <TASK> [ARGS]
 
 Tasks:
-  ci          fmt check, clippy -D warnings and the whole test suite (what CI runs)
   bench       criterion benches, then the end-to-end chat benchmark (report under target/bench);
               --quick, --scenario NAME, --criterion-only, --e2e-only
   conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
   api-fuzz    schemathesis against chat-api's OpenAPI document (fuzz/api); --time SECS, --no-build
-  outage      R1: Redis killed under load in tiered and upstash mode, every read checked against
-              the acknowledged writes and the database (debug builds; report under target/outage)
+  outage      Redis killed under load (and restarted with its data) in tiered and upstash mode,
+              every read checked against the acknowledged writes and the database (debug builds;
+              report under target/outage); --scenario tiered|upstash runs one mode
+  ci          the one list of CI checks (--list prints it; --tests-only skips fmt and clippy)
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
   setup-env   write .env.local with Upstash (or local gateway) credentials, checked by PING
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
         Some("conformance") => conformance::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("api-fuzz") => api_fuzz::run(&rest),
-        Some("outage") => e2e::run(&e2e::Settings::outage_check()),
+        Some("outage") => e2e::outage(&rest),
         Some("setup-env") => setup_env::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");

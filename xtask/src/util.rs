@@ -1,4 +1,5 @@
-//! Helpers shared by the tasks: the project root, running commands, child processes and ports.
+//! Helpers shared by the tasks: the project root, running commands, child processes, ports and
+//! the one way every task starts `redis-server`.
 
 use std::{
     io::{Read, Write},
@@ -69,6 +70,13 @@ impl Process {
         Ok(Process { name, child })
     }
 
+    /// Waits until the process exits.
+    pub(crate) fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.name))
+    }
+
     /// SIGTERM, then wait (a graceful shutdown flushes SQLite).
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
@@ -89,6 +97,128 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `redis-server` binary: `$REDIS_SERVER` if set, else `redis-server` on `PATH`.
+pub(crate) fn redis_server_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REDIS_SERVER") {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "REDIS_SERVER={} is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(format!("redis-server{}", std::env::consts::EXE_SUFFIX)))
+                .find(|p| p.is_file())
+        })
+        .context(
+            "redis-server not found on PATH: install it (Debian/Ubuntu: apt-get install \
+             redis-server; macOS: brew install redis) or set REDIS_SERVER=/path/to/redis-server",
+        )
+}
+
+/// A private `redis-server` on a loopback port, killed (`SIGKILL`) when dropped.
+///
+/// [`RedisServer::persistent`] keeps its data on disk (append-only file, fsync on every write),
+/// so after [`RedisServer::kill`] and [`RedisServer::restart`] it holds what it held before the
+/// crash: an outage check on it cannot pass because Redis came back empty.
+pub(crate) struct RedisServer {
+    bin: PathBuf,
+    port: u16,
+    /// The data directory of a persistent server.
+    data_dir: Option<PathBuf>,
+    process: Option<Process>,
+}
+
+impl RedisServer {
+    /// A server without persistence on a free port.
+    pub(crate) fn ephemeral() -> anyhow::Result<Self> {
+        Self::start(free_port()?, None)
+    }
+
+    /// A server on a free port that keeps its data in `data_dir` (emptied first) across restarts.
+    pub(crate) fn persistent(data_dir: &Path) -> anyhow::Result<Self> {
+        let _ = std::fs::remove_dir_all(data_dir);
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        Self::start(free_port()?, Some(data_dir.to_path_buf()))
+    }
+
+    fn start(port: u16, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut server = RedisServer {
+            bin: redis_server_bin()?,
+            port,
+            data_dir,
+            process: None,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`: no shutdown, no final save.
+    pub(crate) fn kill(&mut self) {
+        self.process.take();
+    }
+
+    /// Starts the server (again) on its port, with its data directory if persistent, and waits
+    /// until it answers `PING` (after loading its data).
+    pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.take();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .stdout(Stdio::null());
+        match &self.data_dir {
+            Some(dir) => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                    .arg(dir);
+            }
+            None => {
+                cmd.args(["--appendonly", "no", "--dir"])
+                    .arg(std::env::temp_dir());
+            }
+        }
+        self.process = Some(Process::spawn("redis-server", &mut cmd)?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.command(&["PING"]).is_err() {
+            if Instant::now() >= deadline {
+                bail!("redis-server did not answer PING on port {}", self.port);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Sends one command; returns the start of the reply (up to 64 bytes), or fails on an error
+    /// reply.
+    pub(crate) fn command(&self, parts: &[&str]) -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut msg = format!("*{}\r\n", parts.len());
+        for p in parts {
+            msg.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+        }
+        stream.write_all(msg.as_bytes())?;
+        let mut reply = [0u8; 64];
+        let n = stream.read(&mut reply)?;
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        anyhow::ensure!(n > 0 && !reply.starts_with('-'), "redis answered {reply:?}");
+        Ok(reply)
     }
 }
 
@@ -225,4 +355,38 @@ pub(crate) fn summarize(
         bail!("{failed} of {} {what} failed", outcomes.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the outage check relies on: a persistent server comes back from `kill -9` with its
+    /// data, an ephemeral one empty.
+    #[test]
+    fn a_persistent_redis_keeps_its_data_across_kill_and_restart() {
+        let dir = target_dir()
+            .join("xtask-tests")
+            .join(format!("redis-{}", std::process::id()));
+        let mut persistent = RedisServer::persistent(&dir).expect("redis-server");
+        let mut ephemeral = RedisServer::ephemeral().expect("redis-server");
+        for redis in [&persistent, &ephemeral] {
+            assert_eq!(
+                redis.command(&["SET", "page", "cached"]).unwrap(),
+                "+OK\r\n"
+            );
+        }
+        for redis in [&mut persistent, &mut ephemeral] {
+            redis.kill();
+            assert!(redis.command(&["PING"]).is_err(), "killed");
+            redis.restart().expect("restart");
+        }
+        assert_eq!(
+            persistent.command(&["GET", "page"]).unwrap(),
+            "$6\r\ncached\r\n"
+        );
+        assert_eq!(ephemeral.command(&["GET", "page"]).unwrap(), "$-1\r\n");
+        drop(persistent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,4 +1,5 @@
-//! The stale-read checker of `chat-bench run --check` (SPEC R1).
+//! The stale-read checker of `chat-bench run --check`: with Redis killed under load and brought
+//! back, no read may miss a write that was acknowledged before the read was sent.
 //!
 //! Every post answered 201 is recorded with the moment its answer arrived. Every latest-page read
 //! sent after that moment must show the post: its id is on the page, or the page is full of newer
@@ -33,6 +34,7 @@ pub(crate) struct Checker {
     pages_by_etag: Mutex<HashMap<String, Arc<Vec<String>>>>,
     acknowledged: AtomicU64,
     checked: AtomicU64,
+    held: AtomicU64,
     stale: AtomicU64,
     examples: Mutex<Vec<String>>,
 }
@@ -42,6 +44,9 @@ pub(crate) struct Checker {
 pub(crate) struct CheckSummary {
     pub(crate) acknowledged_posts: u64,
     pub(crate) checked_reads: u64,
+    /// Reads sent after at least one acknowledged post to their channel: the ones that could
+    /// have been stale.
+    pub(crate) held_reads: u64,
     pub(crate) stale_reads: u64,
     pub(crate) examples: Vec<String>,
 }
@@ -93,6 +98,9 @@ impl Checker {
             let Some(log) = acked.get(&channel) else {
                 return;
             };
+            if log.iter().any(|(at, _)| *at < sent) {
+                self.held.fetch_add(1, Ordering::Relaxed);
+            }
             log.iter()
                 .filter(|(at, _)| *at < sent)
                 .find(|(_, id)| !is_visible(id, ids, limit))
@@ -116,9 +124,30 @@ impl Checker {
         CheckSummary {
             acknowledged_posts: self.acknowledged.load(Ordering::Relaxed),
             checked_reads: self.checked.load(Ordering::Relaxed),
+            held_reads: self.held.load(Ordering::Relaxed),
             stale_reads: self.stale.load(Ordering::Relaxed),
             examples: self.examples.lock().expect("checker lock").clone(),
         }
+    }
+}
+
+impl CheckSummary {
+    /// Fails on any stale read or failed request, and when no read was held to an acknowledged
+    /// post: such a run could not have seen a stale read, so it proves nothing.
+    pub(crate) fn verdict(&self, failed_requests: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.stale_reads == 0 && failed_requests == 0,
+            "{} stale reads, {failed_requests} failed requests",
+            self.stale_reads
+        );
+        anyhow::ensure!(
+            self.held_reads > 0,
+            "no latest-page read was sent after an acknowledged post to its channel \
+             ({} reads checked, {} posts acknowledged): the check proved nothing",
+            self.checked_reads,
+            self.acknowledged_posts
+        );
+        Ok(())
     }
 }
 
@@ -159,6 +188,24 @@ mod tests {
         checker.check_latest_page(1, t0, &ids(&["A"]), 50, "200");
         assert_eq!(checker.summary().stale_reads, 0);
         assert_eq!(checker.summary().checked_reads, 1);
+        assert_eq!(checker.summary().held_reads, 0);
+    }
+
+    #[test]
+    fn a_run_that_held_no_read_to_a_post_fails_its_verdict() {
+        let checker = Checker::default();
+        let t0 = Instant::now();
+        checker.check_latest_page(1, t0, &ids(&["A"]), 50, "200");
+        assert!(checker.summary().verdict(0).is_err());
+        checker.acknowledged(1, "B".into(), t0);
+        let later = t0 + Duration::from_millis(1);
+        checker.check_latest_page(1, later, &ids(&["B", "A"]), 50, "200");
+        let summary = checker.summary();
+        assert_eq!(summary.held_reads, 1);
+        assert!(summary.verdict(0).is_ok());
+        assert!(summary.verdict(1).is_err());
+        checker.check_latest_page(1, later, &ids(&["A"]), 50, "200");
+        assert!(checker.summary().verdict(0).is_err());
     }
 
     #[test]

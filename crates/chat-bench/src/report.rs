@@ -21,6 +21,9 @@ pub(crate) struct ReportArgs {
     /// The commit measured.
     #[arg(long, default_value = "unknown")]
     commit: String,
+    /// The date of the run (`YYYY-MM-DD`).
+    #[arg(long, default_value = "unknown")]
+    date: String,
     /// The settings (dataset, durations, connections), recorded next to the numbers.
     #[arg(long, default_value = "")]
     settings: String,
@@ -87,8 +90,8 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
     let _ = writeln!(md, "# chat-api benchmark report\n");
     let _ = writeln!(
         md,
-        "- machine: {}\n- commit: {}\n- settings: {}\n",
-        args.machine, args.commit, args.settings
+        "- machine: {}\n- commit: {}\n- date: {}\n- settings: {}\n",
+        args.machine, args.commit, args.date, args.settings
     );
     let _ = writeln!(
         md,
@@ -126,7 +129,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         .filter(|r| r.summary.get("callers").is_some())
         .collect();
     if !herds.is_empty() {
-        let _ = writeln!(md, "\n## Thundering herd (P7)\n");
+        let _ = writeln!(md, "\n## Thundering herd\n");
         let _ = writeln!(
             md,
             "| scenario | concurrent requests | database queries | p50 ms | p99 ms | errors |"
@@ -151,25 +154,27 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         .filter(|r| r.summary.get("outage").is_some() || r.summary.get("check").is_some())
         .collect();
     if !outages.is_empty() {
-        let _ = writeln!(md, "\n## Redis outage (R1)\n");
+        let _ = writeln!(md, "\n## Redis outage\n");
         let _ = writeln!(
             md,
-            "redis-server is killed (`kill -9`) at the start of the window and restarted at its end. \
-             Window latencies are of requests sent in it; stale reads are latest-page reads that miss \
-             a post acknowledged before they were sent.\n"
+            "redis-server, persisting every write, is killed (`kill -9`) at the start of the window \
+             and restarted with its data at its end, so pages cached before the outage are still in \
+             it. Window latencies are of requests sent in it; stale reads are latest-page reads that \
+             miss a post acknowledged before they were sent, of the reads sent after a post to \
+             their channel.\n"
         );
         let _ = writeln!(
             md,
-            "| scenario | window s | requests in window | p50 ms | p99 ms | max ms | failed (whole run) | acknowledged posts | checked reads | stale reads |"
+            "| scenario | window s | requests in window | p50 ms | p99 ms | max ms | failed (whole run) | acknowledged posts | checked reads | reads after a post | stale reads |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for row in outages {
             let s = &row.summary;
             let w = &s["outage"];
             let c = &s["check"];
             let _ = writeln!(
                 md,
-                "| {} | {}..{} | {} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {}..{} | {} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
                 row.name,
                 w["from_s"],
                 w["to_s"],
@@ -180,6 +185,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
                 s["total"]["errors"],
                 c["acknowledged_posts"],
                 c["checked_reads"],
+                c["held_reads"],
                 c["stale_reads"],
             );
         }
@@ -193,6 +199,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
     let summary = json!({
         "machine": args.machine,
         "commit": args.commit,
+        "date": args.date,
         "settings": args.settings,
         "scenarios": rows.iter().map(|r| (r.name.clone(), r.summary.clone())).collect::<serde_json::Map<_, _>>(),
     });

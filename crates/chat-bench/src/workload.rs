@@ -374,13 +374,9 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
         for example in &check.examples {
             eprintln!("    stale: {example}");
         }
-        anyhow::ensure!(
-            check.stale_reads == 0 && summary.total.errors == 0,
-            "{}: {} stale reads, {} failed requests",
-            args.scenario,
-            check.stale_reads,
-            summary.total.errors
-        );
+        check
+            .verdict(summary.total.errors)
+            .map_err(|err| err.context(format!("{}: the check failed", args.scenario)))?;
     }
     Ok(())
 }
