@@ -98,10 +98,7 @@ impl TestDb {
                                 "PostgreSQL is required under CI=true but unreachable at TEST_DATABASE_URL: {err}"
                             );
                         }
-                        eprintln!(
-                            "\n!!!!!!!! SKIPPED: PostgreSQL unreachable ({err}); set TEST_DATABASE_URL \
-                             (default {DEFAULT_PG}) to run the PostgreSQL variant !!!!!!!!\n"
-                        );
+                        announce_postgres_skip(&err);
                         return None;
                     }
                 };
@@ -118,6 +115,21 @@ impl TestDb {
             }
         }
     }
+}
+
+/// Says once per test run, on the real stderr, that the PostgreSQL variants are skipped:
+/// `eprintln!` inside a passing test is captured by the test harness and never shown.
+fn announce_postgres_skip(err: &sqlx::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!! SKIPPED: every PostgreSQL variant: PostgreSQL unreachable ({err}); set \
+             TEST_DATABASE_URL (default {DEFAULT_PG}) to run them, CI=true makes this a failure \
+             !!!!!!!!\n"
+        );
+    });
 }
 
 impl Drop for TestDb {
