@@ -93,25 +93,19 @@ fn dbsize(redis: &RedisServer) -> u64 {
         .unwrap_or_else(|| panic!("DBSIZE replied {text:?}"))
 }
 
-/// Redis partitioned away, then killed: no request fails, and once it is back no stale page
-/// appears, although the page cached before each outage is still in Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_survives_redis_outages_without_stale_reads() {
-    let gateway = TestGateway::start_on(RedisServer::start_persistent(), |builder| builder).await;
+/// An app in tiered mode behind a proxy in front of the gateway, with one message posted and its
+/// page cached in Redis. Returns the app, the proxy, the user, the channel and the message id.
+async fn tiered_app_with_a_cached_page(
+    gateway: &TestGateway,
+) -> (TestApp, TcpProxy, TestUser, String, String) {
     let proxy = TcpProxy::start(gateway.gateway().addr());
-    let app = app_at(proxy.url(), &gateway, CacheBackendKind::Tiered).await;
+    let app = app_at(proxy.url(), gateway, CacheBackendKind::Tiered).await;
     assert_eq!(app.state.cache().cache().backend().name(), "tiered");
     let ann = app.register("ann").await;
     let channel = app.create_channel(&ann, "general", "public").await;
     let first = app.post_message(&ann, &channel, "one").await;
-    read_for(
-        &app,
-        &ann,
-        &channel,
-        first["id"].as_str().unwrap(),
-        Duration::from_millis(300),
-    )
-    .await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    read_for(&app, &ann, &channel, &first, Duration::from_millis(300)).await;
     let health = app
         .call(axum::http::Method::GET, "/health", None, None)
         .await
@@ -121,10 +115,22 @@ async fn tiered_survives_redis_outages_without_stale_reads() {
         proxy.forwarded() > 0,
         "the app reaches L2 through the proxy"
     );
-    let cached = dbsize(gateway.redis());
-    assert!(cached > 0, "the first page is cached in Redis");
+    assert!(
+        dbsize(gateway.redis()) > 0,
+        "the first page is cached in Redis"
+    );
+    (app, proxy, ann, channel, first)
+}
 
-    // Partition: the invalidation of the post never reaches Redis, which keeps the old page.
+/// R1, partition: Redis cut off (every request to it lost, not delayed): no request fails, and
+/// once it is back no stale page appears, although the page cached before is still in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_survives_a_partition_without_stale_reads() {
+    let gateway = TestGateway::start().await;
+    let (app, proxy, ann, channel, _) = tiered_app_with_a_cached_page(&gateway).await;
+    let cached = dbsize(gateway.redis());
+
+    // The invalidation of the post never reaches Redis, which keeps the old page.
     proxy.partition();
     let second = app.post_message(&ann, &channel, "two").await;
     let second = second["id"].as_str().unwrap();
@@ -150,16 +156,25 @@ async fn tiered_survives_redis_outages_without_stale_reads() {
     let breaker = stats.breaker.expect("a tiered cache has a breaker");
     assert!(breaker.opened >= 1 && breaker.closed >= 1, "{breaker:?}");
     assert_eq!(stats.pending_invalidations, 0);
+    gateway.shutdown().await;
+}
 
-    // Killed Redis: writes and reads go on; it restarts with its data (the page with "two" on
-    // top), and still nothing stale is served.
+/// R1, crash: Redis killed, then restarted with its data (an append-only file): no request
+/// fails, and once it is back no stale page appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_survives_a_redis_restart_without_stale_reads() {
+    let gateway = TestGateway::start_on(RedisServer::start_persistent(), |builder| builder).await;
+    let (app, _proxy, ann, channel, _) = tiered_app_with_a_cached_page(&gateway).await;
+
     gateway.redis().kill();
-    let third = app.post_message(&ann, &channel, "three").await;
-    let third = third["id"].as_str().unwrap();
-    read_for(&app, &ann, &channel, third, Duration::from_secs(1)).await;
+    let second = app.post_message(&ann, &channel, "two").await;
+    let second = second["id"].as_str().unwrap();
+    read_for(&app, &ann, &channel, second, Duration::from_secs(1)).await;
     gateway.redis().restart();
     assert!(dbsize(gateway.redis()) > 0, "Redis kept its data");
-    read_for(&app, &ann, &channel, third, Duration::from_secs(6)).await;
+    // Long enough for L1 entries to expire and the breaker to probe L2 again (5 s).
+    read_for(&app, &ann, &channel, second, Duration::from_secs(7)).await;
+    assert_eq!(app.state.cache().cache().stats().pending_invalidations, 0);
     let metrics = app
         .call(axum::http::Method::GET, "/metrics", None, None)
         .await
