@@ -90,7 +90,12 @@ impl TestDb {
             }
             Db::Postgres => {
                 let admin = admin_url();
-                let pool = match sqlx::PgPool::connect(&admin).await {
+                // Not sqlx's 30 s default: an unreachable server is known well before that.
+                let pool = match sqlx::postgres::PgPoolOptions::new()
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect(&admin)
+                    .await
+                {
                     Ok(pool) => pool,
                     Err(err) => {
                         if std::env::var("CI").is_ok_and(|v| v == "true") {
