@@ -403,18 +403,76 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, FromArgMatches as _};
+
     use super::*;
+
+    /// Parses `args` as if the environment held exactly `env` (and nothing of the developer's
+    /// shell): every variable is dropped from the command, and the ones in `env` are passed as
+    /// flags ahead of `args`, which override them as a real flag overrides the environment.
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let mut command = Cli::command().args_override_self(true);
+        let mut argv = vec!["chat-api".to_owned()];
+        let vars: Vec<(clap::Id, String, String)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let var = arg.get_env()?.to_str()?.to_owned();
+                Some((arg.get_id().clone(), var, arg.get_long()?.to_owned()))
+            })
+            .collect();
+        for (id, var, long) in vars {
+            command = command.mut_arg(id, |arg| arg.env(None));
+            if let Some((_, value)) = env.iter().find(|(name, _)| *name == var) {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Cli::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
 
     #[test]
     fn defaults_match_the_contract() {
-        let cli = Cli::try_parse_from(["chat-api"]).unwrap();
-        // The environment of the test run may set variables; only check what it cannot change.
-        let config = cli.into_config(|_| None);
-        assert!(config.is_ok() || std::env::var_os("DATABASE_URL").is_some());
-        let config = Config::default();
+        let config = parse(&[], &[]).unwrap().into_config(|_| None).unwrap();
+        // `Config::default()` is what the command line gives with nothing set.
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
         assert_eq!(config.addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.cache_backend, CacheBackendKind::Auto);
         assert_eq!(config.database_kind().unwrap(), DatabaseKind::Sqlite);
         assert_eq!(config.sqlite_path().unwrap(), PathBuf::from("data/chat.db"));
+        assert!(!config.has_upstash_credentials());
+        let default = Config::default();
+        assert_eq!(
+            (config.l2_timeout, config.l1_max_ttl, config.messages_ttl),
+            (default.l2_timeout, default.l1_max_ttl, default.messages_ttl)
+        );
+    }
+
+    #[test]
+    fn variables_set_what_their_flags_set_and_flags_win() {
+        let env = [
+            ("DATABASE_URL", "postgres://u@db/chat"),
+            ("CACHE_BACKEND", "tiered"),
+            ("UPSTASH_REDIS_REST_URL", "http://upstash"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ];
+        let config = parse(&[], &env).unwrap().into_config(|_| None).unwrap();
+        assert_eq!(config.database_kind().unwrap(), DatabaseKind::Postgres);
+        assert_eq!(config.cache_backend, CacheBackendKind::Tiered);
+        assert!(config.has_upstash_credentials());
+        let config = parse(&["--cache-backend", "memory"], &env)
+            .unwrap()
+            .into_config(|_| None)
+            .unwrap();
+        assert_eq!(config.cache_backend, CacheBackendKind::Memory);
+        // Every flag has the variable of the same name.
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| !matches!(*l, "help" | "version")) else {
+                continue;
+            };
+            let expected = long.replace('-', "_").to_uppercase();
+            let var = arg.get_env().and_then(|v| v.to_str());
+            assert_eq!(var, Some(expected.as_str()), "--{long}");
+        }
     }
 
     #[test]
@@ -430,18 +488,19 @@ mod tests {
 
     #[test]
     fn kv_names_are_a_fallback() {
-        let cli = Cli::try_parse_from(["chat-api", "--database-url", "sqlite::memory:"]).unwrap();
-        let config = cli
-            .into_config(|name| match name {
-                "KV_REST_API_URL" => Some("http://kv".into()),
-                "KV_REST_API_TOKEN" => Some("t".into()),
-                _ => None,
-            })
-            .unwrap();
-        if std::env::var_os("UPSTASH_REDIS_REST_URL").is_none() {
-            assert_eq!(config.upstash_url.as_deref(), Some("http://kv"));
-        }
+        let kv = |name: &str| match name {
+            "KV_REST_API_URL" => Some("http://kv".into()),
+            "KV_REST_API_TOKEN" => Some("t".into()),
+            _ => None,
+        };
+        let cli = parse(&["--database-url", "sqlite::memory:"], &[]).unwrap();
+        let config = cli.into_config(kv).unwrap();
+        assert_eq!(config.upstash_url.as_deref(), Some("http://kv"));
+        assert_eq!(config.upstash_token.expose(), "t");
         assert!(config.sqlite_path().is_none());
+        let upstash = [("UPSTASH_REDIS_REST_URL", "http://upstash")];
+        let config = parse(&[], &upstash).unwrap().into_config(kv).unwrap();
+        assert_eq!(config.upstash_url.as_deref(), Some("http://upstash"));
     }
 
     #[test]

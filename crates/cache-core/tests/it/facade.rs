@@ -87,7 +87,7 @@ async fn single_flight_runs_the_loader_once_for_concurrent_callers() {
     assert_eq!(cache.loads_in_flight(), 0);
 }
 
-/// SPEC §3.4: reader misses and reads the old value; writer commits and invalidates; reader stores
+/// The stale-fill race: reader misses and reads the old value; writer commits and invalidates; reader stores
 /// the old value. The entry must not be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_fill_race_leaves_no_stale_entry() {

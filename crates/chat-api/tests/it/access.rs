@@ -1,4 +1,4 @@
-//! The access matrix (SPEC R5), generated from the router: every route of
+//! The access matrix, generated from the router: every route of
 //! [`api_route_table`] × (no token, bad token, non-member, member, owner, author), in a public
 //! and a private channel, on both databases. Only what is allowed succeeds; every refusal has the
 //! error shape and its stable code.

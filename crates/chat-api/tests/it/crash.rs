@@ -1,4 +1,4 @@
-//! R3 (SPEC §10): the real chat-api binary is killed with SIGKILL in the middle of a stream of
+//! Crash safety: the real chat-api binary is killed with SIGKILL in the middle of a stream of
 //! posts (and of reads of the latest page). After a restart on the same database, every message
 //! answered 201 is there exactly once, and retrying any post with its nonce (whether or not it was
 //! answered) never makes a duplicate.

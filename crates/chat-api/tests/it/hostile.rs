@@ -1,4 +1,4 @@
-//! Hostile input (SPEC R4): malformed ids, absurd limits, broken JSON, wrong content types,
+//! Hostile input: malformed ids, absurd limits, broken JSON, wrong content types,
 //! oversized bodies, control characters. Every answer is a 4xx with the error shape, never a 5xx.
 //! SQL-looking text is stored as text, and concurrent duplicate posts make one message.
 

@@ -1,4 +1,4 @@
-//! R6 (SPEC §10): the configured secrets — the Upstash token and users' bearer tokens — never
+//! Secrets: the configured secrets — the Upstash token and users' bearer tokens — never
 //! appear in the server's logs (at trace level), in error bodies, or in `/metrics`. Runs the real
 //! binary in tiered mode against a real redis-server behind upstash-gateway, and feeds it good,
 //! bad and broken credentials.

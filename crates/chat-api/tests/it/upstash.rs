@@ -1,16 +1,25 @@
 //! The Upstash and tiered backends behind a real `upstash-gateway` and `redis-server` (started by
-//! the gateway's test fixture on free ports): reads go through L2, and when Redis dies or hangs
-//! every request still succeeds, and after it returns no stale page is served (SPEC R1).
+//! the gateway's test fixture on free ports): reads go through L2, and when Redis is cut off or
+//! dies every request still succeeds, and after it returns no stale page is served.
+//!
+//! The outages keep Redis's data (a partition in front of the gateway, a Redis with an append-only
+//! file), so the page cached before the outage is still in L2 afterwards: only replaying the
+//! invalidations missed meanwhile keeps it from being served.
 
 use std::time::{Duration, Instant};
 
 use chat_api::config::{CacheBackendKind, SecretString};
-use upstash_gateway::testing::TestGateway;
+use upstash_gateway::testing::{RedisServer, TcpProxy, TestGateway};
 
 use crate::support::{Db, TestApp, TestUser, ids};
 
 async fn app_on(gateway: &TestGateway, kind: CacheBackendKind) -> TestApp {
-    let (url, token) = (gateway.url(), gateway.token().to_owned());
+    app_at(gateway.url(), gateway, kind).await
+}
+
+/// The app with its Upstash URL set to `url` (the gateway's, or a proxy's in front of it).
+async fn app_at(url: String, gateway: &TestGateway, kind: CacheBackendKind) -> TestApp {
+    let token = gateway.token().to_owned();
     TestApp::start_with(
         Db::Sqlite,
         move |c| chat_api::Config {
@@ -74,31 +83,55 @@ async fn the_upstash_backend_serves_pages_from_redis() {
     gateway.shutdown().await;
 }
 
-/// R1: Redis killed, then hung: no request fails, and once it is back no stale page appears.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_survives_redis_outages_without_stale_reads() {
-    let gateway = TestGateway::start().await;
-    let app = app_on(&gateway, CacheBackendKind::Tiered).await;
+/// The number of keys in Redis.
+fn dbsize(redis: &RedisServer) -> u64 {
+    let reply = redis.raw_command(&[b"DBSIZE"]);
+    let text = String::from_utf8_lossy(&reply);
+    text.trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("DBSIZE replied {text:?}"))
+}
+
+/// An app in tiered mode behind a proxy in front of the gateway, with one message posted and its
+/// page cached in Redis. Returns the app, the proxy, the user, the channel and the message id.
+async fn tiered_app_with_a_cached_page(
+    gateway: &TestGateway,
+) -> (TestApp, TcpProxy, TestUser, String, String) {
+    let proxy = TcpProxy::start(gateway.gateway().addr());
+    let app = app_at(proxy.url(), gateway, CacheBackendKind::Tiered).await;
     assert_eq!(app.state.cache().cache().backend().name(), "tiered");
     let ann = app.register("ann").await;
     let channel = app.create_channel(&ann, "general", "public").await;
     let first = app.post_message(&ann, &channel, "one").await;
-    read_for(
-        &app,
-        &ann,
-        &channel,
-        first["id"].as_str().unwrap(),
-        Duration::from_millis(300),
-    )
-    .await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    read_for(&app, &ann, &channel, &first, Duration::from_millis(300)).await;
     let health = app
         .call(axum::http::Method::GET, "/health", None, None)
         .await
         .expect(200);
     assert_eq!(health.body["cache"]["breaker"], "closed");
+    assert!(
+        proxy.forwarded() > 0,
+        "the app reaches L2 through the proxy"
+    );
+    assert!(
+        dbsize(gateway.redis()) > 0,
+        "the first page is cached in Redis"
+    );
+    (app, proxy, ann, channel, first)
+}
 
-    // Hung Redis: the page cached in L2 before the hang must not come back after it.
-    gateway.redis().freeze();
+/// R1, partition: Redis cut off (every request to it lost, not delayed): no request fails, and
+/// once it is back no stale page appears, although the page cached before is still in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_survives_a_partition_without_stale_reads() {
+    let gateway = TestGateway::start().await;
+    let (app, proxy, ann, channel, _) = tiered_app_with_a_cached_page(&gateway).await;
+    let cached = dbsize(gateway.redis());
+
+    // The invalidation of the post never reaches Redis, which keeps the old page.
+    proxy.partition();
     let second = app.post_message(&ann, &channel, "two").await;
     let second = second["id"].as_str().unwrap();
     read_for(&app, &ann, &channel, second, Duration::from_secs(2)).await;
@@ -107,21 +140,41 @@ async fn tiered_survives_redis_outages_without_stale_reads() {
         .await
         .expect(200);
     assert_eq!(health.body["status"], "degraded");
-    gateway.redis().thaw();
+    assert!(
+        app.state.cache().cache().stats().pending_invalidations > 0,
+        "the missed invalidation is remembered"
+    );
+    assert_eq!(
+        dbsize(gateway.redis()),
+        cached,
+        "Redis saw nothing meanwhile"
+    );
+    proxy.heal();
     // Long enough for L1 entries to expire and the breaker to probe L2 again (5 s).
     read_for(&app, &ann, &channel, second, Duration::from_secs(7)).await;
     let stats = app.state.cache().cache().stats();
     let breaker = stats.breaker.expect("a tiered cache has a breaker");
     assert!(breaker.opened >= 1 && breaker.closed >= 1, "{breaker:?}");
     assert_eq!(stats.pending_invalidations, 0);
+    gateway.shutdown().await;
+}
 
-    // Killed Redis: writes and reads go on; after the restart (empty) nothing stale either.
+/// R1, crash: Redis killed, then restarted with its data (an append-only file): no request
+/// fails, and once it is back no stale page appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_survives_a_redis_restart_without_stale_reads() {
+    let gateway = TestGateway::start_on(RedisServer::start_persistent(), |builder| builder).await;
+    let (app, _proxy, ann, channel, _) = tiered_app_with_a_cached_page(&gateway).await;
+
     gateway.redis().kill();
-    let third = app.post_message(&ann, &channel, "three").await;
-    let third = third["id"].as_str().unwrap();
-    read_for(&app, &ann, &channel, third, Duration::from_secs(1)).await;
+    let second = app.post_message(&ann, &channel, "two").await;
+    let second = second["id"].as_str().unwrap();
+    read_for(&app, &ann, &channel, second, Duration::from_secs(1)).await;
     gateway.redis().restart();
-    read_for(&app, &ann, &channel, third, Duration::from_secs(6)).await;
+    assert!(dbsize(gateway.redis()) > 0, "Redis kept its data");
+    // Long enough for L1 entries to expire and the breaker to probe L2 again (5 s).
+    read_for(&app, &ann, &channel, second, Duration::from_secs(7)).await;
+    assert_eq!(app.state.cache().cache().stats().pending_invalidations, 0);
     let metrics = app
         .call(axum::http::Method::GET, "/metrics", None, None)
         .await

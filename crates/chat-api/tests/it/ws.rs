@@ -233,7 +233,16 @@ async fn silent_clients_time_out_and_shutdown_closes_sessions() {
     // Not reading means not answering pings: closed after two silent intervals.
     let mut silent = connect(addr, Some(&ann.token), "").await;
     hello_and_ready(&mut silent).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.state.hub().sessions(), 1);
+    // Wait (without reading, which would answer the pings) until the server ends the session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.state.hub().sessions() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a silent client was never disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         next_close_code(&mut silent).await,
         chat_api::CLOSE_HEARTBEAT

@@ -1,9 +1,11 @@
-//! Redis going away under the gateway: clear errors, no hangs, recovery.
+//! Redis going away under the gateway: clear errors, no hangs, recovery. And the outage fixtures
+//! themselves: a persistent Redis keeps its data across a kill, a partition loses requests.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use upstash_gateway::testing::TestGateway;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use upstash_gateway::testing::{RedisServer, TcpProxy, TestGateway};
 
 use crate::client::{Client, send};
 
@@ -63,10 +65,18 @@ async fn redis_killed_mid_request_gives_a_clear_error_not_a_hang() {
     // A script that keeps Redis busy for seconds: the request is in flight when Redis dies.
     let busy = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
                 while true do t = redis.call('TIME'); if t[1] * 1000000 + t[2] - start > 5000000 then break end end; return 1";
+    // Redis answers BUSY to anything else while a script has run longer than this.
+    env.redis()
+        .raw_command(&[b"CONFIG", b"SET", b"busy-reply-threshold", b"20"]);
     let (addr, token) = (client.addr, client.token.clone());
     let request =
         tokio::spawn(async move { Client { addr, token }.cmd(json!(["EVAL", busy, 0])).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill only once the script runs (the request is in flight), not on a guess of when it does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.redis().raw_command(&[b"PING"]).starts_with(b"-BUSY") {
+        assert!(Instant::now() < deadline, "the script never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let killed_at = Instant::now();
     env.redis().kill();
     let response = request.await.unwrap();
@@ -122,5 +132,67 @@ async fn frozen_redis_times_out_with_504_and_recovers() {
         );
     }
     assert_eq!(client.ok(json!(["GET", "k"])).await, json!("v"));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_persistent_redis_keeps_its_data_across_a_kill() {
+    let env = TestGateway::start_on(RedisServer::start_persistent(), |builder| builder).await;
+    assert!(env.redis().is_persistent());
+    let client = Client::new(&env);
+    client.ok(json!(["SET", "k", "v"])).await;
+    env.redis().kill();
+    assert_eq!(client.cmd(json!(["GET", "k"])).await.status, 503);
+    env.redis().restart();
+    assert_eq!(client.ok(json!(["GET", "k"])).await, json!("v"));
+    env.shutdown().await;
+}
+
+/// Writes `command` (body form) through the proxy and returns whatever comes back within 500 ms:
+/// nothing, when the proxy is cut (writes may fail too: the proxy may have closed already).
+async fn send_through(proxy: &TcpProxy, token: &str, command: &serde_json::Value) -> Vec<u8> {
+    let body = command.to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("the proxy accepts connections");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read_to_end(&mut reply)).await;
+    reply
+}
+
+#[tokio::test]
+async fn a_partition_loses_requests_while_redis_keeps_its_data() {
+    let env = TestGateway::start().await;
+    let direct = Client::new(&env);
+    let proxy = TcpProxy::start(env.gateway().addr());
+    let through = Client {
+        addr: proxy.addr(),
+        token: env.token().to_owned(),
+    };
+    assert_eq!(through.ok(json!(["SET", "k", "v"])).await, json!("OK"));
+    assert_eq!(proxy.forwarded(), 1);
+
+    proxy.partition();
+    let reply = send_through(&proxy, env.token(), &json!(["SET", "k", "lost"])).await;
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+    proxy.refuse();
+    let reply = send_through(&proxy, env.token(), &json!(["SET", "k", "refused"])).await;
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(proxy.forwarded(), 1, "nothing went through");
+    assert_eq!(
+        direct.ok(json!(["GET", "k"])).await,
+        json!("v"),
+        "neither write reached Redis"
+    );
+
+    proxy.heal();
+    assert_eq!(through.ok(json!(["GET", "k"])).await, json!("v"));
+    assert_eq!(proxy.forwarded(), 2);
     env.shutdown().await;
 }
