@@ -50,7 +50,8 @@ function sqlitePath(url) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Metrics: the names chat-bench scrapes from chat-api's /metrics.
+// Metrics: chat-api's names, served as Prometheus text at /metrics and as chat-api's /stats
+// document at /stats (what chat-bench reads).
 
 const metrics = {
   dbQueries: new Map(), // op → count
@@ -576,6 +577,37 @@ app.get(
     res.status(dbOk ? 200 : 503).json(body);
   }),
 );
+
+// The same counts as chat-api's `/stats` document (version 1 of the `chat-stats` crate's types),
+// which is what chat-bench reads around each run. Fields chat-api has and this design does not
+// (breaker, lookups other than loads, …) are left out; readers default them.
+app.get("/stats", (req, res) => {
+  const byOp = Object.fromEntries([...metrics.dbQueries].sort());
+  const tier = (name) => ({
+    tier: name,
+    backend: name,
+    hits: metrics.hits[name],
+    misses: metrics.misses[name],
+    errors: name === "upstash" ? metrics.errors.upstash : 0,
+    ...(name === "upstash"
+      ? { requests: metrics.upstashRequests, commands: metrics.upstashCommands }
+      : { entries: cache.memoryCache.size }),
+  });
+  const responses = { "1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0 };
+  for (const [key, n] of metrics.responses) {
+    const status = key.split(" ")[2];
+    if (status in responses) responses[status] += n;
+  }
+  res.json({
+    version: 1,
+    cache: {
+      tiers: (cache.redis ? ["upstash", "memory"] : ["memory"]).map(tier),
+      lookups: { loads: metrics.loads },
+    },
+    db: { queries: Object.values(byOp).reduce((a, b) => a + b, 0), queries_by_op: byOp },
+    http: { responses },
+  });
+});
 
 app.get("/metrics", (req, res) => {
   const lines = [];
