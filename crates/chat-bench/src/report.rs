@@ -60,6 +60,16 @@ fn hit_ratios(server: &Delta) -> String {
     }
 }
 
+/// One of the server's counts, or "–" when the server could not be read (not a zero it never
+/// reported).
+fn measured_count(server: &Delta, count: impl Fn(&Delta) -> u64) -> String {
+    if server.measured {
+        count(server).to_string()
+    } else {
+        "–".to_owned()
+    }
+}
+
 pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
     let dir = args.dir.join("scenarios");
     let mut rows = Vec::new();
@@ -106,10 +116,17 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
         let total = &s["total"];
         let requests = f(&total["requests"]).max(1.0);
         let server = server_delta(s);
-        let per_k = |v: u64| v as f64 / requests * 1000.0;
+        // A server without a stats document (the bare handler) has no counts: "–", not 0.
+        let per_k = |v: u64| {
+            if server.measured {
+                format!("{:.1}", v as f64 / requests * 1000.0)
+            } else {
+                "–".to_owned()
+            }
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |",
             row.name,
             s["mode"].as_str().unwrap_or("?"),
             f(&total["rps"]),
@@ -142,7 +159,7 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
                 "| {} | {} | {} | {:.2} | {:.2} | {} |",
                 row.name,
                 s["callers"],
-                server_delta(s).db_queries,
+                measured_count(&server_delta(s), |d| d.db_queries),
                 f(&s["latency"]["p50_ms"]),
                 f(&s["latency"]["p99_ms"]),
                 s["latency"]["errors"],
@@ -319,4 +336,63 @@ fn throughput_svg(rows: &[&Row]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scenario whose server had no stats document (the bare handler, a server that could not be
+    /// read) shows "–" for every server count, never a zero it did not measure.
+    #[test]
+    fn unmeasured_server_counts_are_a_dash_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let scenarios = dir.path().join("scenarios");
+        std::fs::create_dir(&scenarios).unwrap();
+        let total = json!({"requests": 1000, "rps": 100.0, "p50_ms": 1.0, "p95_ms": 2.0,
+                           "p99_ms": 3.0, "max_ms": 4.0, "errors": 0});
+        let measured = Delta {
+            measured: true,
+            db_queries: 500,
+            ..Delta::default()
+        };
+        for (name, server) in [("a-measured", measured), ("b-unmeasured", Delta::default())] {
+            let summary = json!({"mode": "closed", "total": total, "server": server});
+            std::fs::write(scenarios.join(format!("{name}.json")), summary.to_string()).unwrap();
+        }
+        let herd = json!({"callers": 10, "latency": {"p50_ms": 1.0, "p99_ms": 2.0, "errors": 0},
+                          "server": Delta::default()});
+        std::fs::write(scenarios.join("c-herd.json"), herd.to_string()).unwrap();
+
+        write(&ReportArgs {
+            dir: dir.path().to_owned(),
+            machine: "test".into(),
+            commit: "test".into(),
+            date: "test".into(),
+            settings: String::new(),
+        })
+        .unwrap();
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        let row = |name: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {name} |")))
+                .unwrap_or_else(|| panic!("no row {name} in\n{md}"))
+                .to_owned()
+        };
+        assert!(
+            row("a-measured").ends_with("| 500.0 | 0.0 | 0.0 |"),
+            "{}",
+            row("a-measured")
+        );
+        assert!(
+            row("b-unmeasured").ends_with("| – | – | – | – |"),
+            "{}",
+            row("b-unmeasured")
+        );
+        assert!(
+            row("c-herd").starts_with("| c-herd | 10 | – |"),
+            "{}",
+            row("c-herd")
+        );
+    }
 }
