@@ -1,6 +1,6 @@
-// A re-creation of the ORIGINAL chat server design (../../shared/seed/original-summary.md):
+// A re-creation of the ORIGINAL chat server design, from its "Redis Implementation Summary":
 // Express 4, SQLite, and a `RedisCache` class over the official @upstash/redis SDK
-// (`Redis.fromEnv()`) with an in-memory `Map` fallback. It exists so SPEC §10 P3 (throughput and
+// (`Redis.fromEnv()`) with an in-memory `Map` fallback. It exists so the targets P3 (throughput and
 // p99 vs the original design) and P5 (Upstash commands per 1,000 requests vs the original design)
 // can be measured on the same machine, over the same SQLite file, with the same load generator
 // (crates/chat-bench). It speaks the subset of chat-api's HTTP contract that chat-bench uses.
@@ -21,7 +21,8 @@ import { Redis } from "@upstash/redis";
 import { monotonicFactory } from "ulid";
 
 // ---------------------------------------------------------------------------------------------
-// Config: the same variables as chat-api (SPEC §7.1); nothing else is required.
+// Config: the same variables as chat-api (CHAT_ADDR, DATABASE_URL, UPSTASH_REDIS_REST_URL/TOKEN);
+// nothing else is required.
 
 const CHAT_ADDR = process.env.CHAT_ADDR || "127.0.0.1:3000";
 const DATABASE_URL = process.env.DATABASE_URL || "sqlite://data/chat.db";
