@@ -42,17 +42,6 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-impl BreakerState {
-    /// `0` closed, `1` open, `2` half-open: the value of the Prometheus gauge.
-    pub fn as_gauge(self) -> u8 {
-        match self {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        }
-    }
-}
-
 #[derive(Debug)]
 enum State {
     Closed { failures: u32 },

@@ -164,29 +164,29 @@ impl Snapshot {
         queries: &QueryCounts,
         sessions: usize,
     ) -> Snapshot {
+        // Responses over every route, summed while the routes are read.
+        let mut responses = StatusClasses::default();
         let mut routes: Vec<RouteSnapshot> = http
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|((method, route), stats)| {
-                let mut responses = StatusClasses::default();
+                let mut route_responses = StatusClasses::default();
                 for (i, count) in (1u16..).zip(&stats.by_class) {
-                    responses.record(i * 100, count.load(Ordering::Relaxed));
+                    let count = count.load(Ordering::Relaxed);
+                    route_responses.record(i * 100, count);
+                    responses.record(i * 100, count);
                 }
                 RouteSnapshot {
                     method: method.to_string(),
                     route: route.clone(),
                     latency: stats.latency.snapshot(),
-                    responses,
+                    responses: route_responses,
                 }
             })
             .collect();
         routes.sort_by(|a, b| (&a.route, &a.method).cmp(&(&b.route, &b.method)));
-        let mut responses = StatusClasses::default();
-        for route in &routes {
-            responses = add_classes(responses, route.responses);
-        }
         let rate_limited = http
             .rate_limited
             .read()
@@ -236,16 +236,6 @@ impl Snapshot {
         // Writing into a String cannot fail; encoding our own names cannot either.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
-    }
-}
-
-fn add_classes(a: StatusClasses, b: StatusClasses) -> StatusClasses {
-    StatusClasses {
-        informational: a.informational.saturating_add(b.informational),
-        success: a.success.saturating_add(b.success),
-        redirection: a.redirection.saturating_add(b.redirection),
-        client_error: a.client_error.saturating_add(b.client_error),
-        server_error: a.server_error.saturating_add(b.server_error),
     }
 }
 

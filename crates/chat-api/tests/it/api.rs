@@ -529,14 +529,10 @@ async fn message_lifecycle(db: Db) {
 
 #[tokio::test]
 async fn registration_can_be_closed() {
-    let app = TestApp::start_with(
-        Db::Sqlite,
-        |c| chat_api::Config {
-            registration_open: false,
-            ..c
-        },
-        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
-    )
+    let app = TestApp::start_configured(Db::Sqlite, |c| chat_api::Config {
+        registration_open: false,
+        ..c
+    })
     .await
     .unwrap();
     app.call(

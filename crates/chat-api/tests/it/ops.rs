@@ -285,14 +285,10 @@ async fn requests_carry_an_id() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_headers() {
-    let app = TestApp::start_with(
-        Db::Sqlite,
-        |c| chat_api::Config {
-            rate_limit: true,
-            ..c
-        },
-        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
-    )
+    let app = TestApp::start_configured(Db::Sqlite, |c| chat_api::Config {
+        rate_limit: true,
+        ..c
+    })
     .await
     .unwrap();
     let ann = app.register("ann").await;
@@ -354,14 +350,10 @@ async fn rate_limits_answer_429_with_headers() {
 /// whose bucket the limiter cannot find, or finds wrong, fails here.
 #[tokio::test]
 async fn every_route_is_limited_by_the_bucket_its_table_row_declares() {
-    let app = TestApp::start_with(
-        Db::Sqlite,
-        |c| chat_api::Config {
-            rate_limit: true,
-            ..c
-        },
-        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
-    )
+    let app = TestApp::start_configured(Db::Sqlite, |c| chat_api::Config {
+        rate_limit: true,
+        ..c
+    })
     .await
     .unwrap();
     let ann = app.register("ann").await;

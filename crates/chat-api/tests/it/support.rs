@@ -253,7 +253,15 @@ pub(crate) fn test_config(url: &str) -> Config {
 impl TestApp {
     /// An app on `db` with the memory cache. `None` when the database is unavailable (skipped).
     pub(crate) async fn start(db: Db) -> Option<TestApp> {
-        TestApp::start_with(db, |c| c, |_| Arc::new(MemoryBackend::default())).await
+        TestApp::start_configured(db, |c| c).await
+    }
+
+    /// An app on `db` and the memory cache, with config adjusted by `configure`.
+    pub(crate) async fn start_configured(
+        db: Db,
+        configure: impl FnOnce(Config) -> Config,
+    ) -> Option<TestApp> {
+        TestApp::start_with(db, configure, |_| Arc::new(MemoryBackend::default())).await
     }
 
     /// An app on `db` with config and backend adjusted by the closures.

@@ -217,14 +217,10 @@ async fn sessions_authenticate_by_query_or_identify_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_time_out_and_shutdown_closes_sessions() {
-    let app = TestApp::start_with(
-        Db::Sqlite,
-        |c| chat_api::Config {
-            ws_heartbeat: Duration::from_millis(300),
-            ..c
-        },
-        |_| std::sync::Arc::new(cache_memory::MemoryBackend::default()),
-    )
+    let app = TestApp::start_configured(Db::Sqlite, |c| chat_api::Config {
+        ws_heartbeat: Duration::from_millis(300),
+        ..c
+    })
     .await
     .unwrap();
     let addr = serve(&app).await;
