@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod backplane;
 mod breaker;
 mod cache;
 pub mod codec;
@@ -63,6 +64,10 @@ mod time;
 pub mod testing;
 
 pub use backend::{CacheBackend, DynBackend};
+pub use backplane::{
+    AppMessage, Backplane, BackplaneConfig, BackplaneState, BackplaneStats, BackplaneTransport,
+    DynTransport, ENVELOPE_VERSION, LocalTransport, Notice, TransportEvent,
+};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{Cache, CacheConfig, CacheValue};
 pub use codec::{Codec, Compression};
@@ -73,4 +78,4 @@ pub use noop::NoopBackend;
 pub use policy::TtlPolicy;
 pub use stats::CacheStats;
 pub use tiered::{TieredBackend, TieredConfig};
-pub use time::{Clock, SystemClock, Timestamp};
+pub use time::{Clock, OffsetClock, SystemClock, Timestamp};

@@ -25,6 +25,8 @@ pub struct CacheStats {
     pub breaker: Option<BreakerStats>,
     /// Invalidations waiting to be replayed on L2.
     pub pending_invalidations: u64,
+    /// The backplane of a tiered cache that has one.
+    pub backplane: Option<crate::BackplaneStats>,
 }
 
 impl CacheStats {

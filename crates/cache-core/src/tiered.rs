@@ -48,6 +48,11 @@ pub struct TieredConfig {
     /// Most invalidations remembered during an L2 outage before falling back to invalidating the
     /// whole namespace on recovery (default 10,000).
     pub max_pending: usize,
+    /// Whether `set`/`set_many` are announced on the backplane, so other instances drop the key
+    /// from L1 (default true). An application whose only writes are tag invalidations, and whose
+    /// sets are fills of data read after them, turns this off and saves one published message per
+    /// fill.
+    pub announce_sets: bool,
 }
 
 impl Default for TieredConfig {
@@ -57,6 +62,7 @@ impl Default for TieredConfig {
             l1_max_ttl: Duration::from_secs(5),
             breaker: BreakerConfig::default(),
             max_pending: 10_000,
+            announce_sets: true,
         }
     }
 }
@@ -180,6 +186,14 @@ impl TieredBackend {
             replay_lock: tokio::sync::Mutex::new(()),
             counters: TierCounters::default(),
         }
+    }
+
+    /// Puts this cache on `backplane`: L2 writes and invalidations are announced to the other
+    /// instances after they succeeded, their notices are applied to L1, and L1 keeps entries for
+    /// their whole TTL while the backplane is connected (see the `backplane` rules).
+    pub fn with_backplane(self, backplane: crate::Backplane) -> Self {
+        let _ = backplane;
+        todo!("backplane: TieredBackend::with_backplane")
     }
 
     /// The L1 backend.

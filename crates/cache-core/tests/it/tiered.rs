@@ -37,6 +37,7 @@ impl Fixture {
                 open_for: OPEN_FOR,
             },
             max_pending,
+            ..TieredConfig::default()
         };
         let tiered = Arc::new(TieredBackend::with_clock(
             l1.clone(),
