@@ -49,6 +49,8 @@ pub(crate) struct AppState {
     pub(crate) max_body_bytes: usize,
     pub(crate) request_slots: Semaphore,
     pub(crate) stream_slots: Arc<Semaphore>,
+    pub(crate) max_streams: usize,
+    pub(crate) streams: sse::StreamSettings,
     pub(crate) sync_token: SyncToken,
     pub(crate) shutdown: watch::Receiver<bool>,
 }

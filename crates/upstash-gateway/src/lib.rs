@@ -73,6 +73,15 @@ use crate::{
 /// Upstash's request size limit on the free and pay-as-you-go plans.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
+/// Default quiet time before an SSE stream gets a `: keepalive` comment.
+pub const DEFAULT_STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Default bytes an SSE stream may hold for a slow reader before it is closed.
+pub const DEFAULT_STREAM_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Default time after which an unused pooled Redis connection is closed.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Entry point: [`Gateway::builder`].
 #[derive(Debug)]
 pub struct Gateway;
@@ -96,7 +105,10 @@ pub struct GatewayBuilder {
     max_body_bytes: usize,
     max_concurrent_requests: usize,
     max_streams: usize,
+    stream_keepalive: Duration,
+    stream_buffer_bytes: usize,
     pool_size: usize,
+    pool_idle_timeout: Duration,
     connect_timeout: Duration,
     redis_timeout: Duration,
     pool_wait: Duration,
@@ -114,7 +126,10 @@ impl Default for GatewayBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_concurrent_requests: 512,
             max_streams: 256,
+            stream_keepalive: DEFAULT_STREAM_KEEPALIVE,
+            stream_buffer_bytes: DEFAULT_STREAM_BUFFER_BYTES,
             pool_size: 32,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
             redis_timeout: Duration::from_secs(10),
             pool_wait: Duration::from_secs(5),
@@ -139,7 +154,10 @@ impl fmt::Debug for GatewayBuilder {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_streams", &self.max_streams)
+            .field("stream_keepalive", &self.stream_keepalive)
+            .field("stream_buffer_bytes", &self.stream_buffer_bytes)
             .field("pool_size", &self.pool_size)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("redis_timeout", &self.redis_timeout)
             .field("pool_wait", &self.pool_wait)
@@ -191,15 +209,38 @@ impl GatewayBuilder {
         self
     }
 
-    /// Open SSE streams at once (default 256); each holds its own Redis connection.
+    /// Open SSE streams at once (default 256); each holds its own Redis connection. One more is
+    /// refused at once with 503, never queued.
     pub fn max_streams(mut self, n: usize) -> Self {
         self.max_streams = n;
+        self
+    }
+
+    /// Quiet time on an SSE stream after which a `: keepalive` comment is sent (default 15 s).
+    /// It keeps proxies from timing the stream out and notices clients that went away.
+    pub fn stream_keepalive(mut self, interval: Duration) -> Self {
+        self.stream_keepalive = interval;
+        self
+    }
+
+    /// Bytes of events an SSE stream may hold for a client that reads more slowly than messages
+    /// arrive (default 1 MiB); beyond that the stream is closed so the client reconnects.
+    pub fn stream_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.stream_buffer_bytes = bytes;
         self
     }
 
     /// Pooled Redis connections (default 32).
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
+        self
+    }
+
+    /// Pooled connections unused for longer are closed (default 60 s). Keep it below Redis's
+    /// `timeout` and any idle timeout of the network in between, so the pool lets a connection go
+    /// before something else silently does.
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
         self
     }
 
@@ -260,9 +301,18 @@ impl GatewayBuilder {
             ("pool size", self.pool_size),
             ("max concurrent requests", self.max_concurrent_requests),
             ("max streams", self.max_streams),
+            ("stream buffer bytes", self.stream_buffer_bytes),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        for (name, value) in [
+            ("stream keep-alive interval", self.stream_keepalive),
+            ("pool idle timeout", self.pool_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{name} must be more than zero")));
             }
         }
 
@@ -285,7 +335,7 @@ impl GatewayBuilder {
         let faults = FaultHandle::new(self.faults);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
-            pool: RedisPool::new(target, timeouts, self.pool_size),
+            pool: RedisPool::new(target, timeouts, self.pool_size, self.pool_idle_timeout),
             tokens: Tokens {
                 full: token,
                 read_only: read_only_token,
@@ -295,11 +345,20 @@ impl GatewayBuilder {
             max_body_bytes: self.max_body_bytes,
             request_slots: Semaphore::new(self.max_concurrent_requests),
             stream_slots: Arc::new(Semaphore::new(self.max_streams)),
+            max_streams: self.max_streams,
+            streams: sse::StreamSettings {
+                keepalive: self.stream_keepalive,
+                max_buffered_bytes: self.stream_buffer_bytes,
+            },
             sync_token: SyncToken::new(),
             shutdown: shutdown_rx.clone(),
         });
         tracing::info!(%addr, redis = %state.pool.target().addr(), "upstash-gateway listening");
 
+        tokio::spawn(redis::expire_idle(
+            Arc::clone(&state.pool),
+            shutdown_rx.clone(),
+        ));
         let app = axum::Router::new().fallback(http::handle).with_state(state);
         let mut stop = shutdown_rx;
         let task = tokio::spawn(async move {

@@ -62,6 +62,24 @@ struct Cli {
     #[arg(long, env = "UPSTASH_GATEWAY_POOL_SIZE", default_value_t = 32)]
     pool_size: usize,
 
+    /// Seconds after which an unused pooled Redis connection is closed (keep it below Redis's
+    /// `timeout` setting, if that is on).
+    #[arg(long, env = "UPSTASH_GATEWAY_POOL_IDLE_SECS", default_value_t = 60)]
+    pool_idle_secs: u64,
+
+    /// SSE streams (subscribe, psubscribe, monitor) open at once; each holds a Redis connection.
+    /// One more gets 503 at once.
+    #[arg(long, env = "UPSTASH_GATEWAY_MAX_STREAMS", default_value_t = 256)]
+    max_streams: usize,
+
+    /// Seconds of quiet on an SSE stream before a `: keepalive` comment is sent.
+    #[arg(long, env = "UPSTASH_GATEWAY_SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    sse_keepalive_secs: u64,
+
+    /// Bytes of events an SSE stream may hold for a slow reader before it is closed.
+    #[arg(long, env = "UPSTASH_GATEWAY_SSE_BUFFER_BYTES", default_value_t = upstash_gateway::DEFAULT_STREAM_BUFFER_BYTES)]
+    sse_buffer_bytes: usize,
+
     /// Milliseconds Redis has to answer a request before the gateway replies 504.
     #[arg(
         long,
@@ -108,6 +126,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .max_body_bytes(cli.max_body_bytes)
         .max_concurrent_requests(cli.max_concurrency)
         .pool_size(cli.pool_size)
+        .pool_idle_timeout(Duration::from_secs(cli.pool_idle_secs))
+        .max_streams(cli.max_streams)
+        .stream_keepalive(Duration::from_secs(cli.sse_keepalive_secs))
+        .stream_buffer_bytes(cli.sse_buffer_bytes)
         .redis_timeout(Duration::from_millis(cli.redis_timeout_ms));
     if let Some(token) = cli.read_only_token {
         builder = builder.read_only_token(token);

@@ -5,7 +5,11 @@
 //! write to. Connections whose state is uncertain (an I/O error, a timeout or a cancelled request
 //! part-way through a reply) are dropped rather than returned, so the pool never hands out a
 //! connection with unread replies. Idle connections are checked for a closed socket before reuse,
-//! so the first request after Redis restarts gets a fresh connection instead of an error.
+//! so the first request after Redis restarts, or after Redis's `timeout` closed them, gets a fresh
+//! connection instead of an error. Connections idle longer than the pool's idle timeout are closed
+//! (on the next borrow, and by a background sweep): a socket that a firewall or NAT silently
+//! forgot shows no sign of it until a request hangs on it, so the pool does not keep connections
+//! long enough for that to happen.
 //!
 //! Why not redis-rs (with deadpool-redis or bb8-redis): its parser requires status and error
 //! lines to be UTF-8, and a reply that is not is a parse error that closes the connection. Redis
@@ -17,16 +21,17 @@
 //! `non_utf8_status_and_error_replies_are_replies_and_keep_the_connection` holds the line.
 
 use std::{
+    collections::VecDeque,
     fmt, io,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
 use crate::{
@@ -280,7 +285,9 @@ impl RedisConnection {
 pub(crate) struct RedisPool {
     target: RedisTarget,
     timeouts: RedisTimeouts,
-    idle: Mutex<Vec<RedisConnection>>,
+    /// Idle connections with the time each came back, oldest first.
+    idle: Mutex<VecDeque<(RedisConnection, Instant)>>,
+    idle_timeout: Duration,
     permits: Arc<Semaphore>,
 }
 
@@ -289,13 +296,42 @@ impl RedisPool {
         target: RedisTarget,
         timeouts: RedisTimeouts,
         max_connections: usize,
+        idle_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(RedisPool {
             target,
             timeouts,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
+            idle_timeout,
             permits: Arc::new(Semaphore::new(max_connections)),
         })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(RedisConnection, Instant)>> {
+        // The lock is never held across a panic point that leaves the queue inconsistent.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes idle connections that have been unused for longer than the idle timeout; returns
+    /// how many.
+    pub(crate) fn expire_idle_now(&self) -> usize {
+        let expired: Vec<RedisConnection> = {
+            let mut idle = self.idle();
+            let mut expired = Vec::new();
+            while idle
+                .front()
+                .is_some_and(|(_, since)| since.elapsed() > self.idle_timeout)
+            {
+                if let Some((conn, _)) = idle.pop_front() {
+                    expired.push(conn);
+                }
+            }
+            expired
+        };
+        // Dropped outside the lock: closing a socket is a system call.
+        expired.len()
     }
 
     pub(crate) fn target(&self) -> &RedisTarget {
@@ -315,10 +351,12 @@ impl RedisPool {
         .await
         .map_err(|_| Error::PoolExhausted(self.timeouts.pool_wait))?
         .expect("the pool's semaphore is never closed");
+        self.expire_idle_now();
+        // The most recently used first: it is the likeliest to be alive, and the others age out.
         let reusable = loop {
-            let candidate = self.idle.lock().expect("pool lock poisoned").pop();
+            let candidate = self.idle().pop_back();
             match candidate {
-                Some(conn) if conn.looks_alive() => break Some(conn),
+                Some((conn, _)) if conn.looks_alive() => break Some(conn),
                 Some(_dead) => continue,
                 None => break None,
             }
@@ -373,12 +411,26 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.clean {
-                self.pool
-                    .idle
-                    .lock()
-                    .expect("pool lock poisoned")
-                    .push(conn);
+                self.pool.idle().push_back((conn, Instant::now()));
             }
+        }
+    }
+}
+
+/// Closes expired idle connections of `pool` every half idle timeout until shutdown, so that an
+/// idle gateway does not hold connections either.
+pub(crate) async fn expire_idle(pool: Arc<RedisPool>, mut shutdown: watch::Receiver<bool>) {
+    let period = (pool.idle_timeout / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {
+                let closed = pool.expire_idle_now();
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle redis connections");
+                }
+            }
+            // A closed channel (the gateway handle dropped) ends the sweep too.
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
         }
     }
 }

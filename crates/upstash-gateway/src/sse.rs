@@ -7,12 +7,37 @@
 //! `@upstash/redis` subscriber parses (the message is everything after the 2nd, or for `pmessage`
 //! the 3rd, comma). Data is plain UTF-8 text (lossy), never base64, whatever `Upstash-Encoding`
 //! says: the SDK sends that header on streams too and does not decode events. `/monitor` sends
-//! `"OK"` first and then Redis's monitor lines as they are. A comment line every 15 s keeps
-//! proxies from timing the stream out and notices clients that went away. The stream ends when the
-//! client disconnects (the Redis connection is then closed, which unsubscribes), when Redis goes
-//! away, or when the gateway shuts down.
+//! `"OK"` first and then Redis's monitor lines as they are.
+//!
+//! A line break inside a message (`\n`, `\r\n` or a lone `\r`) starts a new `data:` line, as the
+//! SSE format requires, so a spec-following reader (an `EventSource`, cache-upstash) re-joins the
+//! lines with `\n` and gets the message back with its line breaks normalised to `\n`. Writing the
+//! break raw instead would end the `data:` field early for every such reader, and a continuation
+//! line that happened to start with `data:` would be taken for an event of its own.
+//!
+//! Two tasks per stream, so that a slow reader cannot make the gateway buffer without bound nor
+//! leave Redis buffering for it: a pump reads Redis replies as fast as Redis sends them into a
+//! queue, and the response body takes them out as fast as the client reads. When the queue holds
+//! more than the configured byte budget the reader is too far behind to catch up: the pump closes
+//! the Redis connection (Redis unsubscribes) and the stream ends, so the client reconnects and
+//! knows it may have missed messages, which beats delivering them late or buffering them forever.
+//!
+//! The body sends a `: keepalive` comment after each quiet interval (configurable, 15 s by
+//! default): proxies do not time the stream out, clients can tell a quiet stream from a dead one,
+//! and a client that went away is noticed at the latest by that write — the body is dropped, the
+//! pump sees its queue closed and closes the Redis connection, and the stream slot is freed.
+//!
+//! The stream ends when the client disconnects, when Redis goes away (the events already queued
+//! are delivered first), when the reader falls too far behind, or when the gateway shuts down.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -20,7 +45,7 @@ use axum::{
     response::Response,
 };
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use crate::{
     auth::Access,
@@ -37,7 +62,16 @@ pub(crate) enum StreamKind {
     Monitor,
 }
 
-const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How streams behave; set through the gateway builder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamSettings {
+    /// Quiet time after which a `: keepalive` comment is sent.
+    pub(crate) keepalive: Duration,
+    /// Bytes of events a stream may hold for a reader that is behind before it is cut off.
+    pub(crate) max_buffered_bytes: usize,
+}
+
+const KEEPALIVE_EVENT: &[u8] = b": keepalive\n\n";
 
 /// Opens the Redis side of a stream and returns the SSE response.
 pub(crate) async fn open(
@@ -77,10 +111,15 @@ pub(crate) async fn open(
         }
         StreamKind::Monitor => vec![Bytes::from_static(b"MONITOR")],
     };
+    // Refused at once rather than queued: a subscriber that waits here would believe it is
+    // subscribed while messages go past it.
     let Ok(permit) = Arc::clone(&state.stream_slots).try_acquire_owned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ERR gateway overloaded: too many open streams",
+            &format!(
+                "ERR gateway overloaded: all {} stream slots are in use (--max-streams)",
+                state.max_streams
+            ),
             state,
         );
     };
@@ -106,11 +145,26 @@ pub(crate) async fn open(
         }
     };
 
+    let settings = state.streams;
+    let (events, queue) = mpsc::unbounded_channel();
+    let shared = Arc::new(Backlog::default());
+    tokio::spawn(
+        Pump {
+            conn,
+            kind,
+            events,
+            backlog: Arc::clone(&shared),
+            max_buffered_bytes: settings.max_buffered_bytes,
+            shutdown: state.shutdown.clone(),
+            _permit: permit,
+        }
+        .run(),
+    );
     let stream = EventStream {
-        conn,
-        kind,
+        queue,
+        backlog: shared,
+        keepalive: settings.keepalive,
         shutdown: state.shutdown.clone(),
-        _permit: permit,
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
         let event = stream.next_event().await?;
@@ -128,30 +182,97 @@ pub(crate) async fn open(
     with_sync_header(response, state.sync_token.current())
 }
 
-struct EventStream {
+/// What the pump and the body share about the queue between them.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Bytes of events queued and not yet taken by the body.
+    bytes: AtomicUsize,
+    /// Set by the pump when the reader fell too far behind: the body ends without the backlog.
+    overflowed: AtomicBool,
+}
+
+/// Reads the stream's Redis connection into the queue. Owns the connection and the stream slot,
+/// so both are released as soon as the pump ends, whatever the HTTP side is doing.
+struct Pump {
     conn: RedisConnection,
     kind: StreamKind,
+    events: mpsc::UnboundedSender<Bytes>,
+    backlog: Arc<Backlog>,
+    max_buffered_bytes: usize,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                // `read_reply` is cancel-safe: bytes read so far stay in the connection's buffer.
+                reply = self.conn.read_reply() => match reply {
+                    Ok(reply) => {
+                        let event = Bytes::from(sse_event(&event_text(self.kind, &reply)));
+                        if !self.enqueue(event) {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "stream ended: redis connection closed");
+                        return;
+                    }
+                },
+                // The body was dropped: the client went away.
+                () = self.events.closed() => return,
+                _ = self.shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Queues one event; `false` ends the stream.
+    fn enqueue(&mut self, event: Bytes) -> bool {
+        let len = event.len();
+        let queued = self.backlog.bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > self.max_buffered_bytes {
+            tracing::warn!(
+                queued_bytes = queued,
+                limit = self.max_buffered_bytes,
+                "stream closed: the client reads too slowly to keep up"
+            );
+            self.backlog.overflowed.store(true, Ordering::Release);
+            return false;
+        }
+        self.events.send(event).is_ok()
+    }
+}
+
+/// The response body's side of a stream.
+struct EventStream {
+    queue: mpsc::UnboundedReceiver<Bytes>,
+    backlog: Arc<Backlog>,
+    keepalive: Duration,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl EventStream {
     /// The next chunk of the SSE body, or `None` to end the stream.
     async fn next_event(&mut self) -> Option<Bytes> {
-        if *self.shutdown.borrow() {
+        if *self.shutdown.borrow() || self.backlog.overflowed.load(Ordering::Acquire) {
             return None;
         }
         tokio::select! {
-            // `read_reply` is cancel-safe: bytes read so far stay in the connection's buffer.
-            reply = self.conn.read_reply() => match reply {
-                Ok(reply) => Some(Bytes::from(sse_event(&event_text(self.kind, &reply)))),
-                Err(err) => {
-                    tracing::debug!(error = %err, "stream ended: redis connection closed");
-                    None
+            event = self.queue.recv() => {
+                // `None`: the pump ended (Redis went away) and everything it queued was sent.
+                let event = event?;
+                self.backlog.bytes.fetch_sub(event.len(), Ordering::AcqRel);
+                if self.backlog.overflowed.load(Ordering::Acquire) {
+                    return None;
                 }
-            },
+                Some(event)
+            }
             _ = self.shutdown.changed() => None,
-            () = tokio::time::sleep(KEEPALIVE) => Some(Bytes::from_static(b": keepalive\n\n")),
+            () = tokio::time::sleep(self.keepalive) => Some(Bytes::from_static(KEEPALIVE_EVENT)),
         }
     }
 }
@@ -176,14 +297,26 @@ fn part_text(reply: &Reply) -> String {
     }
 }
 
-/// Frames `data` as one SSE event. A line break inside the data starts a new `data:` line, as the
-/// SSE format requires (the JS SDK will then see the text after it as a separate line).
+/// Frames `data` as one SSE event: every line break the SSE format knows (`\r\n`, `\n`, a lone
+/// `\r`) starts a new `data:` line, so none can end the field or the event early.
 fn sse_event(data: &str) -> String {
     let mut out = String::with_capacity(data.len() + 16);
-    for line in data.split('\n') {
+    let mut rest = data;
+    loop {
         out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
-        out.push('\n');
+        match rest.find(['\r', '\n']) {
+            Some(at) => {
+                out.push_str(&rest[..at]);
+                out.push('\n');
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[at + skip..];
+            }
+            None => {
+                out.push_str(rest);
+                out.push('\n');
+                break;
+            }
+        }
     }
     out.push('\n');
     out
@@ -235,7 +368,38 @@ mod tests {
     }
 
     #[test]
-    fn multi_line_data_is_framed() {
+    fn every_line_break_starts_a_data_line() {
         assert_eq!(sse_event("a\r\nb"), "data: a\ndata: b\n\n");
+        assert_eq!(sse_event("a\nb"), "data: a\ndata: b\n\n");
+        assert_eq!(sse_event("a\rb"), "data: a\ndata: b\n\n");
+        assert_eq!(sse_event("a\n\nb"), "data: a\ndata: \ndata: b\n\n");
+        assert_eq!(sse_event("a\n"), "data: a\ndata: \n\n");
+        assert_eq!(sse_event("\r\r\n"), "data: \ndata: \ndata: \n\n");
+        assert_eq!(sse_event(""), "data: \n\n");
+        assert_eq!(sse_event("é,\u{2028}👋"), "data: é,\u{2028}👋\n\n");
+    }
+
+    /// What a reader following the SSE format makes of a framed event.
+    fn spec_reader(event: &str) -> String {
+        let body = event.strip_suffix("\n\n").expect("event terminator");
+        body.split('\n')
+            .map(|line| line.strip_prefix("data: ").expect("only data lines"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_spec_reader_gets_the_data_back_with_line_breaks_as_lf() {
+        for data in [
+            "plain",
+            "one\ntwo",
+            "crlf\r\nline",
+            "lone\rcr",
+            "\n\nleading and trailing\n",
+            "data: not an event\ndata: nor this",
+        ] {
+            let expected = data.replace("\r\n", "\n").replace('\r', "\n");
+            assert_eq!(spec_reader(&sse_event(data)), expected, "{data:?}");
+        }
     }
 }
