@@ -1,17 +1,34 @@
-//! SSE endpoints: `/subscribe`, `/psubscribe`, `/monitor`.
+//! SSE endpoints: `/subscribe`, `/psubscribe`, `/monitor` — the format, and how streams hold up
+//! as the transport of a multi-instance backplane: keep-alives, clients that go away, hundreds of
+//! subscribers, slow readers, line breaks in messages, Redis and the gateway going away.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use serde_json::json;
-use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use upstash_gateway::testing::TestGateway;
 
 use crate::client::{Client, open};
 
-/// Reads SSE `data:` lines from a raw HTTP stream.
+/// How long any single wait in these tests may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Reads an SSE response from a raw HTTP stream, de-chunking the body.
 struct SseReader {
     stream: TcpStream,
-    buffer: String,
+    raw: Vec<u8>,
+    head: Option<String>,
+    text: String,
+    /// The terminating zero-size chunk arrived: the server ended the stream cleanly.
+    ended: bool,
+    /// The socket reached EOF.
+    eof: bool,
 }
 
 impl SseReader {
@@ -25,46 +42,192 @@ impl SseReader {
         let stream = open(client.addr, "POST", path, &headers, b"[]").await;
         SseReader {
             stream,
-            buffer: String::new(),
+            raw: Vec::new(),
+            head: None,
+            text: String::new(),
+            ended: false,
+            eof: false,
         }
     }
 
-    /// The next `data:` payload, failing the test after 10 s.
-    async fn next_data(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                while let Some(end) = self.buffer.find('\n') {
-                    let line: String = self.buffer.drain(..=end).collect();
-                    if let Some(data) = line.trim_end_matches(['\r', '\n']).strip_prefix("data: ") {
-                        return data.to_owned();
-                    }
-                }
-                let mut chunk = [0u8; 4096];
-                let n = self.stream.read(&mut chunk).await.expect("read stream");
-                assert!(n > 0, "stream ended; buffered: {:?}", self.buffer);
-                self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    /// Reads more from the socket and decodes what it can; `false` at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            self.eof = true;
+            return false;
+        }
+        self.raw.extend_from_slice(&chunk[..n]);
+        self.decode();
+        true
+    }
+
+    fn decode(&mut self) {
+        if self.head.is_none() {
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            self.head = Some(String::from_utf8_lossy(&self.raw[..end]).into_owned());
+            self.raw.drain(..end + 4);
+        }
+        while !self.ended {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
             }
-        })
-        .await
-        .expect("an SSE event within 10 s")
+            let data = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.raw.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                self.ended = true;
+            } else {
+                self.text
+                    .push_str(std::str::from_utf8(&data).expect("events are UTF-8"));
+            }
+        }
     }
 
     async fn head(&mut self) -> String {
-        // The status line and headers arrive before the first event.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(end) = self.buffer.find("\r\n\r\n") {
-                    return self.buffer.drain(..end + 4).collect();
-                }
-                let mut chunk = [0u8; 4096];
-                let n = self.stream.read(&mut chunk).await.expect("read stream");
-                assert!(n > 0, "stream ended before the head");
-                self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        tokio::time::timeout(DEADLINE, async {
+            while self.head.is_none() {
+                assert!(self.fill().await, "stream ended before the head");
             }
         })
         .await
-        .expect("response head within 10 s")
+        .expect("response head in time");
+        self.head.clone().expect("head")
     }
+
+    /// The next line of the body (without its `\n`), or `None` when the stream ended.
+    async fn next_line(&mut self) -> Option<String> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(end) = self.text.find('\n') {
+                    let line: String = self.text.drain(..=end).collect();
+                    return Some(line[..line.len() - 1].to_owned());
+                }
+                if self.ended || !self.fill().await {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("a line of the stream in time")
+    }
+
+    /// The lines of the next event (comments included), or `None` when the stream ended.
+    async fn next_event(&mut self) -> Option<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            match self.next_line().await {
+                Some(line) if line.is_empty() && lines.is_empty() => {}
+                Some(line) if line.is_empty() => return Some(lines),
+                Some(line) => lines.push(line),
+                None => {
+                    assert!(lines.is_empty(), "stream ended inside an event: {lines:?}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The data of the next event that has data, its `data:` lines joined with `\n` as the SSE
+    /// format says; comments (keep-alives) are skipped.
+    async fn next_data(&mut self) -> String {
+        loop {
+            let event = self.next_event().await.expect("an event, not the end");
+            let data: Vec<&str> = event
+                .iter()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect();
+            if !data.is_empty() {
+                return data.join("\n");
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns how many body bytes were still to come.
+    async fn read_to_end(&mut self) -> usize {
+        let before = self.raw.len() + self.text.len();
+        let mut total = 0;
+        tokio::time::timeout(DEADLINE, async {
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await
+        .expect("the server closes the stream in time");
+        self.eof = true;
+        before + total
+    }
+}
+
+/// Sends one command straight to Redis (not through the gateway) and returns the raw reply.
+async fn redis(addr: SocketAddr, args: &[&[u8]]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to redis");
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request).await.expect("write to redis");
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.expect("read from redis");
+        assert!(n > 0, "redis closed before replying");
+        reply.extend_from_slice(&chunk[..n]);
+        if let Some(line_end) = reply.windows(2).position(|w| w == b"\r\n") {
+            if reply[0] != b'$' {
+                return reply;
+            }
+            let len: usize = std::str::from_utf8(&reply[1..line_end])
+                .expect("bulk length")
+                .parse()
+                .expect("bulk length");
+            if reply.len() >= line_end + 2 + len + 2 {
+                return reply[line_end + 2..line_end + 2 + len].to_vec();
+            }
+        }
+    }
+}
+
+/// Redis's clients other than the one asking: the gateway's connections.
+async fn gateway_connections(env: &TestGateway) -> Vec<String> {
+    let list = redis(env.redis().addr(), &[b"CLIENT", b"LIST"]).await;
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|line| !line.contains("cmd=client|list"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `condition` until it holds, failing the test after the deadline.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_subscriber(line: &str) -> bool {
+    line.split(' ')
+        .any(|field| field.starts_with("sub=") && field != "sub=0")
 }
 
 #[tokio::test]
@@ -126,4 +289,258 @@ async fn streams_require_auth_and_end_on_shutdown() {
     tokio::time::timeout(Duration::from_secs(5), env.shutdown())
         .await
         .expect("shutdown ends open streams");
+    assert_eq!(events.next_event().await, None);
+    assert!(events.ended, "the stream ended cleanly, not cut off");
+}
+
+#[tokio::test]
+async fn an_idle_stream_gets_keepalive_comments_at_the_configured_interval() {
+    let env = TestGateway::start_with(|b| b.stream_keepalive(Duration::from_millis(100))).await;
+    let client = Client::new(&env);
+    let mut events = SseReader::open(&client, "/subscribe/quiet").await;
+    assert_eq!(events.next_data().await, "subscribe,quiet,1");
+    // Nothing is published: the next events can only be keep-alives, and they keep coming.
+    for _ in 0..3 {
+        assert_eq!(
+            events.next_event().await,
+            Some(vec![": keepalive".to_owned()])
+        );
+    }
+    // A message still gets through between them.
+    client.ok(json!(["PUBLISH", "quiet", "now"])).await;
+    assert_eq!(events.next_data().await, "message,quiet,now");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_went_away_frees_its_redis_connection_and_stream_slot() {
+    let env = TestGateway::start_with(|b| {
+        b.max_streams(1)
+            .stream_keepalive(Duration::from_millis(100))
+    })
+    .await;
+    let client = Client::new(&env);
+    let mut events = SseReader::open(&client, "/subscribe/gone").await;
+    assert_eq!(events.next_data().await, "subscribe,gone,1");
+    let subscribers = gateway_connections(&env).await;
+    assert_eq!(
+        subscribers.iter().filter(|c| is_subscriber(c)).count(),
+        1,
+        "{subscribers:#?}"
+    );
+    let full = client.request("POST", "/subscribe/other", b"[]").await;
+    assert_eq!(full.status, 503, "the only slot is taken");
+
+    drop(events);
+    eventually("redis loses the dead client's subscription", || async {
+        !gateway_connections(&env)
+            .await
+            .iter()
+            .any(|c| is_subscriber(c))
+    })
+    .await;
+    // The slot is free again: a new subscriber gets a live stream.
+    let mut again = SseReader::open(&client, "/subscribe/gone").await;
+    assert!(again.head().await.starts_with("HTTP/1.1 200"));
+    assert_eq!(again.next_data().await, "subscribe,gone,1");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn line_breaks_commas_and_unicode_in_messages_survive_sse_framing() {
+    let env = TestGateway::start().await;
+    let client = Client::new(&env);
+    let mut events = SseReader::open(&client, "/subscribe/text").await;
+    assert_eq!(events.next_data().await, "subscribe,text,1");
+    let mut pattern = SseReader::open(&client, "/psubscribe/te*").await;
+    assert_eq!(pattern.next_data().await, "psubscribe,te*,1");
+
+    let cases = [
+        ("one\ntwo", "one\ntwo"),
+        ("crlf\r\nline", "crlf\nline"),
+        ("lone\rcr", "lone\ncr"),
+        ("\n\nblank lines\n\n", "\n\nblank lines\n\n"),
+        (
+            "data: forged,text,x\ndata: y",
+            "data: forged,text,x\ndata: y",
+        ),
+        ("a, b,, c", "a, b,, c"),
+        ("{\"t\":\"x\\ny\"}", "{\"t\":\"x\\ny\"}"),
+        ("héllo, 👋 \u{2028} 世界", "héllo, 👋 \u{2028} 世界"),
+    ];
+    for (sent, _) in &cases {
+        assert_eq!(client.ok(json!(["PUBLISH", "text", sent])).await, json!(2));
+    }
+    for (sent, expected) in &cases {
+        assert_eq!(
+            events.next_data().await,
+            format!("message,text,{expected}"),
+            "{sent:?}"
+        );
+        assert_eq!(
+            pattern.next_data().await,
+            format!("pmessage,te*,text,{expected}"),
+            "{sent:?}"
+        );
+    }
+    // Each event is exactly one event: nothing was split off into an event of its own.
+    client.ok(json!(["PUBLISH", "text", "end"])).await;
+    assert_eq!(events.next_data().await, "message,text,end");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_subscribers_each_receive_every_message_in_order() {
+    const SUBSCRIBERS: usize = 300;
+    const MESSAGES: usize = 100;
+    let env = TestGateway::start_with(|b| b.max_streams(SUBSCRIBERS)).await;
+    let client = Client::new(&env);
+
+    let mut readers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let client = Client {
+            addr: client.addr,
+            token: client.token.clone(),
+        };
+        readers.push(tokio::spawn(async move {
+            let mut events = SseReader::open(&client, "/subscribe/burst").await;
+            assert_eq!(events.next_data().await, "subscribe,burst,1");
+            events
+        }));
+    }
+    let mut subscribed = Vec::with_capacity(SUBSCRIBERS);
+    for reader in readers {
+        subscribed.push(reader.await.expect("subscriber task"));
+    }
+    // The cap is exact, and one more is a clear 503 at once, not a hang.
+    let over = client.request("POST", "/subscribe/burst", b"[]").await;
+    assert_eq!(over.status, 503);
+    assert!(over.error().contains("stream slots"), "{}", over.error());
+
+    let burst: Vec<serde_json::Value> = (0..MESSAGES)
+        .map(|i| json!(["PUBLISH", "burst", format!("m{i}")]))
+        .collect();
+    let published = client
+        .post_json("/pipeline", &serde_json::Value::Array(burst), &[])
+        .await;
+    let receivers: Vec<serde_json::Value> = published
+        .json()
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"].clone())
+        .collect();
+    assert_eq!(receivers, vec![json!(SUBSCRIBERS); MESSAGES]);
+
+    let mut checks = Vec::with_capacity(SUBSCRIBERS);
+    for mut events in subscribed {
+        checks.push(tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                assert_eq!(events.next_data().await, format!("message,burst,m{i}"));
+            }
+        }));
+    }
+    for check in checks {
+        check
+            .await
+            .expect("every subscriber got every message in order");
+    }
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_too_far_behind_is_disconnected_instead_of_buffered() {
+    const BUFFER: usize = 256 * 1024;
+    let env = TestGateway::start_with(|b| b.max_streams(1).stream_buffer_bytes(BUFFER)).await;
+    // Redis's own limit for slow subscribers is switched off: only the gateway's can act.
+    assert_eq!(
+        redis(
+            env.redis().addr(),
+            &[
+                b"CONFIG",
+                b"SET",
+                b"client-output-buffer-limit",
+                b"pubsub 0 0 0"
+            ]
+        )
+        .await,
+        b"+OK\r\n"
+    );
+    let client = Client::new(&env);
+    let mut slow = SseReader::open(&client, "/subscribe/firehose").await;
+    assert_eq!(slow.next_data().await, "subscribe,firehose,1");
+
+    // The reader stops reading. Publish until Redis reports nobody is subscribed any more: the
+    // gateway closed its Redis connection. Far more than socket buffers can hold is allowed
+    // before that counts as unbounded buffering.
+    let message = vec![b'x'; 64 * 1024];
+    let limit = 256 * 1024 * 1024;
+    let mut published = 0;
+    loop {
+        let receivers = redis(env.redis().addr(), &[b"PUBLISH", b"firehose", &message]).await;
+        published += message.len();
+        if receivers == b":0\r\n" {
+            break;
+        }
+        assert_eq!(receivers, b":1\r\n");
+        assert!(
+            published < limit,
+            "the gateway kept buffering for a reader that does not read ({published} bytes)"
+        );
+    }
+    // The slot is free for a reader that keeps up.
+    let mut fresh = SseReader::open(&client, "/subscribe/firehose").await;
+    assert_eq!(fresh.next_data().await, "subscribe,firehose,1");
+    client.ok(json!(["PUBLISH", "firehose", "hi"])).await;
+    assert_eq!(fresh.next_data().await, "message,firehose,hi");
+
+    // The slow reader gets what was already on its way, then the end of the stream.
+    let rest = slow.read_to_end().await;
+    assert!(rest < published, "got {rest} of {published} bytes");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_cleanly_when_redis_goes_away() {
+    let env = TestGateway::start().await;
+    let client = Client::new(&env);
+    let mut events = SseReader::open(&client, "/subscribe/chat").await;
+    assert_eq!(events.next_data().await, "subscribe,chat,1");
+    client.ok(json!(["PUBLISH", "chat", "before"])).await;
+    env.redis().kill();
+    // What was sent before Redis died is delivered, then the stream ends (the client then
+    // reconnects, and gets a 503 until Redis is back).
+    assert_eq!(events.next_data().await, "message,chat,before");
+    assert_eq!(events.next_event().await, None);
+    assert!(
+        events.ended,
+        "the stream ended with the last chunk, not a reset"
+    );
+    let refused = client.request("POST", "/subscribe/chat", b"[]").await;
+    assert_eq!(refused.status, 503);
+
+    env.redis().restart();
+    let mut again = SseReader::open(&client, "/subscribe/chat").await;
+    assert_eq!(again.next_data().await, "subscribe,chat,1");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_many_open_streams_without_waiting_for_them() {
+    let env = TestGateway::start().await;
+    let client = Client::new(&env);
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        let mut events = SseReader::open(&client, &format!("/subscribe/c{i}")).await;
+        assert_eq!(events.next_data().await, format!("subscribe,c{i},1"));
+        streams.push(events);
+    }
+    // Far less than the 10 s grace for in-flight requests: open streams are not waited for.
+    tokio::time::timeout(Duration::from_secs(5), env.shutdown())
+        .await
+        .expect("shutdown does not hang on open streams");
+    for events in &mut streams {
+        assert_eq!(events.next_event().await, None);
+        assert!(events.ended);
+    }
 }
