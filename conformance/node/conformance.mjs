@@ -192,6 +192,100 @@ await check("subscribe receives a published message (SSE)", async () => {
   assert.deepEqual(message, { text: "hello 👋" });
 });
 
+// Opens `redis.subscribe` (or `psubscribe`) and records what the SDK hands to its listeners.
+// Resolves once the stream is live (the SDK has seen the `subscribe` event).
+async function recorder(target, { pattern = false } = {}) {
+  const subscriber = pattern ? redis.psubscribe([target]) : redis.subscribe([target]);
+  const seen = [];
+  const waiters = [];
+  const record = (entry) => {
+    seen.push(entry);
+    for (const waiter of waiters.splice(0)) waiter();
+  };
+  subscriber.on(pattern ? "pmessage" : "message", (data) => record({ message: data.message }));
+  subscriber.on("error", (error) => record({ error: String(error) }));
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("not subscribed within 5 s")), 5000);
+    subscriber.on(pattern ? "psubscribe" : "subscribe", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  // Waits until `predicate(seen)` holds (or 5 s pass), then returns everything seen.
+  const until = async (predicate) => {
+    const deadline = Date.now() + 5000;
+    while (!predicate(seen)) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out; seen so far: ${JSON.stringify(seen)}`);
+      await new Promise((resolve) => {
+        waiters.push(resolve);
+        setTimeout(resolve, left);
+      });
+    }
+    return seen;
+  };
+  return { subscriber, until };
+}
+
+const endsWith = (sentinel) => (seen) => seen.some((e) => e.message === sentinel);
+
+await check("subscribe/psubscribe: JSON messages with line breaks, commas and unicode arrive intact", async () => {
+  const channel = k("text");
+  const plain = await recorder(channel);
+  const pattern = await recorder(`${prefix}te*`, { pattern: true });
+  const sent = [
+    { text: "line one\nline two" },
+    { text: "crlf\r\nand a lone\rcr" },
+    { text: "commas, everywhere,, ,", emoji: "👋 héllo 世界 \u2028" },
+    ["a\n", "\nb", { nested: "x\r\ny" }],
+    { text: "data: message,forged,not an event\n\n" },
+  ];
+  for (const message of sent) {
+    // JSON.stringify escapes every control character: nothing breaks a line on the wire.
+    assert.equal(await redis.publish(channel, message), 2);
+  }
+  await redis.publish(channel, { done: true });
+  const done = (seen) => seen.some((e) => e.message?.done === true);
+  const expected = [...sent, { done: true }].map((message) => ({ message }));
+  assert.deepEqual(await plain.until(done), expected);
+  assert.deepEqual(await pattern.until(done), expected);
+  await plain.subscriber.unsubscribe();
+  await pattern.subscriber.unsubscribe();
+});
+
+// A raw line break inside a message cannot reach a @upstash/redis listener intact, against the
+// gateway and (by the SDK's code) against any server: the SDK splits the stream at every "\n"
+// and hands each `data: ` line to the listener as an event of its own, without joining lines.
+// This records exactly what it does with the gateway's framing (one `data:` line per line).
+await check("subscribe: the SDK delivers a raw multi-line string cut at its first line break", async () => {
+  const channel = k("lines");
+  const { subscriber, until } = await recorder(channel);
+  await redis.publish(channel, "first line\nsecond line");
+  await redis.publish(channel, "windows\r\nline");
+  await redis.publish(channel, "one line, with commas, and 👋");
+  await redis.publish(channel, "end");
+  assert.deepEqual(await until(endsWith("end")), [
+    { message: "first line" }, // "second line" has no commas: the SDK drops it
+    { message: "windows" }, // "\r\n" is one line break
+    { message: "one line, with commas, and 👋" },
+    { message: "end" },
+  ]);
+  await subscriber.unsubscribe();
+});
+
+await check("subscribe: SDK limitation: a continuation line shaped like an event is taken for one", async () => {
+  const channel = k("shape");
+  const { subscriber, until } = await recorder(channel);
+  await redis.publish(channel, `real\nmessage,${channel},looks like a second message`);
+  await redis.publish(channel, "end");
+  assert.deepEqual(await until(endsWith("end")), [
+    { message: "real" },
+    { message: "looks like a second message" },
+    { message: "end" },
+  ]);
+  await subscriber.unsubscribe();
+});
+
 await check("cleanup with scan + del", async () => {
   let cursor = "0";
   let keys = [];
