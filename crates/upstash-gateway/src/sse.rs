@@ -27,8 +27,15 @@
 //! and a client that went away is noticed at the latest by that write — the body is dropped, the
 //! pump sees its queue closed and closes the Redis connection, and the stream slot is freed.
 //!
-//! The stream ends when the client disconnects, when Redis goes away (the events already queued
-//! are delivered first), when the reader falls too far behind, or when the gateway shuts down.
+//! The Redis side is watched the same way: a subscribed connection gets a `PING` every keep-alive
+//! interval (its `pong` is not forwarded), and a Redis that does not answer within the longer of
+//! that interval and the command timeout is taken for gone — a partition or a frozen server sends
+//! no FIN, and a stream that stayed open with nothing behind it would be a silent gap for a
+//! subscriber that relies on the stream ending to know it missed something.
+//!
+//! The stream ends when the client disconnects, when Redis goes away or stops answering (the
+//! events already queued are delivered first), when the reader falls too far behind, or when the
+//! gateway shuts down.
 
 use std::{
     io,
@@ -36,7 +43,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -155,6 +162,9 @@ pub(crate) async fn open(
             events,
             backlog: Arc::clone(&shared),
             max_buffered_bytes: settings.max_buffered_bytes,
+            // MONITOR takes no commands, so only subscriptions can be pinged.
+            ping_every: (kind != StreamKind::Monitor).then_some(settings.keepalive),
+            pong_within: settings.keepalive.max(timeouts.command),
             shutdown: state.shutdown.clone(),
             _permit: permit,
         }
@@ -199,19 +209,38 @@ struct Pump {
     events: mpsc::UnboundedSender<Bytes>,
     backlog: Arc<Backlog>,
     max_buffered_bytes: usize,
+    /// How often to check that Redis still answers; `None` for MONITOR.
+    ping_every: Option<Duration>,
+    /// How long Redis may take to answer such a check.
+    pong_within: Duration,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Pump {
     async fn run(mut self) {
+        let mut ping_sent: Option<Instant> = None;
+        let mut ticks = self.ping_every.map(|every| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         loop {
             if *self.shutdown.borrow() {
                 return;
             }
+            let tick = async {
+                match ticks.as_mut() {
+                    Some(ticks) => {
+                        ticks.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 // `read_reply` is cancel-safe: bytes read so far stay in the connection's buffer.
                 reply = self.conn.read_reply() => match reply {
+                    Ok(reply) if is_pong(&reply) => ping_sent = None,
                     Ok(reply) => {
                         let event = Bytes::from(sse_event(&event_text(self.kind, &reply)));
                         if !self.enqueue(event) {
@@ -221,6 +250,23 @@ impl Pump {
                     Err(err) => {
                         tracing::debug!(error = %err, "stream ended: redis connection closed");
                         return;
+                    }
+                },
+                () = tick => match ping_sent {
+                    Some(sent) if sent.elapsed() > self.pong_within => {
+                        tracing::warn!(
+                            waited = ?sent.elapsed(),
+                            "stream ended: redis stopped answering on a subscribed connection"
+                        );
+                        return;
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Err(err) = self.conn.send(&[vec![Bytes::from_static(b"PING")]]).await {
+                            tracing::debug!(error = %err, "stream ended: redis connection closed");
+                            return;
+                        }
+                        ping_sent = Some(Instant::now());
                     }
                 },
                 // The body was dropped: the client went away.
@@ -275,6 +321,11 @@ impl EventStream {
             () = tokio::time::sleep(self.keepalive) => Some(Bytes::from_static(KEEPALIVE_EVENT)),
         }
     }
+}
+
+/// The answer to the pump's own `PING` on a subscribed connection: `["pong", ""]`.
+fn is_pong(reply: &Reply) -> bool {
+    matches!(reply, Reply::Array(parts) if matches!(parts.first(), Some(Reply::Bulk(kind)) if &kind[..] == b"pong"))
 }
 
 /// The data of one event.
@@ -352,6 +403,18 @@ mod tests {
             event_text(StreamKind::PSubscribe, &pmessage),
             "pmessage,c*,chat,{\"a\":1}"
         );
+    }
+
+    #[test]
+    fn only_the_pong_of_a_ping_is_held_back() {
+        assert!(is_pong(&Reply::Array(vec![bulk("pong"), bulk("")])));
+        // A message on a channel called "pong", or whose text is "pong", is a message.
+        assert!(!is_pong(&Reply::Array(vec![
+            bulk("message"),
+            bulk("pong"),
+            bulk("pong")
+        ])));
+        assert!(!is_pong(&Reply::Status("PONG".into())));
     }
 
     #[test]

@@ -323,6 +323,10 @@ async fn line_breaks_commas_and_unicode_in_messages_survive_sse_framing() {
             "{sent:?}"
         );
     }
+    // Bytes that are not UTF-8 cannot be SSE text: each invalid sequence becomes U+FFFD.
+    let binary = client.request("POST", "/publish/text/%FF%FEok", b"").await;
+    assert_eq!(binary.json(), json!({"result": 2}));
+    assert_eq!(events.next_data().await, "message,text,\u{FFFD}\u{FFFD}ok");
     // Each event is exactly one event: nothing was split off into an event of its own.
     client.ok(json!(["PUBLISH", "text", "end"])).await;
     assert_eq!(events.next_data().await, "message,text,end");
@@ -460,6 +464,40 @@ async fn a_stream_ends_cleanly_when_redis_goes_away() {
     assert_eq!(refused.status, 503);
 
     env.redis().restart();
+    let mut again = SseReader::open(&client, "/subscribe/chat").await;
+    assert_eq!(again.next_data().await, "subscribe,chat,1");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_redis_stops_answering_without_closing() {
+    // A frozen Redis (SIGSTOP) keeps its sockets open and sends nothing, like a partition: only
+    // the gateway's own PING on the subscribed connection can tell.
+    let env = TestGateway::start_with(|b| b.stream_keepalive(Duration::from_millis(100))).await;
+    let client = Client::new(&env);
+    let mut events = SseReader::open(&client, "/subscribe/chat").await;
+    assert_eq!(events.next_data().await, "subscribe,chat,1");
+    let mut monitor = SseReader::open(&client, "/monitor").await;
+    assert_eq!(monitor.next_data().await, "\"OK\"");
+    // Pings are answered and their pongs are not events: only keep-alives show while quiet.
+    for _ in 0..3 {
+        assert_eq!(
+            events.next_event().await,
+            Some(vec![": keepalive".to_owned()])
+        );
+    }
+    env.redis().freeze();
+    loop {
+        match events.next_event().await {
+            Some(event) => assert_eq!(event, vec![": keepalive".to_owned()]),
+            None => break,
+        }
+    }
+    assert!(
+        events.ended,
+        "the stream ended with the last chunk, not a reset"
+    );
+    env.redis().thaw();
     let mut again = SseReader::open(&client, "/subscribe/chat").await;
     assert_eq!(again.next_data().await, "subscribe,chat,1");
     env.shutdown().await;
