@@ -133,6 +133,8 @@ impl SseReader {
     /// The data of the next event that has data, its `data:` lines joined with `\n` as the SSE
     /// format says; comments (keep-alives) are skipped.
     async fn next_data(&mut self) -> String {
+        // One deadline for the whole wait: keep-alives alone must not keep a test waiting.
+        let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             let event = self.next_event().await.expect("an event, not the end");
             let data: Vec<&str> = event
@@ -142,6 +144,10 @@ impl SseReader {
             if !data.is_empty() {
                 return data.join("\n");
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only keep-alives for {DEADLINE:?}"
+            );
         }
     }
 
@@ -487,11 +493,14 @@ async fn a_stream_ends_when_redis_stops_answering_without_closing() {
         );
     }
     env.redis().freeze();
-    loop {
-        match events.next_event().await {
-            Some(event) => assert_eq!(event, vec![": keepalive".to_owned()]),
-            None => break,
-        }
+    // Keep-alives keep coming while the gateway waits for its PING's answer; then the end.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while let Some(event) = events.next_event().await {
+        assert_eq!(event, vec![": keepalive".to_owned()]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream stays open with a frozen redis behind it"
+        );
     }
     assert!(
         events.ended,
