@@ -343,7 +343,13 @@ async fn line_breaks_commas_and_unicode_in_messages_survive_sse_framing() {
 async fn hundreds_of_subscribers_each_receive_every_message_in_order() {
     const SUBSCRIBERS: usize = 300;
     const MESSAGES: usize = 100;
-    let env = TestGateway::start_with(|b| b.max_streams(SUBSCRIBERS)).await;
+    // Generous setup limits: hundreds of Redis connections open at once on a busy machine.
+    let env = TestGateway::start_with(|b| {
+        b.max_streams(SUBSCRIBERS)
+            .connect_timeout(Duration::from_secs(10))
+            .redis_timeout(Duration::from_secs(10))
+    })
+    .await;
     let client = Client::new(&env);
 
     let mut readers = Vec::with_capacity(SUBSCRIBERS);
