@@ -13,7 +13,10 @@
 //! SSE format requires, so a spec-following reader (an `EventSource`, cache-upstash) re-joins the
 //! lines with `\n` and gets the message back with its line breaks normalised to `\n`. Writing the
 //! break raw instead would end the `data:` field early for every such reader, and a continuation
-//! line that happened to start with `data:` would be taken for an event of its own.
+//! line that happened to start with `data:` would be taken for an event of its own. (The
+//! `@upstash/redis` subscriber does not join `data:` lines, so it gets such a message cut at the
+//! first break either way. Upstash does not document its own framing for this case;
+//! `conformance/node/sse-probe.mjs` prints any server's bytes for it.)
 //!
 //! Two tasks per stream, so that a slow reader cannot make the gateway buffer without bound nor
 //! leave Redis buffering for it: a pump reads Redis replies as fast as Redis sends them into a
