@@ -103,6 +103,7 @@ const LOCAL_BUFFER: usize = 4096;
 struct LocalBus {
     subscribers: Vec<mpsc::Sender<TransportEvent>>,
     down: bool,
+    publish_failing: bool,
     lose: usize,
 }
 
@@ -153,6 +154,12 @@ impl LocalTransport {
         }
     }
 
+    /// While set, `publish` fails but subscriptions stay up (a server that refuses `PUBLISH` while
+    /// its open streams keep flowing).
+    pub fn set_publish_failing(&self, failing: bool) {
+        self.bus().publish_failing = failing;
+    }
+
     /// The next `n` published messages reach no subscriber (but `publish` succeeds): a gap.
     pub fn lose_next(&self, n: usize) {
         self.bus().lose += n;
@@ -174,7 +181,7 @@ impl BackplaneTransport for LocalTransport {
 
     async fn publish(&self, messages: &[Bytes]) -> Result<()> {
         let mut bus = self.bus();
-        if bus.down {
+        if bus.down || bus.publish_failing {
             return Err(Error::backend("local", "the local transport is down", None));
         }
         for message in messages {
@@ -513,7 +520,8 @@ struct Counters {
 struct Queued {
     seq: u64,
     bytes: Bytes,
-    done: Option<oneshot::Sender<()>>,
+    // Told `true` once published, `false` when an attempt failed (the message stays queued).
+    done: Option<oneshot::Sender<bool>>,
 }
 
 #[derive(Default)]
@@ -529,6 +537,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     outbox: Mutex<Outbox>,
     wake: Notify,
+    // The transport (re)connected: a publish in backoff should retry now.
+    retry_now: Notify,
     // The last publish attempt failed: callers do not wait for a transport that is away.
     failing: AtomicBool,
     state: watch::Sender<BackplaneState>,
@@ -545,7 +555,7 @@ impl Shared {
     }
 
     /// Frames `body` with the next sequence number and queues it; returns the number.
-    fn enqueue(&self, body: &Body, done: Option<oneshot::Sender<()>>) -> u64 {
+    fn enqueue(&self, body: &Body, done: Option<oneshot::Sender<bool>>) -> u64 {
         let mut outbox = self.outbox();
         outbox.next_seq += 1;
         let seq = outbox.next_seq;
@@ -639,6 +649,7 @@ impl Backplane {
             clock,
             outbox: Mutex::default(),
             wake: Notify::new(),
+            retry_now: Notify::new(),
             failing: AtomicBool::new(false),
             state,
             app,
@@ -677,8 +688,9 @@ impl Backplane {
 
     /// Announces a notice to the other instances and waits until the transport accepted it (at
     /// most [`BackplaneConfig::publish_timeout`]; after that it stays queued and this returns the
-    /// timeout error). While the transport is failing it returns at once with
-    /// [`Error::Unavailable`]; the notice stays queued either way.
+    /// timeout error). If the transport refuses it, this returns that error at once, and while
+    /// the transport is failing it returns [`Error::Unavailable`] without waiting; the notice
+    /// stays queued either way.
     pub async fn publish_invalidation(&self, notice: Notice) -> Result<()> {
         let shared = self.shared();
         let backend = shared.transport.name();
@@ -690,7 +702,12 @@ impl Backplane {
         shared.enqueue(&Body::Notice(notice), Some(tx));
         let after = shared.config.publish_timeout;
         match tokio::time::timeout(after, rx).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(Error::backend(
+                backend,
+                "publish failed; the notice stays queued",
+                None,
+            )),
             Ok(Err(_)) => Err(Error::backend(
                 backend,
                 "the notice was dropped from a full backplane queue",
@@ -801,7 +818,7 @@ async fn run_outbox(shared: Arc<Shared>) {
                         done: Some(done), ..
                     }) = outbox.queue.pop_front()
                     {
-                        let _ = done.send(());
+                        let _ = done.send(true);
                     }
                 }
                 drop(outbox);
@@ -813,12 +830,24 @@ async fn run_outbox(shared: Arc<Shared>) {
             }
             Err(err) => {
                 shared.failing.store(true, Ordering::Release);
+                // Waiting callers learn now; their messages stay queued for the retries.
+                for queued in shared.outbox().queue.iter_mut() {
+                    if queued.seq > last_seq {
+                        break;
+                    }
+                    if let Some(done) = queued.done.take() {
+                        let _ = done.send(false);
+                    }
+                }
                 shared
                     .counters
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %err, queued = messages.len(), "backplane publish failed");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt)) => {}
+                    () = shared.retry_now.notified() => {}
+                }
                 attempt = attempt.saturating_add(1);
             }
         }
@@ -869,6 +898,9 @@ async fn run_receiver(shared: Arc<Shared>, mut events: mpsc::Receiver<TransportE
                     rx.transport_up = true;
                     rx.last_message = Instant::now();
                     rx.probe = Some(rx.shared.enqueue(&Body::Heartbeat, None));
+                    if rx.shared.failing.load(Ordering::Acquire) {
+                        rx.shared.retry_now.notify_one();
+                    }
                 }
                 Some(TransportEvent::Message(bytes)) => rx.on_message(&bytes).await,
                 Some(TransportEvent::Interrupted) => {
