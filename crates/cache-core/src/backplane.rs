@@ -28,6 +28,59 @@
 //!   removed survives.
 //! - Messages of one instance arrive in the order it published them; application messages are
 //!   delivered after the cache notices published before them were applied.
+//!
+//! # States and resets
+//!
+//! A backplane starts `Connecting`. When the transport reports `Connected` it publishes a probe
+//! heartbeat and becomes `Connected` once it hears that probe's echo: only then has the whole path
+//! (publish, server, subscription) been shown to work. An `Interrupted` event, a subscription that
+//! ended, or no message at all for [`BackplaneConfig::silence_timeout`] (its own heartbeats
+//! included; the subscription is then replaced) makes it `Disconnected`. A *reset* clears the L1
+//! of every attached tiered cache and sends [`AppMessage::Resync`] to application subscribers; it
+//! happens on every move to `Disconnected`, on every detected gap, and again on every move back to
+//! `Connected` (what was published in between is lost; the first connection resets L1 only).
+//!
+//! A heartbeat goes out whenever nothing else was published for [`BackplaneConfig::heartbeat`],
+//! so receivers detect a gap even in quiet times and each instance keeps hearing itself.
+//!
+//! # Wire format (version 1)
+//!
+//! Every message is one JSON object, fields in this order:
+//!
+//! ```text
+//! {"v":1,"from":"<instance id>","seq":<n>,"sent":<µs since the epoch>,"body":<body>}
+//! ```
+//!
+//! - `v`: [`ENVELOPE_VERSION`]. A receiver checks it first and drops (counts as `rejected`)
+//!   anything else, so a future format never gets half-read.
+//! - `from`: the sender's instance id (16 hex digits, random per start).
+//! - `seq`: 1, 2, 3, … per instance, in publish order. A receiver that sees `seq` jump by more than
+//!   one for a known sender has lost messages (a gap); the first message of a sender it does not
+//!   know (new, or forgotten after an interruption) is not a gap.
+//! - `sent`: the sender's clock when it queued the message (for the lag statistic only).
+//! - `body`, one of:
+//!   - `{"t":["<tag>",…],"at":<µs>}`: invalidate these tags at this stamp (tags as stored, e.g.
+//!     `chat:v1:#channel:42`);
+//!   - `{"k":["<key>",…]}`: these keys changed or were deleted (keys as stored);
+//!   - `"hb"`: a heartbeat;
+//!   - `{"a":"<text>"}`: an application payload that is UTF-8 (JSON events are), as a JSON string;
+//!   - `{"x":"<hex>"}`: any other application payload, in lowercase hex.
+//!
+//! Anything else (not JSON, missing fields, a key or tag that does not parse, extra body fields)
+//! is rejected and counted, never a panic. The format is pinned by a golden test.
+//!
+//! # Clock skew
+//!
+//! Tag stamps and entry times come from each host's clock, so the stale-fill protection (an entry
+//! is rejected if a stamp of its tags is at or after its `created_at`) compares times of
+//! different hosts. Give every instance's caches and backplane one
+//! [`OffsetClock`](crate::OffsetClock) kept in step with a shared reference (cache-upstash
+//! measures the offset against Redis's `TIME`): hosts then agree up to the measurement error,
+//! at most half the round trip of the `TIME` call, and a fill whose data was read more than that
+//! before an invalidation is rejected everywhere. With raw wall clocks, a writer whose clock runs
+//! `d` ahead can keep data read up to `d` before an invalidation. Key notices (sets and deletes)
+//! and resets do not depend on clocks at all: they remove L1 copies outright, and a per-key epoch
+//! keeps racing fills out.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -718,7 +771,8 @@ impl Backplane {
     }
 
     /// Queues an application message for the other instances, in order after everything this
-    /// instance published before. Never waits.
+    /// instance published before. Never waits. This instance's own subscribers do not get it
+    /// back: deliver local events locally.
     pub fn publish_app(&self, payload: Bytes) {
         self.shared().enqueue(&Body::App(payload), None);
     }
