@@ -793,3 +793,45 @@ async fn stats_of_a_tiered_cache_include_its_backplane() {
     let json = serde_json::to_value(nodes[1].tiered.stats()).unwrap();
     assert_eq!(json["backplane"]["transport"], "local");
 }
+
+#[tokio::test]
+async fn a_reset_of_an_l1_that_cannot_clear_invalidates_the_namespaces_it_holds() {
+    let world = World::new();
+    let map = Arc::new(MapBackend::with_clock(world.clock.clone()));
+    // Passes everything through but `clear_local`, like a shared store would.
+    let l1 = Arc::new(HeldRead {
+        inner: map.clone(),
+        armed: AtomicBool::new(false),
+        read: Notify::new(),
+        release: Notify::new(),
+    });
+    let backplane = Backplane::start(Arc::new(world.bus.clone()), quiet(), Arc::new(SystemClock));
+    let tiered = TieredBackend::with_clock(
+        l1,
+        world.l2.clone(),
+        TieredConfig::default(),
+        Box::new(world.clock.clone()),
+    )
+    .with_backplane(backplane.clone());
+    wait_state(&backplane, BackplaneState::Connected).await;
+    let key = world.key(100);
+    tiered.set(&key, world.entry("1")).await.unwrap();
+    let other_ns = Namespace::new("elsewhere", 1).unwrap().key("k", &[&1]);
+    map.set(&other_ns, world.entry("2")).await.unwrap();
+    assert!(map.get(&key).await.unwrap().is_some());
+
+    let resets = backplane.stats().resets;
+    world.bus.interrupt();
+    eventually("the interruption's reset ran", || {
+        backplane.stats().resets > resets
+    })
+    .await;
+    assert!(
+        map.get(&key).await.unwrap().is_none(),
+        "this cache's namespace was dropped"
+    );
+    assert!(
+        map.get(&other_ns).await.unwrap().is_some(),
+        "a namespace it never put into L1 was left alone"
+    );
+}
