@@ -345,7 +345,7 @@ pub struct BackplaneStats {
     pub dropped: u64,
     /// Messages queued now.
     pub queued: u64,
-    /// Messages received from other instances.
+    /// Messages received from other instances and handled (notices applied).
     pub received: u64,
     /// Malformed or foreign-version messages ignored.
     pub rejected: u64,
@@ -1022,7 +1022,6 @@ impl Receiver {
             return;
         }
         let c = &self.shared.counters;
-        c.received.fetch_add(1, Ordering::Relaxed);
         let lag = self
             .shared
             .clock
@@ -1069,6 +1068,11 @@ impl Receiver {
             }
             Body::Heartbeat => {}
         }
+        // Counted once handled: a caller that sees the count has seen the notice applied.
+        self.shared
+            .counters
+            .received
+            .fetch_add(1, Ordering::Relaxed);
         self.prune(now);
     }
 

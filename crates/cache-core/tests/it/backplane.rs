@@ -142,13 +142,16 @@ impl World {
         for node in &nodes {
             wait_state(&node.backplane, BackplaneState::Connected).await;
         }
-        // Every node's probe has been heard by every other node (the bus is in order), so the
-        // counters the tests compare start from here.
+        // Each node says hello and waits for everyone else's: whatever a node published before
+        // (its probe) has then arrived too, so counters the tests compare start from here.
+        let mut apps: Vec<_> = nodes.iter().map(|n| n.backplane.subscribe_app()).collect();
         for node in &nodes {
-            eventually("every peer's probe arrived", || {
-                node.backplane.stats().received >= (n - 1) as u64
-            })
-            .await;
+            node.backplane.publish_app(Bytes::from_static(b"hello"));
+        }
+        for app in &mut apps {
+            for _ in 1..n {
+                assert!(matches!(next_app(app).await, AppMessage::Message { .. }));
+            }
         }
         nodes
     }
@@ -834,4 +837,65 @@ async fn a_reset_of_an_l1_that_cannot_clear_invalidates_the_namespaces_it_holds(
         map.get(&other_ns).await.unwrap().is_some(),
         "a namespace it never put into L1 was left alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_after_a_notice_never_see_older_values_under_concurrent_fills() {
+    let world = Arc::new(World::new());
+    let nodes = world.connected_nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let key = world.key(200);
+    let entry = |i: u64| {
+        let now = world.clock.now();
+        let until = now.saturating_add(ENTRY_TTL);
+        Entry::new(Bytes::from(i.to_string()), now, until, until)
+    };
+    let number = |e: Option<Entry>| -> u64 {
+        e.map_or(0, |e| {
+            std::str::from_utf8(e.value()).unwrap().parse().unwrap()
+        })
+    };
+    a.tiered.set(&key, entry(0)).await.unwrap();
+    // Once B has A's marker, it has handled everything A published before it.
+    let mut on_b = b.backplane.subscribe_app();
+    a.backplane.publish_app(Bytes::from_static(b"marker"));
+    assert!(matches!(
+        next_app(&mut on_b).await,
+        AppMessage::Message { .. }
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Readers on B keep missing and refilling L1 while A's notices arrive.
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (tiered, l1, key, stop) =
+                (b.tiered.clone(), b.l1.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = tiered.get(&key).await;
+                    let _ = l1.delete(&key).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let base = b.bp_stats().received;
+    for i in 1..=200u64 {
+        a.tiered.set(&key, entry(i)).await.unwrap();
+        eventually("B received the notice", || {
+            b.bp_stats().received >= base + i
+        })
+        .await;
+        let seen = number(b.tiered.get(&key).await.unwrap());
+        assert!(
+            seen >= i,
+            "round {i}: B read {seen} after A's notice; l1 {:?} l2 {:?} received {} base {base}",
+            number(b.l1.raw(&key)),
+            number(world.l2.raw(&key)),
+            b.bp_stats().received
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
 }
