@@ -175,7 +175,6 @@ pub const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(60);
 /// time line; if Upstash cannot be reached now the instance starts on its own clock (logged: the
 /// database is the source of truth and startup does not wait for the cache) and the sync task,
 /// measuring every [`CLOCK_SYNC_EVERY`], corrects it once Upstash answers.
-#[cfg(any())]
 pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
     if !config.backplane_enabled() {
         return Ok(CacheParts::local(build_backend(config)?));
@@ -203,13 +202,6 @@ pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
     ));
     let transport = cache_upstash::UpstashTransport::new(redis, config.backplane_channel());
     build_cache_on(config, Arc::new(transport), clock)
-}
-
-/// Until cache-upstash has its transport: the backplane stays off.
-#[cfg(all())]
-pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
-    let _ = upstash_client;
-    Ok(CacheParts::local(build_backend(config)?))
 }
 
 /// An `Arc`'d clock where a `Box<dyn Clock>` is wanted, so the tiered backend and the facade
