@@ -18,6 +18,16 @@
 //! sizes are cached. Every invalidation runs after the database commit, so a read that follows
 //! the write's response cannot see older data (the cache's tag stamps reject entries whose data
 //! was read before the invalidation).
+//!
+//! # Several instances
+//!
+//! With `CACHE_BACKPLANE=auto` and the cache on Upstash, [`connect_cache`] puts the tiered cache on
+//! a backplane: after an invalidation reached Upstash, its tags are announced on
+//! `<CACHE_PREFIX>:bus` and every other instance drops them from its L1, so L1 keeps entries for
+//! their whole TTL while the bus is connected. Stamps are taken on the Upstash server's time line
+//! (an [`OffsetClock`] synced to its `TIME`), so hosts' clock skew does not decide which entries a
+//! stamp hides. Sets are not announced: chat-api writes only through the write events here, and
+//! its sets are fills of data read after the last invalidation.
 
 use std::{sync::Arc, time::Duration};
 

@@ -173,7 +173,10 @@ async fn a_post_is_read_on_every_other_instance(cluster: &Cluster) {
     // Every instance holds the page in L1 now, for its whole TTL while the bus is connected (the
     // `off` test shows such a copy surviving a write elsewhere).
     for app in [a, b, c] {
-        assert_eq!(latest_ids(app, &ann, &channel).await, std::slice::from_ref(&first));
+        assert_eq!(
+            latest_ids(app, &ann, &channel).await,
+            std::slice::from_ref(&first)
+        );
     }
 
     for (writer, author, round) in [(a, &ann, "two"), (b, &bob, "three"), (c, &cid, "four")] {
@@ -235,7 +238,10 @@ async fn with_the_backplane_off_nothing_is_published() {
     let channel = a.create_channel(&ann, "general", "public").await;
     let bob = member(b, "bob", &channel).await;
     let first = id(&a.post_message(&ann, &channel, "one").await);
-    assert_eq!(latest_ids(b, &bob, &channel).await, std::slice::from_ref(&first));
+    assert_eq!(
+        latest_ids(b, &bob, &channel).await,
+        std::slice::from_ref(&first)
+    );
     let second = id(&a.post_message(&ann, &channel, "two").await);
     assert_eq!(latest_ids(a, &ann, &channel).await[0], second);
     assert_eq!(
@@ -303,7 +309,10 @@ async fn events_reach_sessions_on_every_instance(cluster: &Cluster) {
     // Cache the page on every instance first: the reads after the events must not be first reads.
     let first = id(&a.post_message(&ann, &channel, "first").await);
     for app in [a, b, c] {
-        assert_eq!(latest_ids(app, &bob, &channel).await, std::slice::from_ref(&first));
+        assert_eq!(
+            latest_ids(app, &bob, &channel).await,
+            std::slice::from_ref(&first)
+        );
     }
     for socket in &mut sockets {
         assert_eq!(creates_until(socket, "first").await, ["first"]);
