@@ -169,13 +169,36 @@ async fn a_post_is_read_on_every_other_instance(cluster: &Cluster) {
     // Users registered and joined on other instances: token and membership lookups cross too.
     let bob = member(b, "bob", &channel).await;
     let cid = member(c, "cid", &channel).await;
+    let mut sockets = Vec::new();
+    for (app, user) in [(b, &bob), (c, &cid)] {
+        let mut socket = connect(serve(app).await, Some(&user.token), "").await;
+        hello_and_ready(&mut socket).await;
+        sockets.push(socket);
+    }
     let first = id(&a.post_message(&ann, &channel, "one").await);
-    // Every instance holds the page in L1 now, for its whole TTL while the bus is connected (the
-    // `off` test shows such a copy surviving a write elsewhere).
-    for app in [a, b, c] {
+    // Once the post's event arrived, so did its notice (it went first on the same bus): the reads
+    // below fill L1 after it, and nothing but the next notice may drop their copies.
+    for socket in &mut sockets {
+        assert_eq!(creates_until(socket, "one").await, ["one"]);
+    }
+    for (app, user) in [(b, &bob), (c, &cid)] {
         assert_eq!(
-            latest_ids(app, &ann, &channel).await,
+            latest_ids(app, user, &channel).await,
             std::slice::from_ref(&first)
+        );
+        poll("the fill is stored", || async {
+            app.state.cache().cache().loads_in_flight() == 0
+        })
+        .await;
+        let queries = app.queries();
+        assert_eq!(
+            latest_ids(app, user, &channel).await,
+            std::slice::from_ref(&first)
+        );
+        assert_eq!(
+            app.queries(),
+            queries,
+            "the page is served from this instance's L1"
         );
     }
 
