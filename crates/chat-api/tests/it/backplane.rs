@@ -24,7 +24,7 @@ use serde_json::Value;
 use upstash_gateway::testing::TestGateway;
 
 use crate::{
-    support::{Db, TestApp, TestDb, TestUser, ids, on_both_databases},
+    support::{Db, Server, TestApp, TestDb, TestUser, ids, on_both_databases},
     ws::{Socket, connect, hello_and_ready, next_close_code, next_json, serve},
 };
 
@@ -531,4 +531,104 @@ async fn health(app: &TestApp) -> Value {
         .await
         .expect(200)
         .body
+}
+
+/// The real binary, configured only by the environment as an operator would
+/// (`CACHE_BACKEND=tiered` and Upstash credentials, nothing about the backplane): two processes
+/// join the bus on their own, and a post on one is read on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_join_the_backplane_by_default() {
+    let gateway = TestGateway::start().await;
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let prefix = unique_prefix();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("CACHE_BACKEND", "tiered"),
+        ("UPSTASH_REDIS_REST_URL", &gateway.url()),
+        ("UPSTASH_REDIS_REST_TOKEN", gateway.token()),
+        ("CACHE_PREFIX", &prefix),
+        ("CACHE_L1_MAX_TTL_MS", "120000"),
+    ];
+    let a = Server::start(&env, None).await;
+    let b = Server::start(&env, None).await;
+    let client = reqwest::Client::new();
+    for server in [&a, &b] {
+        poll("the process's backplane connected", || async {
+            let health: Value = client
+                .get(format!("{}/health", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            health["backplane"]["state"] == "connected" && health["status"] == "ok"
+        })
+        .await;
+    }
+    let call = |method: reqwest::Method, url: String, token: Option<&str>, body: Option<Value>| {
+        let mut request = client.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<Value>().await.unwrap_or(Value::Null)
+        }
+    };
+    let ann = call(
+        reqwest::Method::POST,
+        a.api("/users"),
+        None,
+        Some(serde_json::json!({"name": "ann"})),
+    )
+    .await;
+    let token = ann["token"].as_str().unwrap();
+    let channel = call(
+        reqwest::Method::POST,
+        a.api("/channels"),
+        Some(token),
+        Some(serde_json::json!({"name": "general", "kind": "public"})),
+    )
+    .await;
+    let page = format!("/channels/{}/messages", channel["id"].as_str().unwrap());
+    let post = |content: &str| {
+        call(
+            reqwest::Method::POST,
+            a.api(&page),
+            Some(token),
+            Some(serde_json::json!({ "content": content })),
+        )
+    };
+    let first = id(&post("one").await);
+    let read_on_b =
+        || async { ids(&call(reqwest::Method::GET, b.api(&page), Some(token), None).await) };
+    poll("B reads the first post", || async {
+        read_on_b().await == [first.clone()]
+    })
+    .await;
+    let second = id(&post("two").await);
+    poll("B reads the second post", || async {
+        read_on_b().await.first() == Some(&second)
+    })
+    .await;
+    let stats: Value = client
+        .get(format!("{}/stats", b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["backplane"]["transport"], "upstash", "{stats}");
+    assert!(
+        stats["backplane"]["received"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    drop((a, b));
+    gateway.shutdown().await;
 }
