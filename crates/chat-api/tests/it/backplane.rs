@@ -19,6 +19,7 @@ use chat_api::{
     CLOSE_LAGGED,
     cache::build_cache_on,
     config::{BackplaneMode, CacheBackendKind, SecretString},
+    ratelimit::Bucket,
 };
 use serde_json::Value;
 use upstash_gateway::testing::TestGateway;
@@ -64,10 +65,21 @@ fn unique_prefix() -> String {
 
 /// `n` instances on `db` on one in-process bus, connected.
 async fn local_cluster(db: Db, n: usize, mode: BackplaneMode) -> Option<(Cluster, LocalTransport)> {
+    local_cluster_with(db, n, mode, |c| c).await
+}
+
+/// [`local_cluster`] with the settings adjusted by `adjust`.
+async fn local_cluster_with(
+    db: Db,
+    n: usize,
+    mode: BackplaneMode,
+    adjust: impl Fn(chat_api::Config) -> chat_api::Config,
+) -> Option<(Cluster, LocalTransport)> {
     let gateway = TestGateway::start().await;
     let db = Arc::new(TestDb::create(db).await?);
     let local = LocalTransport::new();
-    let configure = cluster_config(&gateway, &unique_prefix(), mode);
+    let base = cluster_config(&gateway, &unique_prefix(), mode);
+    let configure = |c| adjust(base(c));
     let mut apps = Vec::new();
     for _ in 0..n {
         let transport = Arc::new(local.clone());
@@ -631,4 +643,59 @@ async fn two_processes_join_the_backplane_by_default() {
     );
     drop((a, b));
     gateway.shutdown().await;
+}
+
+/// Per-user rate limits hold across instances: what one instance allowed counts on the others
+/// once it shared its counts on the bus, with no Redis command per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_instances() {
+    let (cluster, _local) =
+        local_cluster_with(Db::Sqlite, 2, BackplaneMode::Auto, |c| chat_api::Config {
+            rate_limit: true,
+            ..c
+        })
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    let ann = a.register("ann").await;
+    let limit = Bucket::Channels.limit();
+    let on_a = limit - 5;
+    for i in 0..on_a {
+        a.create_channel(&ann, &format!("a{i}"), "public").await;
+    }
+    let subject = format!("user:{}", ann.id);
+    poll("B heard A's counts", || async {
+        b.state.limiter().used(&subject, Bucket::Channels) >= on_a
+    })
+    .await;
+    let mut allowed = 0;
+    loop {
+        let response = b
+            .post(
+                "/api/v1/channels",
+                &ann.token,
+                serde_json::json!({"name": format!("b{allowed}"), "kind": "public"}),
+            )
+            .await;
+        if response.status == 429 {
+            break;
+        }
+        response.expect(201);
+        allowed += 1;
+        assert!(allowed <= limit, "B ignored A's counts");
+    }
+    assert_eq!(allowed, 5, "B allowed only what was left of the limit");
+    // And back: A hears B's five.
+    poll("A heard B's counts", || async {
+        a.state.limiter().used(&subject, Bucket::Channels) >= limit
+    })
+    .await;
+    a.post(
+        "/api/v1/channels",
+        &ann.token,
+        serde_json::json!({"name": "over", "kind": "public"}),
+    )
+    .await
+    .expect_error(429, "rate_limited");
+    cluster.gateway.shutdown().await;
 }
