@@ -159,8 +159,11 @@ pub struct Decision {
 pub struct RateLimiter {
     windows: moka::sync::Cache<(String, Bucket), Arc<Mutex<Window>>>,
     // Counts allowed here and not yet shared; `None` when not on a backplane.
-    unshared: Option<Arc<Mutex<HashMap<(String, Bucket), u32>>>>,
+    unshared: Option<Arc<Mutex<Unshared>>>,
 }
+
+/// Requests allowed per (subject, bucket) since the counts were last shared.
+type Unshared = HashMap<(String, Bucket), u32>;
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
