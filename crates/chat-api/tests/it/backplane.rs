@@ -699,3 +699,27 @@ async fn rate_limits_hold_across_instances() {
     .expect_error(429, "rate_limited");
     cluster.gateway.shutdown().await;
 }
+
+/// `CACHE_BACKEND=upstash` (no L1) is on the backplane too: there is nothing to keep coherent,
+/// but realtime events still cross instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_l1_the_backplane_still_carries_events() {
+    let (cluster, _local) =
+        local_cluster_with(Db::Sqlite, 2, BackplaneMode::Auto, |c| chat_api::Config {
+            cache_backend: CacheBackendKind::Upstash,
+            ..c
+        })
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    assert_eq!(b.state.cache().cache().backend().name(), "upstash");
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let mut socket = connect(serve(b).await, Some(&bob.token), "").await;
+    hello_and_ready(&mut socket).await;
+    let posted = id(&a.post_message(&ann, &channel, "hello").await);
+    assert_eq!(creates_until(&mut socket, "hello").await, ["hello"]);
+    assert_eq!(latest_ids(b, &bob, &channel).await, [posted]);
+    cluster.gateway.shutdown().await;
+}
