@@ -5,7 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use cache_core::{BackplaneTransport, DynTransport, TransportEvent};
+use cache_core::{
+    AppMessage, Backplane, BackplaneConfig, BackplaneState, BackplaneTransport, DynTransport,
+    Notice, SystemClock, TransportEvent,
+};
 use cache_upstash::{Redis, SubscribeOptions, SubscriptionEvent, UpstashTransport};
 use tokio::sync::mpsc;
 use upstash_gateway::testing::TcpProxy;
@@ -164,4 +167,52 @@ async fn interruptions_are_reported_once_then_connected() {
         next(&mut rx).await,
         TransportEvent::Message(Bytes::from_static(b"after"))
     );
+}
+
+/// Two `cache-core` backplanes on one Upstash channel: each connects (hearing its own
+/// heartbeats), and application messages and notices of one reach the other.
+#[tokio::test]
+async fn backplanes_talk_over_upstash() {
+    let (env, redis) = gateway().await;
+    let start = |redis: Redis| {
+        let transport: DynTransport = Arc::new(UpstashTransport::new(redis, "bp:e2e"));
+        let mut config = BackplaneConfig::default();
+        config.heartbeat = Duration::from_millis(200);
+        config.silence_timeout = Duration::from_secs(5);
+        Backplane::start(transport, config, Arc::new(SystemClock))
+    };
+    let one = start(redis);
+    let two = start(client_for(&env).build().unwrap());
+    for bus in [&one, &two] {
+        let mut state = bus.watch_state();
+        tokio::time::timeout(
+            PATIENCE,
+            state.wait_for(|s| *s == BackplaneState::Connected),
+        )
+        .await
+        .expect("connected in time")
+        .unwrap();
+    }
+    let mut inbox = two.subscribe_app();
+    let payload = Bytes::from_static(&[0xff, b'\n', 0x00, b'{']);
+    one.publish_app(payload.clone());
+    let received = loop {
+        match tokio::time::timeout(PATIENCE, inbox.recv()).await.unwrap().unwrap() {
+            AppMessage::Message { origin, payload } => break (origin, payload),
+            AppMessage::Resync => {}
+        }
+    };
+    assert_eq!(&*received.0, one.instance_id());
+    assert_eq!(received.1, payload);
+    let before = two.stats().received;
+    one.publish_invalidation(Notice::DeleteKeys(vec![]))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while two.stats().received == before {
+        assert!(tokio::time::Instant::now() < deadline, "notice not received");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(two.stats().rejected, 0);
+    assert_eq!(one.stats().transport, "upstash");
 }
