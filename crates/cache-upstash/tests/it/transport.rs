@@ -197,7 +197,11 @@ async fn backplanes_talk_over_upstash() {
     let payload = Bytes::from_static(&[0xff, b'\n', 0x00, b'{']);
     one.publish_app(payload.clone());
     let received = loop {
-        match tokio::time::timeout(PATIENCE, inbox.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(PATIENCE, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             AppMessage::Message { origin, payload } => break (origin, payload),
             AppMessage::Resync => {}
         }
@@ -210,7 +214,10 @@ async fn backplanes_talk_over_upstash() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while two.stats().received == before {
-        assert!(tokio::time::Instant::now() < deadline, "notice not received");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notice not received"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(two.stats().rejected, 0);
