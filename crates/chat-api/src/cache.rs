@@ -32,8 +32,8 @@
 use std::{sync::Arc, time::Duration};
 
 use cache_core::{
-    Backplane, BackplaneConfig, Cache, Clock, DynBackend, DynTransport, Key, Namespace,
-    OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
+    Backplane, BackplaneConfig, BackplaneState, Cache, Clock, DynBackend, DynTransport, Key,
+    Namespace, OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
 };
 use cache_memory::{MemoryBackend, MemoryConfig};
 use cache_upstash::{Redis, Secret, UpstashBackend};
@@ -211,8 +211,30 @@ pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
         CLOCK_SYNC_EVERY,
     ));
     let transport = cache_upstash::UpstashTransport::new(redis, config.backplane_channel());
-    build_cache_on(config, Arc::new(transport), clock)
+    let parts = build_cache_on(config, Arc::new(transport), clock)?;
+    if let Some(backplane) = &parts.backplane {
+        // Sessions opened before the subscription works would miss other instances' events
+        // without being told (the first connect is no resync), so serving waits for it, briefly:
+        // past that the instance serves anyway, on the short L1 cap, and connects in the
+        // background.
+        let mut state = backplane.watch_state();
+        let connected = tokio::time::timeout(
+            BACKPLANE_STARTUP_WAIT,
+            state.wait_for(|s| *s == BackplaneState::Connected),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(_))) {
+            tracing::warn!(
+                waited = ?BACKPLANE_STARTUP_WAIT,
+                "the backplane is not connected yet; serving anyway, without other instances' events until it is"
+            );
+        }
+    }
+    Ok(parts)
 }
+
+/// How long [`connect_cache`] waits for the backplane's subscription before the server serves.
+pub const BACKPLANE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// An `Arc`'d clock where a `Box<dyn Clock>` is wanted, so the tiered backend and the facade
 /// share one offset.
