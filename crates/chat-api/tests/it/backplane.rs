@@ -376,13 +376,16 @@ async fn events_reach_sessions_on_every_instance(cluster: &Cluster) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_reach_sessions_on_every_instance_on_a_local_bus() {
-    let (cluster, _local) = local_cluster(Db::Sqlite, 3, BackplaneMode::Auto)
-        .await
-        .unwrap();
+async fn events_reach_sessions_on_every_instance_on_a_local_bus(db: Db) {
+    let Some((cluster, _local)) = local_cluster(db, 3, BackplaneMode::Auto).await else {
+        return;
+    };
     events_reach_sessions_on_every_instance(&cluster).await;
     cluster.gateway.shutdown().await;
+}
+
+on_both_databases! {
+    events_reach_sessions_on_every_instance_on_a_local_bus;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
