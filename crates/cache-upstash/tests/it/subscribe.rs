@@ -126,7 +126,7 @@ async fn one_stream_for_several_channels() {
 }
 
 /// What the SSE protocol carries: text. Line breaks, commas, unicode and empty payloads arrive as
-/// published; `\r\n` arrives as `\n`; bytes that are not UTF-8 arrive as U+FFFD.
+/// published; `\r\n` and a lone `\r` arrive as `\n`; bytes that are not UTF-8 arrive as U+FFFD.
 #[tokio::test]
 async fn payloads_with_newlines_unicode_and_binary() {
     let (_env, redis) = gateway().await;
@@ -158,7 +158,7 @@ async fn payloads_with_newlines_unicode_and_binary() {
             b"data: not a field\n: nor a comment".to_vec(),
         ),
         (b"crlf\r\nline".to_vec(), b"crlf\nline".to_vec()),
-        (b"lone\rcr".to_vec(), b"lone\rcr".to_vec()),
+        (b"lone\rcr".to_vec(), b"lone\ncr".to_vec()),
         (
             vec![0xff, 0xfe, b'x', 0x00, b'y'],
             "\u{FFFD}\u{FFFD}x\u{0}y".as_bytes().to_vec(),
