@@ -268,6 +268,28 @@ async fn redis_restarted_behind_the_gateway() {
 }
 
 #[tokio::test]
+async fn a_wrong_token_is_reported_without_showing_it() {
+    let (env, _redis) = gateway().await;
+    let wrong = "wrong-token-that-must-not-show";
+    let redis = Redis::builder()
+        .url(env.url())
+        .token(wrong)
+        .build()
+        .unwrap();
+    let mut sub = redis.subscribe_with(&["chat"], fast());
+    match next(&mut sub).await {
+        SubscriptionEvent::Interrupted { reason, retry_in } => {
+            assert_eq!(reason.kind(), ErrorKind::Unauthorized);
+            assert!(retry_in.is_some());
+            let shown = format!("{reason} {reason:?} {sub:?} {redis:?}");
+            assert!(!shown.contains(wrong), "{shown}");
+            assert!(!shown.contains(env.token()), "{shown}");
+        }
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn an_outage_answers_503_until_it_ends() {
     let (env, redis) = gateway().await;
     env.faults().start_outage(Duration::from_secs(600));
