@@ -437,10 +437,13 @@ impl StreamState<'_> {
 
     /// The event of one SSE data block; `None` for kinds a subscriber does not need.
     fn parse(&self, data: &[u8]) -> Result<Option<SubscriptionEvent>> {
+        // Names the kind and size, never the content: it may be a message's payload.
         let malformed = || {
+            let kind = data.split(|&b| b == b',').next().unwrap_or_default();
             Error::unexpected(format!(
-                "malformed subscription event {:?}",
-                String::from_utf8_lossy(&data[..data.len().min(80)])
+                "malformed subscription event of kind {:?} ({} bytes)",
+                String::from_utf8_lossy(&kind[..kind.len().min(16)]),
+                data.len()
             ))
         };
         let Some(comma) = data.iter().position(|&b| b == b',') else {
@@ -678,7 +681,11 @@ mod tests {
         ));
         assert!(state.parse(b"unsubscribe,chat,0").unwrap().is_none());
         assert!(state.parse(b"hello").unwrap().is_none());
-        assert!(state.parse(b"message,nochannel").is_err());
+        let err = state.parse(b"message,secret-payload").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected response: malformed subscription event of kind \"message\" (22 bytes)"
+        );
         assert!(state.parse(b"subscribe,chat,x").is_err());
         let state = StreamState {
             kind: Kind::Patterns,
