@@ -112,6 +112,9 @@ pub async fn sync_clock(redis: &Redis, clock: &OffsetClock) -> Result<ClockSampl
 /// Keeps `clock`'s offset to Redis current: syncs at once, then every `every` (at least 1 s).
 /// A failed sync keeps the previous offset and is retried sooner (1 s, doubling up to `every`).
 /// Runs until the handle is aborted or the runtime shuts down.
+///
+/// Each sync is [`SYNC_SAMPLES`] `TIME` requests, one after the other (a pipeline would share one
+/// round trip and hide which sample was fast): that many billed commands per `every`.
 pub fn spawn_clock_sync(
     redis: Redis,
     clock: Arc<OffsetClock>,

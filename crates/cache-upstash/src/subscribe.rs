@@ -15,7 +15,8 @@
 //!
 //! - valid UTF-8 (unicode, commas, JSON, `\n`): exactly what was published;
 //! - `\r\n` inside the payload: `\n` (the server splits the event into lines there);
-//! - a lone `\r`: kept (only `\n` ends a line here, unlike strict SSE, so such payloads survive);
+//! - a lone `\r`: `\n` with `upstash-gateway`, which, like `\r\n`, starts a new `data:` line
+//!   there (the SSE format makes `\r` a line end too, so it cannot be sent raw);
 //! - bytes that are not UTF-8: each invalid sequence becomes U+FFFD on the server, so binary
 //!   data must be encoded (base64, as [`UpstashTransport`](crate::UpstashTransport) does).
 //!
@@ -436,10 +437,13 @@ impl StreamState<'_> {
 
     /// The event of one SSE data block; `None` for kinds a subscriber does not need.
     fn parse(&self, data: &[u8]) -> Result<Option<SubscriptionEvent>> {
+        // Names the kind and size, never the content: it may be a message's payload.
         let malformed = || {
+            let kind = data.split(|&b| b == b',').next().unwrap_or_default();
             Error::unexpected(format!(
-                "malformed subscription event {:?}",
-                String::from_utf8_lossy(&data[..data.len().min(80)])
+                "malformed subscription event of kind {:?} ({} bytes)",
+                String::from_utf8_lossy(&kind[..kind.len().min(16)]),
+                data.len()
             ))
         };
         let Some(comma) = data.iter().position(|&b| b == b',') else {
@@ -507,16 +511,16 @@ fn rsplit_comma(data: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&data[..comma], &data[comma + 1..]))
 }
 
-/// An incremental parser of an SSE body into the data of its events.
-///
-/// Lines end at `\n` (a `\r` before it is dropped); a lone `\r` is kept as data, which strict SSE
-/// would treat as a line end, because the server never sends one as such and payloads may hold
-/// it. Fields other than `data` and comment lines are ignored; an empty line ends an event.
+/// An incremental parser of an SSE body into the data of its events, per the SSE format: lines
+/// end at `\r\n`, `\n` or `\r` (also when split across reads), the `data` lines of an event are
+/// joined with `\n`, other fields and comment lines are ignored, and an empty line ends an event.
 #[derive(Debug)]
 pub(crate) struct SseParser {
     line: Vec<u8>,
     data: Vec<u8>,
     has_data: bool,
+    /// The last byte seen was a `\r` that ended a line.
+    after_cr: bool,
     max: usize,
 }
 
@@ -526,6 +530,7 @@ impl SseParser {
             line: Vec::new(),
             data: Vec::new(),
             has_data: false,
+            after_cr: false,
             max,
         }
     }
@@ -533,42 +538,55 @@ impl SseParser {
     /// Feeds bytes; returns the data of every event they completed.
     pub(crate) fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
         let mut events = Vec::new();
-        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&bytes[..newline]);
-            bytes = &bytes[newline + 1..];
+        if self.after_cr && !bytes.is_empty() {
+            // The `\n` of a `\r\n` split across two reads: the line already ended.
+            if let Some(rest) = bytes.strip_prefix(b"\n") {
+                bytes = rest;
+            }
+            self.after_cr = false;
+        }
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&bytes[..end]);
+            let crlf = bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n');
+            self.after_cr = bytes[end] == b'\r' && end + 1 == bytes.len();
+            bytes = &bytes[end + if crlf { 2 } else { 1 }..];
             self.check_size()?;
-            let mut line = std::mem::take(&mut self.line);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.is_empty() {
-                if self.has_data {
-                    events.push(std::mem::take(&mut self.data));
-                    self.has_data = false;
-                }
-            } else if line[0] != b':' {
-                let (field, value) = match line.iter().position(|&b| b == b':') {
-                    Some(colon) => {
-                        let value = &line[colon + 1..];
-                        (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-                    }
-                    None => (&line[..], &[][..]),
-                };
-                if field == b"data" {
-                    if self.has_data {
-                        self.data.push(b'\n');
-                    }
-                    self.data.extend_from_slice(value);
-                    self.has_data = true;
-                }
-            }
+            let line = std::mem::take(&mut self.line);
+            self.line_ended(&line, &mut events);
             // Reuse the allocation for the next line.
-            line.clear();
             self.line = line;
+            self.line.clear();
         }
         self.line.extend_from_slice(bytes);
         self.check_size()?;
         Ok(events)
+    }
+
+    fn line_ended(&mut self, line: &[u8], events: &mut Vec<Vec<u8>>) {
+        if line.is_empty() {
+            if self.has_data {
+                events.push(std::mem::take(&mut self.data));
+                self.has_data = false;
+            }
+            return;
+        }
+        if line[0] == b':' {
+            return; // a comment: a keep-alive
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        if field == b"data" {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
     }
 
     fn check_size(&self) -> Result<()> {
@@ -607,13 +625,16 @@ mod tests {
         );
         assert!(events(&mut parser, "event: ignored\nid: 3\n\n").is_empty());
         assert_eq!(events(&mut parser, "data: \n\n"), vec![""]);
-        assert_eq!(events(&mut parser, "data: a\rb\n\n"), vec!["a\rb"]);
+        assert_eq!(
+            events(&mut parser, "data: a\rdata: b\r\rdata: c\r\n\r\n"),
+            vec!["a\nb", "c"]
+        );
     }
 
     #[test]
     fn events_split_across_chunks() {
         let mut parser = SseParser::new(1024);
-        let input = "data: subscribe,chat,1\n\ndata: message,chat,héllo\ndata: two\n\n";
+        let input = "data: subscribe,chat,1\r\n\r\ndata: message,chat,héllo\r\ndata: two\r\n\r\n";
         let mut seen = Vec::new();
         for byte in input.as_bytes() {
             seen.extend(parser.push(std::slice::from_ref(byte)).unwrap());
@@ -660,7 +681,11 @@ mod tests {
         ));
         assert!(state.parse(b"unsubscribe,chat,0").unwrap().is_none());
         assert!(state.parse(b"hello").unwrap().is_none());
-        assert!(state.parse(b"message,nochannel").is_err());
+        let err = state.parse(b"message,secret-payload").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected response: malformed subscription event of kind \"message\" (22 bytes)"
+        );
         assert!(state.parse(b"subscribe,chat,x").is_err());
         let state = StreamState {
             kind: Kind::Patterns,

@@ -126,7 +126,7 @@ async fn one_stream_for_several_channels() {
 }
 
 /// What the SSE protocol carries: text. Line breaks, commas, unicode and empty payloads arrive as
-/// published; `\r\n` arrives as `\n`; bytes that are not UTF-8 arrive as U+FFFD.
+/// published; `\r\n` and a lone `\r` arrive as `\n`; bytes that are not UTF-8 arrive as U+FFFD.
 #[tokio::test]
 async fn payloads_with_newlines_unicode_and_binary() {
     let (_env, redis) = gateway().await;
@@ -158,7 +158,7 @@ async fn payloads_with_newlines_unicode_and_binary() {
             b"data: not a field\n: nor a comment".to_vec(),
         ),
         (b"crlf\r\nline".to_vec(), b"crlf\nline".to_vec()),
-        (b"lone\rcr".to_vec(), b"lone\rcr".to_vec()),
+        (b"lone\rcr".to_vec(), b"lone\ncr".to_vec()),
         (
             vec![0xff, 0xfe, b'x', 0x00, b'y'],
             "\u{FFFD}\u{FFFD}x\u{0}y".as_bytes().to_vec(),
@@ -265,6 +265,28 @@ async fn redis_restarted_behind_the_gateway() {
     until_subscribed(&mut sub).await;
     redis.publish("chat", "back").await.unwrap();
     assert_eq!(message(&mut sub, "chat").await, "back");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_reported_without_showing_it() {
+    let (env, _redis) = gateway().await;
+    let wrong = "wrong-token-that-must-not-show";
+    let redis = Redis::builder()
+        .url(env.url())
+        .token(wrong)
+        .build()
+        .unwrap();
+    let mut sub = redis.subscribe_with(&["chat"], fast());
+    match next(&mut sub).await {
+        SubscriptionEvent::Interrupted { reason, retry_in } => {
+            assert_eq!(reason.kind(), ErrorKind::Unauthorized);
+            assert!(retry_in.is_some());
+            let shown = format!("{reason} {reason:?} {sub:?} {redis:?}");
+            assert!(!shown.contains(wrong), "{shown}");
+            assert!(!shown.contains(env.token()), "{shown}");
+        }
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
 }
 
 #[tokio::test]
