@@ -16,6 +16,11 @@
 //! - [`ClientStats`] count HTTP requests and billed commands.
 //! - [`UpstashBackend`]: entries, tags and invalidation stamps for `cache-core`, one request per
 //!   read, per batch read, and per invalidation.
+//! - Pub/sub: [`Redis::subscribe`] / [`Redis::psubscribe`] over Upstash's SSE streams, with typed
+//!   [`SubscriptionEvent`]s, a heartbeat timeout and reconnection; [`UpstashTransport`], the
+//!   `cache-core` backplane on one channel.
+//! - Clock sync: [`Redis::time`], [`measure_clock_offset`] and [`spawn_clock_sync`] keep a
+//!   [`cache_core::OffsetClock`] on Redis's time line, within half a round trip.
 //!
 //! # Example
 //!
@@ -39,6 +44,7 @@
 mod auto_pipeline;
 mod backend;
 mod client;
+mod clock;
 mod command;
 mod commands;
 mod config;
@@ -48,16 +54,24 @@ mod error;
 pub mod fuzzing;
 mod pipeline;
 mod script;
+mod subscribe;
+mod transport;
 mod value;
 mod wire;
 
 pub use backend::{UpstashBackend, UpstashBackendConfig};
 pub use client::{ClientStats, Redis};
+pub use clock::{
+    ClockSample, MAX_SYNC_RTT, SYNC_SAMPLES, best_clock_sample, measure_clock_offset,
+    spawn_clock_sync, sync_clock,
+};
 pub use command::{Command, TypedCommand};
 pub use commands::{ScanOptions, SetOptions, cmd};
 pub use config::{RedisBuilder, RetryPolicy, Secret};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use pipeline::{Handle, Pipeline, PipelineResults};
 pub use script::Script;
+pub use subscribe::{SubscribeOptions, Subscription, SubscriptionEvent};
+pub use transport::{MAX_FRAME_BYTES, UpstashTransport};
 pub use value::{FromValue, IntoArg, Value};
 pub use wire::ResponseEncoding;

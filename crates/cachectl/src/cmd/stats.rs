@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use chat_stats::{BreakerState, Stats};
+use chat_stats::{BackplaneState, BreakerState, Stats};
 use clap::Args;
 use serde::Serialize;
 
@@ -28,7 +28,8 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
 /// keyspace (INFO, where the server offers it). From a running chat-api (--server, default
 /// http://127.0.0.1:3000): per tier hits, misses and hit ratio, errors, timeouts, calls skipped by
 /// the open breaker, entries, bytes, Upstash HTTP requests and billed commands; get_or_load hits,
-/// loads and errors; the breaker state; pending invalidations (from its GET /stats). Without an
+/// loads and errors; the breaker state; the backplane between instances, when it is on; pending
+/// invalidations (from its GET /stats). Without an
 /// explicit --server, a chat-api that is not running is skipped with a note. With --json, one
 /// document (one per line with --watch) whose "server" is chat-api's /stats document as served.
 #[derive(Debug, Args)]
@@ -420,6 +421,23 @@ fn render(report: &Report, style: Style) -> String {
             Some(BreakerState::Open | BreakerState::HalfOpen) => Tone::Bad,
         };
         summary.row(vec![("breaker".to_owned(), Tone::Plain), (breaker, tone)]);
+        if let Some(b) = &server.backplane {
+            let tone = if b.state == BackplaneState::Connected {
+                Tone::Plain
+            } else {
+                Tone::Bad
+            };
+            let text = format!(
+                "{} on {} ({} in, {} out, {} gaps, {} interruptions)",
+                b.state.as_str(),
+                b.transport,
+                b.received,
+                b.published,
+                b.gaps,
+                b.interruptions
+            );
+            summary.row(vec![("backplane".to_owned(), Tone::Plain), (text, tone)]);
+        }
         summary.plain_row([
             "pending invalidations".to_owned(),
             server.cache.pending_invalidations.to_string(),
@@ -447,6 +465,35 @@ fn render(report: &Report, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backplane_row_shows_when_chat_api_has_one() {
+        let mut server = Stats::default();
+        let report = |server: Stats| Report {
+            at: String::new(),
+            backend: None,
+            backend_error: None,
+            server_url: DEFAULT_SERVER.to_owned(),
+            server: Some(server),
+            server_error: None,
+            notes: Vec::new(),
+            failed: false,
+        };
+        let text = render(&report(server.clone()), Style::plain());
+        assert!(!text.contains("backplane"), "{text}");
+        server.backplane = Some(chat_stats::BackplaneStats {
+            transport: "upstash".into(),
+            state: BackplaneState::Disconnected,
+            received: 7,
+            gaps: 1,
+            ..chat_stats::BackplaneStats::default()
+        });
+        let text = render(&report(server), Style::plain());
+        assert!(
+            text.contains("disconnected on upstash (7 in, 0 out, 1 gaps, 0 interruptions)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn info_replies_parse() {
