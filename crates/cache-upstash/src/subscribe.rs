@@ -647,6 +647,25 @@ mod tests {
     }
 
     #[test]
+    fn any_split_of_a_stream_gives_the_same_events() {
+        let input: &[u8] =
+            b": keepalive\r\n\r\ndata: subscribe,c,1\r\rdata: message,c,a\r\ndata:\r\
+                             data: b\n\ndata: message,c,\xff\xfe\r\n\r\nid: 1\nevent: x\n\n: end\n";
+        let whole = SseParser::new(1024).push(input).unwrap();
+        assert_eq!(whole.len(), 3, "{whole:?}");
+        assert_eq!(whole[1], b"message,c,a\n\nb");
+        for first in 0..=input.len() {
+            for second in first..=input.len() {
+                let mut parser = SseParser::new(1024);
+                let mut seen = parser.push(&input[..first]).unwrap();
+                seen.extend(parser.push(&input[first..second]).unwrap());
+                seen.extend(parser.push(&input[second..]).unwrap());
+                assert_eq!(seen, whole, "split at {first} and {second}");
+            }
+        }
+    }
+
+    #[test]
     fn oversized_events_are_an_error() {
         let mut parser = SseParser::new(64);
         let long = format!("data: {}\n", "x".repeat(40));

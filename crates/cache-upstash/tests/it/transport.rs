@@ -223,3 +223,24 @@ async fn backplanes_talk_over_upstash() {
     assert_eq!(two.stats().rejected, 0);
     assert_eq!(one.stats().transport, "upstash");
 }
+
+/// Messages too big to share a frame: one `PUBLISH` each, still one request, still in order.
+#[tokio::test]
+async fn big_messages_get_a_frame_each() {
+    let (env, redis) = gateway().await;
+    let sender = UpstashTransport::new(redis.clone(), "big");
+    let receiver = UpstashTransport::new(client_for(&env).build().unwrap(), "big");
+    let mut rx = receiver.subscribe();
+    assert_eq!(next(&mut rx).await, TransportEvent::Connected);
+    let batch: Vec<Bytes> = (0..3u8)
+        .map(|i| Bytes::from(vec![i; cache_upstash::MAX_FRAME_BYTES * 3 / 4 - 10]))
+        .collect();
+    let before = redis.stats();
+    sender.publish(&batch).await.unwrap();
+    let after = redis.stats();
+    assert_eq!(after.requests - before.requests, 1);
+    assert_eq!(after.commands - before.commands, 3);
+    for message in batch {
+        assert_eq!(next(&mut rx).await, TransportEvent::Message(message));
+    }
+}
