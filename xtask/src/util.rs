@@ -77,6 +77,13 @@ impl Process {
             .with_context(|| format!("waiting for {}", self.name))
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub(crate) fn try_wait(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("checking on {}", self.name))
+    }
+
     /// SIGTERM, then wait (a graceful shutdown flushes SQLite).
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
