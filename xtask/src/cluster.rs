@@ -294,7 +294,10 @@ impl<'a> Cluster<'a> {
         }
         bench.arg("--out").arg(out.join("direct.json"));
         eprintln!("==> chat-bench cluster --chaos (steady, instance kill -9, gateway kill -9)");
-        bench.stdin(Stdio::piped()).stdout(Stdio::piped());
+        bench
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         let mut child = bench.spawn().context("starting chat-bench")?;
         let mut to_bench = child.stdin.take().context("chat-bench stdin")?;
         let from_bench = BufReader::new(child.stdout.take().context("chat-bench stdout")?);
@@ -393,7 +396,10 @@ impl<'a> Cluster<'a> {
         for _ in 0..INSTANCES {
             bench.args(["--instance", &url]);
         }
-        bench.arg("--out").arg(out.join("nginx.json"));
+        bench
+            .arg("--out")
+            .arg(out.join("nginx.json"))
+            .env("RUST_LIB_BACKTRACE", "0");
         let outcome = run_cmd(bench);
         drop(proxy);
         outcome?;

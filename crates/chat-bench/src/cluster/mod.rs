@@ -770,10 +770,16 @@ async fn converge_into(
 /// What is not converged yet, if anything.
 async fn convergence_problem(shared: &Shared, sessions: &[Arc<ws::Session>]) -> Option<String> {
     let acks = shared.acks.lock().expect("acks").clone();
+    // Sessions are held to this window's posts (the final check covers every post); reads to
+    // every post, since a page shows them all.
+    let window = shared.current.load(Ordering::SeqCst);
     let mut problems = Vec::new();
     for session in sessions {
         let log = session.log.lock().expect("log");
-        let missing = acks.iter().filter(|a| log.has(&a.post).is_none()).count();
+        let missing = acks
+            .iter()
+            .filter(|a| a.window == window && log.has(&a.post).is_none())
+            .count();
         if missing > 0 {
             problems.push(format!(
                 "session of user {} on instance {} misses {missing} post(s){}",
