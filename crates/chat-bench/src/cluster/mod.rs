@@ -1147,6 +1147,66 @@ mod tests {
         );
     }
 
+    /// A chat-api in process on the SQLite database at `db` with its own memory cache and event
+    /// hub: what one instance without a backplane is.
+    async fn chat_api(db: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let config = chat_api::Config {
+            database_url: format!("sqlite://{}", db.display()),
+            rate_limit: false,
+            ..chat_api::Config::default()
+        };
+        let state = chat_api::AppState::from_config(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(chat_api::serve(
+            listener,
+            chat_api::app(state),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (base, stop)
+    }
+
+    fn args(instances: Vec<String>) -> ClusterArgs {
+        ClusterArgs {
+            instances,
+            users: 2,
+            channels: 2,
+            posts: 6,
+            pace: Duration::from_millis(20),
+            poll: Duration::from_millis(50),
+            chaos: false,
+            kill: None,
+            outage: Duration::from_secs(1),
+            converge_within: Duration::from_secs(3),
+            label: "test".into(),
+            out: None,
+        }
+    }
+
+    /// One server listed twice is trivially one coherent "cluster": every check must pass, so
+    /// the checks do not fail on a correct server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_server_listed_twice_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _stop) = chat_api(&dir.path().join("chat.db")).await;
+        run(&args(vec![base.clone(), base])).await.unwrap();
+    }
+
+    /// Two servers on one database without a backplane: posts on one never reach the sessions
+    /// of the other, so the check must fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_without_a_backplane_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("chat.db");
+        let (first, _stop_first) = chat_api(&db).await;
+        let (second, _stop_second) = chat_api(&db).await;
+        let err = run(&args(vec![first, second])).await.unwrap_err();
+        assert!(err.to_string().contains("cluster checks failed"), "{err:#}");
+    }
+
     #[test]
     fn percentiles_pick_ranks() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
