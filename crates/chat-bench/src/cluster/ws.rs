@@ -105,6 +105,9 @@ pub(crate) async fn run(
 ) {
     let instance = &shared.instances[session.instance];
     let token = shared.users[session.user].token.clone();
+    // Doubles while connections end quickly (a server without its bus may close new sessions at
+    // once), back to the minimum after one that lasted.
+    let mut backoff = MIN_BACKOFF;
     loop {
         if *stop.borrow() {
             return;
@@ -116,9 +119,15 @@ pub(crate) async fn run(
                 _ = stop.changed() => return,
             }
         }
+        let started = Instant::now();
         let ended = tokio::select! {
             ended = connection(&shared, &session, &instance.ws_url, &token, &instance.up) => ended,
             _ = stop.changed() => return,
+        };
+        backoff = if started.elapsed() > Duration::from_secs(2) {
+            MIN_BACKOFF
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
         };
         {
             let mut log = session.log.lock().expect("session log");
@@ -130,11 +139,14 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
         }
     }
 }
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 enum Ended {
     Resync,
