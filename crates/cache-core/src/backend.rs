@@ -82,6 +82,13 @@ pub trait CacheBackend: Send + Sync + 'static {
     /// Invalidates every entry of `tags` created at or before `at`.
     async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()>;
 
+    /// Drops every entry this backend holds, if it is an in-process copy that can do so at once
+    /// (a tiered cache's L1 being reset by its backplane). Returns `false` for backends that do
+    /// not (the default, and every shared remote store): the caller then invalidates by tag.
+    async fn clear_local(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Checks that the backend answers, returning the round-trip time.
     async fn ping(&self) -> Result<Duration>;
 

@@ -307,6 +307,24 @@ impl Key {
         &self.0.tags[0]
     }
 
+    /// A key as stored (what [`Key::as_str`] returns), tagged only with its namespace tag: enough
+    /// to address it in a backend, as a backplane receiver does with the keys of a notice.
+    pub(crate) fn from_stored(text: &str) -> Result<Key> {
+        check_len(text)?;
+        let (base, rest) = split_namespace(text).ok_or_else(|| {
+            Error::InvalidKey(format!(
+                "{text:?} is not a key: it must start with prefix:vN:"
+            ))
+        })?;
+        let namespace = Namespace::parse(base)?;
+        let kind = rest.split(':').next().unwrap_or_default();
+        check_kind(kind)?;
+        Ok(Key(Arc::new(KeyInner {
+            name: text.into(),
+            tags: vec![namespace.all_tag].into(),
+        })))
+    }
+
     /// This key with `tags` added (duplicates ignored).
     #[must_use]
     pub fn tagged(&self, tags: &[Tag]) -> Key {

@@ -8,17 +8,28 @@
 //! - A write or invalidation that could not reach L2 is remembered (deduplicated, bounded) and
 //!   replayed before L2 is read again; if too many piled up, the namespaces involved are invalidated
 //!   on L2 wholesale instead. Either way L2 never serves data a write has replaced.
-//! - L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one instance's L1 can be
-//!   after another instance wrote to L2.
+//! - Without a backplane, L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one
+//!   instance's L1 can be after another instance wrote to L2.
+//! - On a [`Backplane`] ([`TieredBackend::with_backplane`]), every L2 write and invalidation that
+//!   succeeded is announced to the other instances, whose notices are applied to this L1 (never to
+//!   L2: the sender already wrote it). While the backplane is connected, L1 keeps entries for
+//!   their whole TTL; otherwise it falls back to the `l1_max_ttl` cap. A reset of the backplane
+//!   (interruption, gap, silence, reconnection) clears L1.
+//! - The fill race: a value read from L2 while a notice for its key (or a reset) was being applied
+//!   may be older than the notice. A per-key epoch, read before the L2 read and checked again after
+//!   the L1 fill, catches that; the fill is then taken back out of L1. Tag notices need no epoch:
+//!   their stamp rejects every entry created before it, including late fills (see
+//!   [`OffsetClock`](crate::OffsetClock) for the clock skew this tolerates across hosts).
 //! - [`TieredBackend::l2_only`] guards a remote cache used alone: the same timeouts, breaker and
 //!   replay, every read a miss while L2 is away.
 
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
+    hash::{BuildHasher, RandomState},
     sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -27,7 +38,9 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::{
+    Backplane, BackplaneState, Notice,
     backend::{CacheBackend, DynBackend},
+    backplane::NoticeSink,
     breaker::{Breaker, BreakerConfig, Permit, ProbeGuard},
     entry::Entry,
     error::{Error, Result},
@@ -74,13 +87,126 @@ pub struct TieredBackend {
     // False for `l2_only`: the backend then reports the L2's name and only its tier.
     has_l1: bool,
     config: TieredConfig,
-    clock: Box<dyn Clock>,
+    clock: Arc<dyn Clock>,
     breaker: Breaker,
     pending: Mutex<Pending>,
     has_pending: AtomicBool,
     // Serializes replays so one caller replays while the others skip L2.
     replay_lock: tokio::sync::Mutex<()>,
     counters: TierCounters,
+    bus: Option<Bus>,
+}
+
+/// The backplane of a tiered cache and what its receive loop reaches.
+struct Bus {
+    backplane: Backplane,
+    link: Arc<L1Link>,
+}
+
+/// Slots of the per-key epoch table; a notice for a key makes fills of every key in its slot
+/// skip L1 once, so more slots mean fewer needless skips.
+const KEY_EPOCHS: usize = 1024;
+
+/// The L1 side of a tiered cache on a backplane, shared with the backplane's receive loop.
+struct L1Link {
+    l1: DynBackend,
+    clock: Arc<dyn Clock>,
+    // The namespace tags of every key this cache put into L1: what a reset has to drop when L1
+    // cannot be cleared outright.
+    namespaces: RwLock<HashSet<Tag>>,
+    reset_epoch: AtomicU64,
+    key_epochs: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+/// The epochs a fill read before going to L2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FillTicket {
+    reset: u64,
+    key: u64,
+}
+
+impl L1Link {
+    fn slot(&self, key: &Key) -> &AtomicU64 {
+        let hash = self.hasher.hash_one(key.as_str());
+        &self.key_epochs[(hash % KEY_EPOCHS as u64) as usize]
+    }
+
+    fn ticket(&self, key: &Key) -> FillTicket {
+        FillTicket {
+            reset: self.reset_epoch.load(Ordering::SeqCst),
+            key: self.slot(key).load(Ordering::SeqCst),
+        }
+    }
+
+    /// Marks `key` as changed: fills that read L2 before now will not stay in L1.
+    fn bump(&self, key: &Key) {
+        self.slot(key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn remember_namespace(&self, key: &Key) {
+        let tag = key.namespace_tag();
+        let known = self
+            .namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(tag);
+        if !known {
+            self.namespaces
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(tag.clone());
+        }
+    }
+
+    /// Drops this L1's copies of `keys` after their L2 entries changed.
+    async fn forget(&self, keys: &[Key]) {
+        for key in keys {
+            self.bump(key);
+        }
+        if let Err(err) = self.l1.delete_many(keys).await {
+            tracing::warn!(error = %err, "cache L1 delete of a backplane notice failed");
+        }
+    }
+}
+
+#[async_trait]
+impl NoticeSink for L1Link {
+    async fn apply(&self, notice: &Notice) {
+        let result = match notice {
+            // The stamp also rejects fills in flight, whose data is older than it.
+            Notice::InvalidateTags { tags, at } => self.l1.invalidate_tags(tags, *at).await,
+            Notice::DeleteKeys(keys) => {
+                self.forget(keys).await;
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "cache L1 invalidation of a backplane notice failed");
+        }
+    }
+
+    async fn reset(&self) {
+        self.reset_epoch.fetch_add(1, Ordering::SeqCst);
+        match self.l1.clear_local().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "cache L1 clear failed"),
+        }
+        // An L1 that cannot be cleared: invalidate the namespaces it holds as of now.
+        let tags: Vec<Tag> = self
+            .namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        if !tags.is_empty() {
+            if let Err(err) = self.l1.invalidate_tags(&tags, self.clock.now()).await {
+                tracing::warn!(error = %err, "cache L1 reset failed");
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -180,20 +306,118 @@ impl TieredBackend {
             has_l1: true,
             breaker: Breaker::new(config.breaker),
             config,
-            clock,
+            clock: Arc::from(clock),
             pending: Mutex::default(),
             has_pending: AtomicBool::new(false),
             replay_lock: tokio::sync::Mutex::new(()),
             counters: TierCounters::default(),
+            bus: None,
         }
     }
 
     /// Puts this cache on `backplane`: L2 writes and invalidations are announced to the other
     /// instances after they succeeded, their notices are applied to L1, and L1 keeps entries for
     /// their whole TTL while the backplane is connected (see the `backplane` rules).
-    pub fn with_backplane(self, backplane: crate::Backplane) -> Self {
-        let _ = backplane;
-        todo!("backplane: TieredBackend::with_backplane")
+    pub fn with_backplane(mut self, backplane: crate::Backplane) -> Self {
+        let link = Arc::new(L1Link {
+            l1: Arc::clone(&self.l1),
+            clock: Arc::clone(&self.clock),
+            namespaces: RwLock::default(),
+            reset_epoch: AtomicU64::new(0),
+            key_epochs: (0..KEY_EPOCHS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        });
+        let sink: Arc<dyn NoticeSink> = link.clone();
+        backplane.attach(Arc::downgrade(&sink));
+        self.bus = Some(Bus { backplane, link });
+        self
+    }
+
+    /// The backplane this cache is on, if any.
+    pub fn backplane(&self) -> Option<&Backplane> {
+        self.bus.as_ref().map(|bus| &bus.backplane)
+    }
+
+    /// Whether L1 may keep entries for their whole TTL: the backplane is connected.
+    fn full_ttl_in_l1(&self) -> bool {
+        self.bus
+            .as_ref()
+            .is_some_and(|bus| bus.backplane.state() == BackplaneState::Connected)
+    }
+
+    /// The copy of `entry` L1 keeps: whole while the backplane is connected, capped otherwise.
+    fn l1_copy(&self, key: &Key, entry: &Entry) -> Entry {
+        if let Some(bus) = &self.bus {
+            bus.link.remember_namespace(key);
+        }
+        if self.full_ttl_in_l1() {
+            entry.clone()
+        } else {
+            self.cap_for_l1(entry)
+        }
+    }
+
+    fn ticket(&self, key: &Key) -> Option<FillTicket> {
+        self.bus.as_ref().map(|bus| bus.link.ticket(key))
+    }
+
+    /// Puts what L2 returned into L1, unless a notice or reset for the key happened since
+    /// `ticket` was taken (before the L2 read): that value may be older than the notice.
+    async fn fill_l1(&self, items: Vec<(Key, Entry, Option<FillTicket>)>) {
+        let Some(bus) = &self.bus else {
+            let fill: Vec<(Key, Entry)> = items
+                .into_iter()
+                .map(|(k, e, _)| {
+                    let capped = self.cap_for_l1(&e);
+                    (k, capped)
+                })
+                .collect();
+            let _ = self.l1.set_many(&fill).await;
+            return;
+        };
+        let link = &bus.link;
+        let fresh = |key: &Key, ticket: Option<FillTicket>| ticket == Some(link.ticket(key));
+        let mut fill = Vec::with_capacity(items.len());
+        let mut tickets = Vec::with_capacity(items.len());
+        for (key, entry, ticket) in items {
+            if fresh(&key, ticket) {
+                fill.push((key.clone(), self.l1_copy(&key, &entry)));
+                tickets.push(ticket);
+            }
+        }
+        if fill.is_empty() {
+            return;
+        }
+        let _ = self.l1.set_many(&fill).await;
+        // A notice applied during the set bumped the epoch first and deleted second: either it
+        // deleted our copy, or we see its bump here and take the copy out ourselves.
+        let stale: Vec<Key> = fill
+            .into_iter()
+            .zip(tickets)
+            .filter(|((key, _), ticket)| !fresh(key, *ticket))
+            .map(|((key, _), _)| key)
+            .collect();
+        if !stale.is_empty() {
+            let _ = self.l1.delete_many(&stale).await;
+        }
+    }
+
+    /// Tells the other instances what changed on L2 (only after it did). A failed publish does not
+    /// fail the cache call: the notice stays queued, and receivers that miss it reset.
+    async fn announce(&self, notice: Notice) {
+        if let Some(bus) = &self.bus {
+            if let Err(err) = bus.backplane.publish_invalidation(notice).await {
+                tracing::debug!(error = %err, "backplane notice not confirmed in time; it stays queued");
+            }
+        }
+    }
+
+    /// After an L2 delete: L1 may have been refilled from L2 between our L1 delete and the L2
+    /// delete, with the value just deleted. Take it out again, and fence concurrent fills.
+    async fn forget_locally(&self, keys: &[Key]) {
+        if let Some(bus) = &self.bus {
+            bus.link.forget(keys).await;
+        }
     }
 
     /// The L1 backend.
@@ -256,23 +480,31 @@ impl TieredBackend {
         let batch = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         let result = if batch.is_empty() {
             if probe {
-                self.timed(self.l2.ping()).await.map(drop)
+                self.timed(self.l2.ping()).await.map(|_| Vec::new())
             } else {
-                Ok(())
+                Ok(Vec::new())
             }
         } else {
             self.replay_batch(&batch).await
         };
         match result {
-            Ok(()) => {
+            Ok(notices) => {
                 if !batch.is_empty() {
                     tracing::info!(replayed = batch.len(), "replayed cache invalidations on L2");
                 }
-                let pending = self.pending.lock().expect("pending lock");
-                self.has_pending
-                    .store(!pending.is_empty(), Ordering::Release);
-                drop(pending);
+                {
+                    let pending = self.pending.lock().expect("pending lock");
+                    self.has_pending
+                        .store(!pending.is_empty(), Ordering::Release);
+                }
                 self.breaker.on_success();
+                // Only now that L2 has them may the other instances hear of them.
+                for notice in notices {
+                    if let Notice::DeleteKeys(keys) = &notice {
+                        self.forget_locally(keys).await;
+                    }
+                    self.announce(notice).await;
+                }
                 true
             }
             Err(_) => {
@@ -283,23 +515,28 @@ impl TieredBackend {
         }
     }
 
-    async fn replay_batch(&self, batch: &Pending) -> Result<()> {
+    /// Replays `batch` on L2; returns the notices that announce it.
+    async fn replay_batch(&self, batch: &Pending) -> Result<Vec<Notice>> {
+        let mut notices = Vec::new();
         if !batch.overflow_namespaces.is_empty() {
             let tags: Vec<Tag> = batch.overflow_namespaces.iter().cloned().collect();
             let now = self.clock.now();
             self.timed(self.l2.invalidate_tags(&tags, now)).await?;
+            notices.push(Notice::InvalidateTags { tags, at: now });
         }
         // One call at the newest stamp covers every missed tag: it only invalidates more (entries
         // created between a tag's own stamp and the newest one), never less.
         if let Some(newest) = batch.tags.values().max().copied() {
             let tags: Vec<Tag> = batch.tags.keys().cloned().collect();
             self.timed(self.l2.invalidate_tags(&tags, newest)).await?;
+            notices.push(Notice::InvalidateTags { tags, at: newest });
         }
         if !batch.deletes.is_empty() {
             let keys: Vec<Key> = batch.deletes.iter().cloned().collect();
             self.timed(self.l2.delete_many(&keys)).await?;
+            notices.push(Notice::DeleteKeys(keys));
         }
-        Ok(())
+        Ok(notices)
     }
 
     fn remember(&self, f: impl FnOnce(&mut Pending)) {
@@ -384,10 +621,12 @@ impl CacheBackend for TieredBackend {
         if let L2Gate::Skip = self.gate().await {
             return Ok(None);
         }
+        let ticket = self.ticket(key);
         match self.l2_call(self.l2.get(key)).await {
             Ok(Some(entry)) => {
                 self.counters.l2_hits.inc();
-                let _ = self.l1.set(key, self.cap_for_l1(&entry)).await;
+                self.fill_l1(vec![(key.clone(), entry.clone(), ticket)])
+                    .await;
                 Ok(Some(entry))
             }
             Ok(None) => {
@@ -412,31 +651,35 @@ impl CacheBackend for TieredBackend {
             return Ok(out);
         }
         let l2_keys: Vec<Key> = missing.iter().map(|&i| keys[i].clone()).collect();
+        let tickets: Vec<Option<FillTicket>> = l2_keys.iter().map(|k| self.ticket(k)).collect();
         if let Ok(found) = self.l2_call(self.l2.get_many(&l2_keys)).await {
             let mut fill = Vec::new();
-            for (&i, entry) in missing.iter().zip(found) {
+            for ((&i, entry), ticket) in missing.iter().zip(found).zip(tickets) {
                 match entry {
                     Some(entry) => {
                         self.counters.l2_hits.inc();
-                        fill.push((keys[i].clone(), self.cap_for_l1(&entry)));
+                        fill.push((keys[i].clone(), entry.clone(), ticket));
                         out[i] = Some(entry);
                     }
                     None => self.counters.l2_misses.inc(),
                 }
             }
             if !fill.is_empty() {
-                let _ = self.l1.set_many(&fill).await;
+                self.fill_l1(fill).await;
             }
         }
         Ok(out)
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        let _ = self.l1.set(key, self.cap_for_l1(&entry)).await;
+        let _ = self.l1.set(key, self.l1_copy(key, &entry)).await;
         let reached = match self.gate().await {
             L2Gate::Use => self.l2_call(self.l2.set(key, entry)).await.is_ok(),
             L2Gate::Skip => false,
         };
+        if reached && self.config.announce_sets {
+            self.announce(Notice::DeleteKeys(vec![key.clone()])).await;
+        }
         if !reached {
             // L2 may still hold an older value for this key.
             self.remember(|p| {
@@ -449,13 +692,17 @@ impl CacheBackend for TieredBackend {
     async fn set_many(&self, items: &[(Key, Entry)]) -> Result<()> {
         let capped: Vec<(Key, Entry)> = items
             .iter()
-            .map(|(k, e)| (k.clone(), self.cap_for_l1(e)))
+            .map(|(k, e)| (k.clone(), self.l1_copy(k, e)))
             .collect();
         let _ = self.l1.set_many(&capped).await;
         let reached = match self.gate().await {
             L2Gate::Use => self.l2_call(self.l2.set_many(items)).await.is_ok(),
             L2Gate::Skip => false,
         };
+        if reached && self.config.announce_sets && !items.is_empty() {
+            let keys = items.iter().map(|(k, _)| k.clone()).collect();
+            self.announce(Notice::DeleteKeys(keys)).await;
+        }
         if !reached {
             self.remember(|p| p.deletes.extend(items.iter().map(|(k, _)| k.clone())));
         }
@@ -469,7 +716,12 @@ impl CacheBackend for TieredBackend {
             L2Gate::Skip => None,
         };
         match in_l2 {
-            Some(existed) => Ok(in_l1 || existed),
+            Some(existed) => {
+                let keys = std::slice::from_ref(key);
+                self.forget_locally(keys).await;
+                self.announce(Notice::DeleteKeys(keys.to_vec())).await;
+                Ok(in_l1 || existed)
+            }
             None => {
                 self.remember(|p| {
                     p.deletes.insert(key.clone());
@@ -486,7 +738,13 @@ impl CacheBackend for TieredBackend {
             L2Gate::Skip => None,
         };
         match in_l2 {
-            Some(n) => Ok(n.max(in_l1)),
+            Some(n) => {
+                if !keys.is_empty() {
+                    self.forget_locally(keys).await;
+                    self.announce(Notice::DeleteKeys(keys.to_vec())).await;
+                }
+                Ok(n.max(in_l1))
+            }
             None => {
                 self.remember(|p| p.deletes.extend(keys.iter().cloned()));
                 Ok(in_l1)
@@ -503,6 +761,13 @@ impl CacheBackend for TieredBackend {
                 .is_ok(),
             L2Gate::Skip => false,
         };
+        if reached && !tags.is_empty() {
+            self.announce(Notice::InvalidateTags {
+                tags: tags.to_vec(),
+                at,
+            })
+            .await;
+        }
         if !reached {
             self.remember(|p| {
                 for tag in tags {
@@ -544,6 +809,7 @@ impl CacheBackend for TieredBackend {
             tiers: if self.has_l1 { vec![l1, l2] } else { vec![l2] },
             breaker: Some(self.breaker.stats()),
             pending_invalidations: self.pending_len() as u64,
+            backplane: self.bus.as_ref().map(|bus| bus.backplane.stats()),
             ..CacheStats::default()
         }
     }

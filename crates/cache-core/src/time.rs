@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -74,22 +74,28 @@ fn wall_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// The one guard that makes every clock of this process strictly increasing: `wall` if it is
+/// ahead of every stamp handed out so far, else one microsecond after the last one. Shared by
+/// [`SystemClock`] and [`OffsetClock`], so stamps from both stay totally ordered even when an
+/// offset moves backwards.
+fn monotonic(wall: u64) -> Timestamp {
+    let mut last = LAST_MICROS.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(last + 1);
+        match LAST_MICROS.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return Timestamp(next),
+            Err(actual) => last = actual,
+        }
+    }
+}
+
 impl Clock for SystemClock {
     fn now_for_expiry(&self) -> Timestamp {
         Timestamp(wall_micros())
     }
 
     fn now(&self) -> Timestamp {
-        let wall = wall_micros();
-        let mut last = LAST_MICROS.load(Ordering::Relaxed);
-        loop {
-            let next = wall.max(last + 1);
-            match LAST_MICROS.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return Timestamp(next),
-                Err(actual) => last = actual,
-            }
-        }
+        monotonic(wall_micros())
     }
 }
 
@@ -97,32 +103,52 @@ impl Clock for SystemClock {
 /// difference to the shared Redis's `TIME`), so that stamps and entry times of instances on
 /// different hosts compare on one time line. Strictly increasing within the process, like
 /// [`SystemClock`], even when the offset moves backwards.
+///
+/// # How much skew the stale-fill protection tolerates
+///
+/// An entry is rejected when a tag stamp is at or after its `created_at`. Across hosts that is
+/// only right if both times come from clocks that agree: with raw wall clocks, a writer whose
+/// clock runs `d` behind the invalidating host's produces fills that an invalidation up to `d`
+/// later still rejects (harmless), while a writer running `d` *ahead* produces fills of data read
+/// up to `d` before the invalidation that it does not reject (stale data kept until its TTL).
+/// With every instance's `OffsetClock` set to one reference (Redis's `TIME`), the remaining
+/// disagreement is each measurement's error, at most half the round trip of the `TIME` call that
+/// measured it (RTT/2, typically well under a millisecond to a few milliseconds), so a fill whose
+/// data was read more than that before an invalidation is rejected on every host. A caller that
+/// measures a round trip above the skew it can accept should keep the previous offset.
 #[derive(Debug, Default)]
 pub struct OffsetClock {
-    _todo: (),
+    offset_micros: AtomicI64,
 }
 
 impl OffsetClock {
     /// A clock with offset zero.
     pub fn new() -> Self {
-        todo!("backplane: OffsetClock::new")
+        OffsetClock::default()
     }
 
     /// Sets the offset, in microseconds, added to the system clock.
     pub fn set_offset_micros(&self, offset: i64) {
-        let _ = offset;
-        todo!("backplane: OffsetClock::set_offset_micros")
+        self.offset_micros.store(offset, Ordering::Release);
     }
 
     /// The offset now, in microseconds.
     pub fn offset_micros(&self) -> i64 {
-        todo!("backplane: OffsetClock::offset_micros")
+        self.offset_micros.load(Ordering::Acquire)
+    }
+
+    fn wall(&self) -> u64 {
+        wall_micros().saturating_add_signed(self.offset_micros())
     }
 }
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        todo!("backplane: OffsetClock::now")
+        monotonic(self.wall())
+    }
+
+    fn now_for_expiry(&self) -> Timestamp {
+        Timestamp(self.wall())
     }
 }
 
@@ -139,5 +165,37 @@ mod tests {
             assert!(next > prev);
             prev = next;
         }
+    }
+
+    #[test]
+    fn offset_clock_adds_its_offset() {
+        let clock = OffsetClock::new();
+        assert_eq!(clock.offset_micros(), 0);
+        clock.set_offset_micros(3_600_000_000);
+        let wall = wall_micros();
+        let shifted = clock.now_for_expiry().as_micros();
+        assert!(shifted >= wall + 3_600_000_000, "{shifted} vs {wall}");
+        assert!(shifted < wall + 3_601_000_000, "{shifted} vs {wall}");
+        clock.set_offset_micros(-3_600_000_000);
+        assert!(clock.now_for_expiry().as_micros() < wall);
+    }
+
+    #[test]
+    fn offset_clock_stays_strictly_increasing_when_the_offset_moves_back() {
+        let clock = OffsetClock::new();
+        // Small offsets: the guard is process-wide, and other tests share it.
+        clock.set_offset_micros(50_000);
+        let ahead = clock.now();
+        clock.set_offset_micros(-50_000);
+        let mut prev = ahead;
+        for _ in 0..1_000 {
+            let next = clock.now();
+            assert!(next > prev);
+            prev = next;
+        }
+        // Stamps of the system clock in the same process come after the offset clock's.
+        let system = SystemClock.now();
+        assert!(system > prev);
+        assert!(clock.now() > system);
     }
 }

@@ -323,6 +323,12 @@ impl CacheBackend for MemoryBackend {
         Ok(())
     }
 
+    /// Drops every entry (a tiered cache's backplane reset); stamps stay, they only hide more.
+    async fn clear_local(&self) -> Result<bool> {
+        self.entries.invalidate_all();
+        Ok(true)
+    }
+
     async fn ping(&self) -> Result<Duration> {
         Ok(Duration::ZERO)
     }

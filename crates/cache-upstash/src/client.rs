@@ -449,7 +449,27 @@ impl Redis {
         classify_status(status.as_u16(), body)
     }
 
-    fn transport_error(&self, err: reqwest::Error) -> Error {
+    /// A request for one of Upstash's streaming endpoints (`/subscribe/…`, `/psubscribe/…`): the
+    /// same HTTP client, URL and token as every command, the headers `@upstash/redis` sends for
+    /// a stream, and no request timeout (the caller bounds connecting and each read itself).
+    pub(crate) fn stream_request(&self, path: &str) -> reqwest::RequestBuilder {
+        let inner = &self.inner;
+        inner
+            .http
+            .post(format!("{}/{path}", inner.base_url))
+            .header(AUTHORIZATION, inner.authorization.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header(reqwest::header::CACHE_CONTROL, "no-cache")
+            .body("[]")
+    }
+
+    /// The timeout of one request, which also bounds opening a stream.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    pub(crate) fn transport_error(&self, err: reqwest::Error) -> Error {
         // reqwest errors name the URL, never the headers; the token is only in a header.
         let message = err.to_string();
         if err.is_connect() {
@@ -472,7 +492,7 @@ impl Redis {
 }
 
 /// Maps an HTTP status and body to the body to parse, or an error.
-fn classify_status(status: u16, body: Bytes) -> Result<Bytes> {
+pub(crate) fn classify_status(status: u16, body: Bytes) -> Result<Bytes> {
     match status {
         200..=299 => Ok(body),
         401 | 403 => Err(Error::Unauthorized {

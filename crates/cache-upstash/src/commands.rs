@@ -543,6 +543,12 @@ commands! {
         Command::new("PUBLISH").arg(channel).arg(message)
     }
 
+    /// `TIME`: the server's clock (see [`measure_clock_offset`](crate::measure_clock_offset) for
+    /// comparing it with this host's).
+    fn time() -> std::time::SystemTime {
+        Command::new("TIME")
+    }
+
     /// `PING`: `PONG`.
     fn ping() -> String {
         Command::new("PING")

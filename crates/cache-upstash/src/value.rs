@@ -142,6 +142,23 @@ impl FromValue for bool {
     }
 }
 
+/// A `TIME` reply: `[seconds, microseconds]` since the Unix epoch.
+impl FromValue for std::time::SystemTime {
+    fn from_value(value: Value) -> Result<Self> {
+        let (seconds, micros) = <(u64, u64)>::from_value(value)?;
+        if micros >= 1_000_000 {
+            return Err(Error::unexpected(format!(
+                "expected microseconds below 1000000 in a TIME reply, got {micros}"
+            )));
+        }
+        std::time::UNIX_EPOCH
+            .checked_add(
+                std::time::Duration::from_secs(seconds) + std::time::Duration::from_micros(micros),
+            )
+            .ok_or_else(|| Error::unexpected(format!("TIME reply {seconds}s is out of range")))
+    }
+}
+
 impl<T: FromValue> FromValue for Option<T> {
     fn from_value(value: Value) -> Result<Self> {
         match value {

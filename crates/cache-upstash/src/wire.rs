@@ -52,7 +52,7 @@ pub(crate) struct Request {
 }
 
 /// Characters left as they are in path segments and query items: RFC 3986 unreserved.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

@@ -21,7 +21,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use cache_core::{Cache, DynBackend, Key, Namespace, Tag, TieredBackend, TieredConfig, TtlPolicy};
+use cache_core::{
+    Backplane, BackplaneConfig, Cache, Clock, DynBackend, DynTransport, Key, Namespace,
+    OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
+};
 use cache_memory::{MemoryBackend, MemoryConfig};
 use cache_upstash::{Redis, Secret, UpstashBackend};
 use serde::{Deserialize, Serialize};
@@ -40,7 +43,8 @@ pub const KEY_PREFIX: &str = "chat";
 /// The format version of cached values: bump it when a cached type changes shape.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Builds the cache backend `config` asks for. The one place that knows the backends.
+/// Builds the cache backend `config` asks for, without a backplane. The one place that knows the
+/// backends.
 ///
 /// - `memory`: moka in process.
 /// - `upstash`: Upstash Redis over REST (or `upstash-gateway`), no L1, behind the same timeouts,
@@ -50,18 +54,22 @@ pub const FORMAT_VERSION: u32 = 1;
 /// - `auto`: `tiered` when Upstash credentials are set, `memory` otherwise.
 ///
 /// Missing credentials for `upstash`/`tiered` fail here, at startup, rather than silently running
-/// on memory.
+/// on memory. [`connect_cache`] (the server) and [`build_cache_on`] (tests) add the backplane.
 pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
+    build_backend_with(config, None)
+}
+
+/// [`build_backend`], with the tiered cache put on `backplane` (if any) and stamping with `clock`.
+fn build_backend_with(
+    config: &Config,
+    backplane: Option<(Backplane, Arc<dyn Clock>)>,
+) -> Result<DynBackend, ConfigError> {
     let memory = || -> DynBackend {
         Arc::new(MemoryBackend::new(MemoryConfig::with_max_bytes(
             config.cache_memory_bytes,
         )))
     };
-    let kind = match config.cache_backend {
-        CacheBackendKind::Auto if config.has_upstash_credentials() => CacheBackendKind::Tiered,
-        CacheBackendKind::Auto => CacheBackendKind::Memory,
-        other => other,
-    };
+    let kind = config.resolved_cache_backend();
     match kind {
         CacheBackendKind::Memory | CacheBackendKind::Auto => Ok(memory()),
         CacheBackendKind::None => Ok(Arc::new(cache_core::NoopBackend::new())),
@@ -70,21 +78,154 @@ pub fn build_backend(config: &Config) -> Result<DynBackend, ConfigError> {
                 l2_timeout: config.l2_timeout,
                 l1_max_ttl: config.l1_max_ttl,
                 breaker: config.breaker,
+                // chat-api writes only through tag invalidations (the write events below); its
+                // sets are fills of data read after the last invalidation, which another
+                // instance may hold or fill on its own without harm. Announcing them would cost
+                // one published message per miss and evict other instances' good copies.
+                announce_sets: false,
                 ..TieredConfig::default()
             };
             let upstash = upstash_backend(config)?;
             // Upstash alone still gets the tiered guard (no L1): an outage costs one timeout per
             // probe, not one per request, and invalidations it missed are replayed before Redis
             // is read again.
-            Ok(Arc::new(match kind {
-                CacheBackendKind::Tiered => TieredBackend::new(memory(), upstash, tiered),
+            let backend = match (kind, &backplane) {
+                (CacheBackendKind::Tiered, Some((_, clock))) => TieredBackend::with_clock(
+                    memory(),
+                    upstash,
+                    tiered,
+                    Box::new(SharedClock(Arc::clone(clock))),
+                ),
+                (CacheBackendKind::Tiered, None) => TieredBackend::new(memory(), upstash, tiered),
                 _ => TieredBackend::l2_only(upstash, tiered),
+            };
+            Ok(Arc::new(match backplane {
+                Some((backplane, _)) => backend.with_backplane(backplane),
+                None => backend,
             }))
         }
     }
 }
 
+/// What the cache of one instance is made of: the backend, the clock of its entries and stamps,
+/// and the backplane it shares with other instances (when on).
+#[derive(Clone)]
+pub struct CacheParts {
+    /// The backend (tiered on the backplane, when there is one).
+    pub backend: DynBackend,
+    /// The clock of the [`Cache`] facade: an [`OffsetClock`] on Redis's time when the backplane
+    /// is on, so instances on different hosts stamp on one time line.
+    pub clock: Arc<dyn Clock>,
+    /// The bus, which also carries realtime events.
+    pub backplane: Option<Backplane>,
+}
+
+impl std::fmt::Debug for CacheParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheParts")
+            .field("backend", &self.backend.name())
+            .field("clock", &self.clock)
+            .field("backplane", &self.backplane)
+            .finish()
+    }
+}
+
+impl CacheParts {
+    /// `backend` alone: the system clock, no backplane.
+    pub fn local(backend: DynBackend) -> Self {
+        CacheParts {
+            backend,
+            clock: Arc::new(SystemClock),
+            backplane: None,
+        }
+    }
+}
+
+/// The cache of `config` with its backplane on `transport` (when
+/// [`Config::backplane_enabled`]; otherwise `transport` is unused and this is
+/// [`build_backend`]). Starts the backplane's tasks, so it must run inside a Tokio runtime.
+///
+/// The server calls it through [`connect_cache`] with the Upstash transport; tests pass a
+/// [`cache_core::LocalTransport`] to run several instances in one process.
+pub fn build_cache_on(
+    config: &Config,
+    transport: DynTransport,
+    clock: Arc<OffsetClock>,
+) -> Result<CacheParts, ConfigError> {
+    if !config.backplane_enabled() {
+        return Ok(CacheParts::local(build_backend(config)?));
+    }
+    let clock: Arc<dyn Clock> = clock;
+    let backplane = Backplane::start(transport, BackplaneConfig::default(), Arc::clone(&clock));
+    let backend = build_backend_with(config, Some((backplane.clone(), Arc::clone(&clock))))?;
+    Ok(CacheParts {
+        backend,
+        clock,
+        backplane: Some(backplane),
+    })
+}
+
+/// How often the offset to Redis's clock is measured again while serving.
+pub const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(60);
+
+/// The server's cache: [`build_backend`], plus, when the backplane is on, the Upstash transport
+/// on `<CACHE_PREFIX>:bus` and a clock kept in step with the Upstash server's `TIME`.
+///
+/// The offset is measured once before this returns, so the first stamps are already on Redis's
+/// time line; if Upstash cannot be reached now the instance starts on its own clock (logged: the
+/// database is the source of truth and startup does not wait for the cache) and the sync task,
+/// measuring every [`CLOCK_SYNC_EVERY`], corrects it once Upstash answers.
+pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
+    if !config.backplane_enabled() {
+        return Ok(CacheParts::local(build_backend(config)?));
+    }
+    // A client of its own: the subscription is one long-lived stream, and the clock probes must
+    // not queue behind cache traffic in the auto-pipeline.
+    let redis = upstash_client(config, false)?;
+    let clock = Arc::new(OffsetClock::new());
+    match cache_upstash::sync_clock(&redis, &clock).await {
+        Ok(sample) => tracing::info!(
+            offset_micros = sample.offset_micros,
+            error_bound = ?sample.error_bound(),
+            "clock synced to the Upstash server"
+        ),
+        Err(err) => tracing::warn!(
+            error = %err,
+            "measuring the clock offset to Upstash failed; stamping with the local clock until the next sync"
+        ),
+    }
+    // Runs for the life of the process, like the server.
+    drop(cache_upstash::spawn_clock_sync(
+        redis.clone(),
+        Arc::clone(&clock),
+        CLOCK_SYNC_EVERY,
+    ));
+    let transport = cache_upstash::UpstashTransport::new(redis, config.backplane_channel());
+    build_cache_on(config, Arc::new(transport), clock)
+}
+
+/// An `Arc`'d clock where a `Box<dyn Clock>` is wanted, so the tiered backend and the facade
+/// share one offset.
+#[derive(Debug)]
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+
+    fn now_for_expiry(&self) -> Timestamp {
+        self.0.now_for_expiry()
+    }
+}
+
 fn upstash_backend(config: &Config) -> Result<DynBackend, ConfigError> {
+    // Concurrent cache calls share one HTTP request: fewer round trips and billed requests.
+    Ok(Arc::new(UpstashBackend::new(upstash_client(config, true)?)))
+}
+
+/// An Upstash client from `config`'s credentials.
+fn upstash_client(config: &Config, auto_pipeline: bool) -> Result<Redis, ConfigError> {
     let url = config.upstash_url.clone().ok_or_else(|| {
         ConfigError(
             "CACHE_BACKEND upstash/tiered needs UPSTASH_REDIS_REST_URL (or KV_REST_API_URL)".into(),
@@ -101,11 +242,10 @@ fn upstash_backend(config: &Config) -> Result<DynBackend, ConfigError> {
         .token(Secret::new(config.upstash_token.expose()))
         // Each HTTP attempt gets the L2 budget; the tiered backend bounds the whole call too.
         .timeout(config.l2_timeout)
-        // Concurrent cache calls share one HTTP request: fewer round trips and billed requests.
-        .auto_pipeline(true)
+        .auto_pipeline(auto_pipeline)
         .build()
         .map_err(|e| ConfigError(format!("building the Upstash client: {e}")))?;
-    Ok(Arc::new(UpstashBackend::new(redis)))
+    Ok(redis)
 }
 
 /// Builds every cache key and tag of chat-api. See the module docs for the table.

@@ -56,6 +56,16 @@ pub enum CacheBackendKind {
     None,
 }
 
+/// Whether instances share a backplane (`CACHE_BACKPLANE=auto|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackplaneMode {
+    /// On whenever the cache is `tiered` or `upstash` (Upstash carries the bus), off otherwise.
+    Auto,
+    /// Never: one instance only, or several that accept L1 staleness up to
+    /// `CACHE_L1_MAX_TTL_MS` and realtime events only from their own writes.
+    Off,
+}
+
 /// An on/off switch (`RATE_LIMIT=on|off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
@@ -150,6 +160,12 @@ pub struct Cli {
     #[arg(long, env = "CACHE_BREAKER_OPEN_MS", default_value_t = 5_000)]
     pub cache_breaker_open_ms: u64,
 
+    /// The backplane between instances sharing one Upstash: cache invalidation notices and
+    /// realtime events over Redis pub/sub on `<CACHE_PREFIX>:bus`. auto turns it on with the
+    /// tiered or upstash cache.
+    #[arg(long, env = "CACHE_BACKPLANE", value_enum, default_value = "auto")]
+    pub cache_backplane: BackplaneMode,
+
     /// Per-user rate limits (off for benchmarks).
     #[arg(long, env = "RATE_LIMIT", value_enum, default_value = "on")]
     pub rate_limit: Switch,
@@ -210,6 +226,8 @@ pub struct Config {
     pub l1_max_ttl: Duration,
     /// Tiered L2 circuit breaker.
     pub breaker: cache_core::BreakerConfig,
+    /// The backplane setting (see [`Config::backplane_enabled`]).
+    pub backplane: BackplaneMode,
     /// Rate limiting on.
     pub rate_limit: bool,
     /// Registration open.
@@ -230,6 +248,7 @@ impl fmt::Debug for Config {
             .field("cache_backend", &self.cache_backend)
             .field("upstash_url", &self.upstash_url.as_deref().map(redact_url))
             .field("upstash_token", &self.upstash_token)
+            .field("backplane", &self.backplane)
             .field("rate_limit", &self.rate_limit)
             .field("registration_open", &self.registration_open)
             .finish_non_exhaustive()
@@ -265,6 +284,7 @@ impl Default for Config {
             l2_timeout: Duration::from_millis(500),
             l1_max_ttl: Duration::from_secs(5),
             breaker: cache_core::BreakerConfig::default(),
+            backplane: BackplaneMode::Auto,
             rate_limit: true,
             registration_open: true,
             max_body_bytes: 64 * 1024,
@@ -338,6 +358,7 @@ impl Cli {
                     self.cache_breaker_open_ms,
                 )?),
             },
+            backplane: self.cache_backplane,
             rate_limit: self.rate_limit == Switch::On,
             registration_open: self.registration == Registration::Open,
             max_body_bytes: usize::try_from(positive(
@@ -398,6 +419,32 @@ impl Config {
     /// Whether Upstash credentials are configured.
     pub fn has_upstash_credentials(&self) -> bool {
         self.upstash_url.is_some() && !self.upstash_token.is_empty()
+    }
+
+    /// The backend `cache_backend` resolves to (`auto` decided by the credentials).
+    pub fn resolved_cache_backend(&self) -> CacheBackendKind {
+        match self.cache_backend {
+            CacheBackendKind::Auto if self.has_upstash_credentials() => CacheBackendKind::Tiered,
+            CacheBackendKind::Auto => CacheBackendKind::Memory,
+            other => other,
+        }
+    }
+
+    /// Whether this instance joins the backplane: `CACHE_BACKPLANE=auto` with a cache on Upstash
+    /// (`tiered` or `upstash`). The memory cache has nothing shared to keep coherent, and `none`
+    /// caches nothing.
+    pub fn backplane_enabled(&self) -> bool {
+        self.backplane == BackplaneMode::Auto
+            && matches!(
+                self.resolved_cache_backend(),
+                CacheBackendKind::Tiered | CacheBackendKind::Upstash
+            )
+    }
+
+    /// The pub/sub channel of the backplane: `<CACHE_PREFIX>:bus`, so apps sharing one Redis
+    /// under different prefixes do not hear each other.
+    pub fn backplane_channel(&self) -> String {
+        format!("{}:bus", self.cache_prefix)
     }
 }
 
@@ -473,6 +520,45 @@ mod tests {
             let var = arg.get_env().and_then(|v| v.to_str());
             assert_eq!(var, Some(expected.as_str()), "--{long}");
         }
+    }
+
+    #[test]
+    fn the_backplane_follows_the_cache_backend() {
+        let env = [
+            ("UPSTASH_REDIS_REST_URL", "http://upstash"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t"),
+            ("CACHE_PREFIX", "app1"),
+        ];
+        let config = parse(&[], &env).unwrap().into_config(|_| None).unwrap();
+        assert_eq!(config.backplane, BackplaneMode::Auto);
+        assert!(
+            config.backplane_enabled(),
+            "auto + credentials = tiered = on"
+        );
+        assert_eq!(config.backplane_channel(), "app1:bus");
+        for backend in ["upstash", "tiered"] {
+            let config = parse(&["--cache-backend", backend], &env)
+                .unwrap()
+                .into_config(|_| None)
+                .unwrap();
+            assert!(config.backplane_enabled(), "{backend}");
+        }
+        for backend in ["memory", "none"] {
+            let config = parse(&["--cache-backend", backend], &env)
+                .unwrap()
+                .into_config(|_| None)
+                .unwrap();
+            assert!(!config.backplane_enabled(), "{backend}");
+        }
+        let off = [("CACHE_BACKPLANE", "off"), env[0], env[1]];
+        let config = parse(&[], &off).unwrap().into_config(|_| None).unwrap();
+        assert_eq!(config.backplane, BackplaneMode::Off);
+        assert!(!config.backplane_enabled());
+        assert!(
+            !Config::default().backplane_enabled(),
+            "no credentials: memory"
+        );
+        assert!(parse(&[], &[("CACHE_BACKPLANE", "maybe")]).is_err());
     }
 
     #[test]

@@ -1,18 +1,36 @@
-//! The in-process event hub: handlers publish an [`Event`] after a write commits, every WebSocket
-//! session receives it and forwards the ones meant for its user.
+//! The event hub: handlers publish an [`Event`] after a write commits, every WebSocket session,
+//! on this instance and on every other one, receives it and forwards the ones meant for its user.
 //!
-//! One `tokio::sync::broadcast` channel carries all events; a session filters by the channels its
-//! user belongs to (plus events addressed to the user directly). That is O(sessions) per event,
-//! fine for one instance; fan-out across instances (Redis pub/sub) is a later phase. A session
-//! that falls more than [`HUB_CAPACITY`] events behind is closed and reconnects (its client then
-//! refetches what it missed), so a slow client cannot hold memory hostage.
+//! One `tokio::sync::broadcast` channel carries all events of the instance; a session filters by
+//! the channels its user belongs to (plus events addressed to the user directly). That is
+//! O(sessions) per event. A session that falls more than [`HUB_CAPACITY`] events behind is closed
+//! and reconnects (its client then refetches what it missed), so a slow client cannot hold memory
+//! hostage.
+//!
+//! # Across instances
+//!
+//! With a backplane ([`Hub::with_backplane`]) every event is also published on it as an
+//! application message, a compact JSON envelope `{"k":kind,"c":channel,"u":user,"d":data}`, and
+//! the events of other instances are broadcast to the local sessions as if published here. Each
+//! session therefore sees every event exactly once: its own instance's from the local channel,
+//! the others' from the bus, which drops an instance's own messages. Order per channel holds
+//! because one instance publishes in commit order on one ordered bus, and the cache
+//! invalidation notice of a write goes out on that bus before its event: a client that reads
+//! after an event sees the write on whichever instance it asks.
+//!
+//! When the bus was interrupted or lost a message, events may be missing, and a session cannot
+//! know which: the hub raises its resync signal and every session closes with the lag code
+//! (4008), so clients reconnect and refetch, exactly as after a local lag.
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use serde::Serialize;
+use bytes::Bytes;
+use cache_core::{AppMessage, Backplane};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
 use ulid::Ulid;
 
@@ -20,7 +38,7 @@ use ulid::Ulid;
 pub const HUB_CAPACITY: usize = 4096;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A message was posted; data: the message.
@@ -81,12 +99,90 @@ impl Event {
     }
 }
 
+/// An event on the bus. Borrowed fields on the way out; `d` is the event's JSON verbatim, so a
+/// remote session gets the same bytes as a local one.
+#[derive(Serialize)]
+struct OutEnvelope<'a> {
+    k: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c: Option<Ulid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    u: Option<Ulid>,
+    d: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct InEnvelope<'a> {
+    k: EventKind,
+    #[serde(default)]
+    c: Option<Ulid>,
+    #[serde(default)]
+    u: Option<Ulid>,
+    #[serde(borrow)]
+    d: &'a RawValue,
+}
+
+impl Event {
+    /// The bus envelope of this event.
+    fn to_envelope(&self) -> Result<Bytes, serde_json::Error> {
+        let data: &RawValue = serde_json::from_str(&self.data)?;
+        let envelope = OutEnvelope {
+            k: self.kind,
+            c: self.channel,
+            u: self.user,
+            d: data,
+        };
+        serde_json::to_vec(&envelope).map(Bytes::from)
+    }
+
+    /// An event from a bus envelope.
+    fn from_envelope(payload: &[u8]) -> Result<Event, serde_json::Error> {
+        let envelope: InEnvelope<'_> = serde_json::from_slice(payload)?;
+        Ok(Event {
+            kind: envelope.k,
+            channel: envelope.c,
+            user: envelope.u,
+            data: envelope.d.get().to_owned(),
+        })
+    }
+}
+
+/// Counters of the hub's traffic on the bus.
+#[derive(Debug, Default)]
+struct BusCounters {
+    /// Events published on the bus.
+    sent: AtomicU64,
+    /// Events of other instances delivered to local sessions.
+    received: AtomicU64,
+    /// Envelopes that did not decode (another version of chat-api on the same channel).
+    rejected: AtomicU64,
+    /// Resync signals raised.
+    resyncs: AtomicU64,
+}
+
+/// A reading of the hub's bus counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubBusStats {
+    /// Events published on the bus.
+    pub sent: u64,
+    /// Events of other instances delivered to local sessions.
+    pub received: u64,
+    /// Envelopes that did not decode.
+    pub rejected: u64,
+    /// Times every session was told to resync (4008).
+    pub resyncs: u64,
+}
+
 /// The hub. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
     shutdown: Arc<watch::Sender<bool>>,
+    // The generation of resync signals: a session that sees it change closes with 4008.
+    resync: Arc<watch::Sender<u64>>,
     sessions: Arc<AtomicUsize>,
+    backplane: Option<Backplane>,
+    bus: Arc<BusCounters>,
 }
 
 impl Default for Hub {
@@ -96,19 +192,78 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// A hub for this instance alone.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(HUB_CAPACITY);
         let (shutdown, _) = watch::channel(false);
+        let (resync, _) = watch::channel(0);
         Hub {
             tx,
             shutdown: Arc::new(shutdown),
+            resync: Arc::new(resync),
             sessions: Arc::new(AtomicUsize::new(0)),
+            backplane: None,
+            bus: Arc::default(),
         }
     }
 
-    /// Publishes an event to every session. Serialization failures are logged and dropped: an
-    /// event is a notification of a committed write, never the write itself.
+    /// A hub that also publishes every event on `backplane` and delivers the events of other
+    /// instances to its sessions (see the module docs). Spawns the receiving task on the current
+    /// Tokio runtime; it ends when the server shuts down or the backplane stops.
+    pub fn with_backplane(backplane: Backplane) -> Self {
+        let hub = Hub {
+            backplane: Some(backplane.clone()),
+            ..Hub::new()
+        };
+        // Subscribed before this returns: nothing published after startup is missed.
+        let incoming = backplane.subscribe_app();
+        tokio::spawn(hub.clone().receive(incoming));
+        hub
+    }
+
+    async fn receive(self, mut incoming: broadcast::Receiver<AppMessage>) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let message = tokio::select! {
+                message = incoming.recv() => message,
+                _ = shutdown.changed() => return,
+            };
+            match message {
+                Ok(AppMessage::Message { payload, .. }) => match Event::from_envelope(&payload) {
+                    Ok(event) => {
+                        self.bus.received.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.tx.send(Arc::new(event));
+                    }
+                    Err(err) => {
+                        self.bus.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %err, "ignoring an event from the bus that does not decode");
+                    }
+                },
+                Ok(AppMessage::Resync) => self.resync_all("the bus lost messages"),
+                // This task fell behind the backplane's buffer: events were lost here.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "the hub fell behind the bus");
+                    self.resync_all("the hub fell behind the bus");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Tells every session that events may have been lost: they close with 4008.
+    fn resync_all(&self, why: &'static str) {
+        self.bus.resyncs.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            sessions = self.sessions(),
+            why,
+            "closing every WebSocket session for a resync"
+        );
+        self.resync.send_modify(|generation| *generation += 1);
+    }
+
+    /// Publishes an event to every session, here and (with a backplane) on every other instance.
+    /// Serialization failures are logged and dropped: an event is a notification of a committed
+    /// write, never the write itself.
     pub fn publish(
         &self,
         kind: EventKind,
@@ -118,13 +273,27 @@ impl Hub {
     ) {
         match serde_json::to_string(data) {
             Ok(data) => {
-                // An error only means no session is listening.
-                let _ = self.tx.send(Arc::new(Event {
+                let event = Arc::new(Event {
                     kind,
                     channel,
                     user,
                     data,
-                }));
+                });
+                if let Some(backplane) = &self.backplane {
+                    match event.to_envelope() {
+                        Ok(envelope) => {
+                            // Queued behind the write's invalidation notice, which the handler
+                            // awaited before publishing: receivers apply it first.
+                            backplane.publish_app(envelope);
+                            self.bus.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, kind = kind.as_str(), "event not serializable for the bus")
+                        }
+                    }
+                }
+                // An error only means no session is listening.
+                let _ = self.tx.send(event);
             }
             Err(err) => {
                 tracing::error!(error = %err, kind = kind.as_str(), "event not serializable")
@@ -135,6 +304,11 @@ impl Hub {
     /// A receiver of every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
+    }
+
+    /// Changes when sessions must resync (see the module docs).
+    pub fn resync_signal(&self) -> watch::Receiver<u64> {
+        self.resync.subscribe()
     }
 
     /// Resolves when the server begins shutting down.
@@ -157,6 +331,21 @@ impl Hub {
     pub fn sessions(&self) -> usize {
         self.sessions.load(Ordering::Relaxed)
     }
+
+    /// The backplane the hub publishes on, if any.
+    pub fn backplane(&self) -> Option<&Backplane> {
+        self.backplane.as_ref()
+    }
+
+    /// The hub's bus counters.
+    pub fn bus_stats(&self) -> HubBusStats {
+        HubBusStats {
+            sent: self.bus.sent.load(Ordering::Relaxed),
+            received: self.bus.received.load(Ordering::Relaxed),
+            rejected: self.bus.rejected.load(Ordering::Relaxed),
+            resyncs: self.bus.resyncs.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// See [`Hub::session_guard`].
@@ -166,5 +355,49 @@ pub struct SessionGuard(Arc<AtomicUsize>);
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_the_event_verbatim() {
+        let channel = Ulid::from_parts(1, 2);
+        let event = Event {
+            kind: EventKind::MessageCreate,
+            channel: Some(channel),
+            user: None,
+            data: r#"{"id":"x","content":"line\nbreak \u00e9 🎉","z":1,"a":2}"#.to_owned(),
+        };
+        let envelope = event.to_envelope().unwrap();
+        let text = std::str::from_utf8(&envelope).unwrap();
+        assert!(text.starts_with(r#"{"k":"message_create","c":""#), "{text}");
+        assert!(
+            !text.contains("\"u\""),
+            "absent fields are left out: {text}"
+        );
+        let back = Event::from_envelope(&envelope).unwrap();
+        assert_eq!(back.kind, EventKind::MessageCreate);
+        assert_eq!(back.channel, Some(channel));
+        assert_eq!(back.user, None);
+        // Byte for byte: key order and escapes as the sender rendered them.
+        assert_eq!(back.data, event.data);
+    }
+
+    #[test]
+    fn foreign_envelopes_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"not json",
+            br#"{"k":"message_explode","d":{}}"#,
+            br#"{"k":"message_create","c":"not-a-ulid","d":{}}"#,
+            br#"{"k":"message_create"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(Event::from_envelope(bad).is_err(), "{bad:?}");
+        }
     }
 }

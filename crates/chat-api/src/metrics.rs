@@ -32,8 +32,8 @@ use axum::{
 };
 use cache_core::stats::{Histogram, HistogramSnapshot};
 use chat_stats::{
-    BreakerState, BreakerStats, CacheStats, DbStats, HttpStats, LookupStats, Stats, StatusClasses,
-    TierStats,
+    BackplaneState, BackplaneStats, BreakerState, BreakerStats, CacheStats, DbStats, HttpStats,
+    LookupStats, Stats, StatusClasses, TierStats,
 };
 use prometheus_client::{
     collector::Collector,
@@ -155,6 +155,7 @@ impl Snapshot {
             &state.cache().cache().stats(),
             &state.store().query_counts(),
             state.hub().sessions(),
+            backplane_document(state),
         )
     }
 
@@ -163,6 +164,7 @@ impl Snapshot {
         cache: &cache_core::stats::CacheStats,
         queries: &QueryCounts,
         sessions: usize,
+        backplane: Option<BackplaneStats>,
     ) -> Snapshot {
         // Responses over every route, summed while the routes are read.
         let mut responses = StatusClasses::default();
@@ -220,6 +222,7 @@ impl Snapshot {
                 http: HttpStats { responses },
                 rate_limited,
                 ws_sessions: u64::try_from(sessions).unwrap_or(u64::MAX),
+                backplane,
             },
             routes,
             tier_latency,
@@ -284,6 +287,58 @@ fn cache_document(stats: &cache_core::stats::CacheStats) -> CacheStats {
             closed: b.closed,
         }),
         pending_invalidations: stats.pending_invalidations,
+    }
+}
+
+/// The backplane section: the bus's own counters plus the hub's realtime traffic on it.
+fn backplane_document(state: &AppState) -> Option<BackplaneStats> {
+    let backplane = state.backplane()?;
+    let cache_core::BackplaneStats {
+        transport,
+        connected: _,
+        published,
+        publish_errors,
+        dropped,
+        queued,
+        received,
+        rejected,
+        gaps,
+        interruptions,
+        resets,
+        last_lag_micros,
+        ..
+    } = backplane.stats();
+    let hub = state.hub().bus_stats();
+    Some(BackplaneStats {
+        transport,
+        state: match backplane.state() {
+            cache_core::BackplaneState::Connecting => BackplaneState::Connecting,
+            cache_core::BackplaneState::Connected => BackplaneState::Connected,
+            cache_core::BackplaneState::Disconnected => BackplaneState::Disconnected,
+        },
+        published,
+        publish_errors,
+        dropped,
+        queued,
+        received,
+        rejected,
+        gaps,
+        interruptions,
+        resets,
+        lag_micros: last_lag_micros,
+        events_sent: hub.sent,
+        events_received: hub.received,
+        events_rejected: hub.rejected,
+        ws_resyncs: hub.resyncs,
+    })
+}
+
+/// The backplane state gauge: 0 connecting, 1 connected, 2 disconnected.
+fn backplane_gauge(state: BackplaneState) -> u64 {
+    match state {
+        BackplaneState::Connecting => 0,
+        BackplaneState::Connected => 1,
+        BackplaneState::Disconnected => 2,
     }
 }
 
@@ -479,7 +534,11 @@ impl Collector for Snapshot {
             http: _,
             rate_limited,
             ws_sessions,
+            backplane,
         } = &self.stats;
+        if let Some(backplane) = backplane {
+            encode_backplane(&mut encoder, backplane)?;
+        }
         counters(
             &mut encoder,
             "chat_db_queries",
@@ -503,6 +562,118 @@ impl Collector for Snapshot {
             *ws_sessions,
         )
     }
+}
+
+/// The `chat_backplane_*` series. Destructured without `..`: a field added to the document fails
+/// to compile here until it is exported.
+fn encode_backplane(encoder: &mut DescriptorEncoder<'_>, b: &BackplaneStats) -> fmt::Result {
+    let BackplaneStats {
+        transport,
+        state,
+        published,
+        publish_errors,
+        dropped,
+        queued,
+        received,
+        rejected,
+        gaps,
+        interruptions,
+        resets,
+        lag_micros,
+        events_sent,
+        events_received,
+        events_rejected,
+        ws_resyncs,
+    } = b;
+    gauges(
+        encoder,
+        "chat_backplane_state",
+        "Backplane: 0 connecting, 1 connected, 2 disconnected.",
+        [(
+            vec![("transport", label(transport))],
+            backplane_gauge(*state),
+        )],
+    )?;
+    for (name, help, value) in [
+        (
+            "chat_backplane_messages_published",
+            "Messages published on the bus (notices, events, heartbeats).",
+            published,
+        ),
+        (
+            "chat_backplane_messages_received",
+            "Messages received from other instances.",
+            received,
+        ),
+        (
+            "chat_backplane_publish_errors",
+            "Failed publish attempts (retried).",
+            publish_errors,
+        ),
+        (
+            "chat_backplane_messages_dropped",
+            "Messages dropped from a full outbox.",
+            dropped,
+        ),
+        (
+            "chat_backplane_messages_rejected",
+            "Malformed or foreign-version messages ignored.",
+            rejected,
+        ),
+        (
+            "chat_backplane_gaps",
+            "Sequence gaps detected (messages of another instance lost).",
+            gaps,
+        ),
+        (
+            "chat_backplane_interruptions",
+            "Subscription interruptions, each followed by a reconnect.",
+            interruptions,
+        ),
+        (
+            "chat_backplane_resets",
+            "Resets of L1 and realtime sessions after an interruption or gap.",
+            resets,
+        ),
+        (
+            "chat_backplane_events_rejected",
+            "Realtime events from the bus that did not decode.",
+            events_rejected,
+        ),
+        (
+            "chat_ws_resyncs",
+            "Times every WebSocket session was closed with 4008 to resync.",
+            ws_resyncs,
+        ),
+    ] {
+        counter(encoder, name, help, *value)?;
+    }
+    counters(
+        encoder,
+        "chat_backplane_events",
+        "Realtime events on the bus, by direction.",
+        [
+            (vec![("direction", "out".to_owned())], *events_sent),
+            (vec![("direction", "in".to_owned())], *events_received),
+        ],
+    )?;
+    gauge(
+        encoder,
+        "chat_backplane_queued",
+        "Messages waiting in the outbox.",
+        *queued,
+    )?;
+    if let Some(lag) = lag_micros {
+        encoder
+            .encode_descriptor(
+                "chat_backplane_lag_seconds",
+                "Publish-to-receipt time of the last message from another instance.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(*lag as f64 / 1e6))?;
+    }
+    Ok(())
 }
 
 impl Snapshot {

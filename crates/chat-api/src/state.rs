@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use cache_core::{Cache, DynBackend};
+use cache_core::{Cache, CacheConfig, DynBackend};
 
 use crate::{
-    cache::{ChatCache, Policies, build_backend},
+    cache::{CacheParts, ChatCache, Policies, connect_cache},
     config::{Config, ConfigError},
     events::Hub,
     metrics::HttpMetrics,
@@ -41,31 +41,56 @@ struct Inner {
 }
 
 impl AppState {
-    /// Connects the database of `config` (creating and migrating it), builds the cache backend
-    /// it names, and assembles the state.
+    /// Connects the database of `config` (creating and migrating it), builds the cache it names
+    /// (on the backplane, when that is on: see [`connect_cache`]), and assembles the state.
     pub async fn from_config(config: Config) -> Result<AppState, StartupError> {
-        let backend = build_backend(&config)?;
+        let parts = connect_cache(&config).await?;
         let store = SqlStore::connect(&config).await?;
-        Ok(AppState::new(config, Arc::new(store), backend)?)
+        Ok(AppState::from_parts(config, Arc::new(store), parts)?)
     }
 
-    /// The state over an existing store and cache backend.
+    /// The state over an existing store and cache backend, without a backplane.
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
         backend: DynBackend,
     ) -> Result<AppState, ConfigError> {
+        AppState::from_parts(config, store, CacheParts::local(backend))
+    }
+
+    /// The state over an existing store and cache parts; with a backplane, realtime events go
+    /// over it too. Must run inside a Tokio runtime when `parts` has a backplane.
+    pub fn from_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        parts: CacheParts,
+    ) -> Result<AppState, ConfigError> {
+        let CacheParts {
+            backend,
+            clock,
+            backplane,
+        } = parts;
         let cache = ChatCache::new(
-            Cache::new(backend),
+            Cache::with_config(
+                backend,
+                CacheConfig {
+                    clock,
+                    ..CacheConfig::default()
+                },
+            ),
             &config.cache_prefix,
             Policies::from_config(&config),
             store,
         )?;
+        let hub = match backplane {
+            Some(backplane) => Hub::with_backplane(backplane),
+            None => Hub::new(),
+        };
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 cache,
-                hub: Hub::new(),
+                hub,
                 limiter: RateLimiter::default(),
                 metrics: HttpMetrics::default(),
             }),
@@ -90,6 +115,11 @@ impl AppState {
     /// The event hub.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// The backplane this instance shares with the others, if on.
+    pub fn backplane(&self) -> Option<&cache_core::Backplane> {
+        self.inner.hub.backplane()
     }
 
     /// The rate limiter.

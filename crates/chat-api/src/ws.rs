@@ -16,8 +16,14 @@
 //! 5. Client: `{"op":"ping","nonce":…}` → server `{"op":"pong","data":{"nonce":…}}`.
 //!
 //! Heartbeat: the server sends a WebSocket ping every interval; a client that sends nothing (no
-//! frame, no pong) for two intervals is closed with 4009. A session that falls too far behind the
-//! event stream is closed with 4008 (reconnect and refetch). On shutdown sessions get 1001.
+//! frame, no pong) for two intervals is closed with 4009. On shutdown sessions get 1001.
+//!
+//! Resync: close code 4008 means "events may have been lost: reconnect and refetch" (the latest
+//! page of open channels, the channel list). The server sends it when the session fell too far
+//! behind the event stream, and, when several instances share a backplane, when this instance's
+//! bus was interrupted or lost a message (every session of the instance gets it at once, since
+//! none can know which events it missed). Events of every instance reach every session exactly
+//! once and in order per channel while the bus holds; 4008 is how a session learns it did not.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -48,7 +54,8 @@ use crate::{
 
 /// Close code: authentication failed.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
-/// Close code: the session fell behind the event stream.
+/// Close code: events may have been lost (the session fell behind the event stream, or the
+/// backplane was interrupted): reconnect and refetch.
 pub const CLOSE_LAGGED: u16 = 4008;
 /// Close code: no heartbeat.
 pub const CLOSE_HEARTBEAT: u16 = 4009;
@@ -140,6 +147,7 @@ async fn run(socket: WebSocket, state: AppState, user: Option<UserRef>) {
     // Subscribe before reading the channel list, so no event between the two is lost.
     let mut events = state.hub().subscribe();
     let mut shutdown = state.hub().shutdown_signal();
+    let mut resync = state.hub().resync_signal();
     let channels = match state.cache().user_channels(user.id).await {
         Ok(channels) => channels,
         Err(err) => {
@@ -214,6 +222,10 @@ async fn run(socket: WebSocket, state: AppState, user: Option<UserRef>) {
                 if sink.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
                     break;
                 }
+            }
+            _ = resync.changed() => {
+                close(&mut sink, CLOSE_LAGGED, "events may have been lost; reconnect").await;
+                break;
             }
             _ = shutdown.changed() => {
                 close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;

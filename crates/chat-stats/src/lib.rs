@@ -42,6 +42,9 @@ pub struct Stats {
     pub rate_limited: BTreeMap<String, u64>,
     /// WebSocket sessions connected now.
     pub ws_sessions: u64,
+    /// The backplane shared with other instances; `None` when it is off. Added in version 1
+    /// without a bump: older documents read as `None`.
+    pub backplane: Option<BackplaneStats>,
 }
 
 impl Default for Stats {
@@ -53,6 +56,7 @@ impl Default for Stats {
             http: HttpStats::default(),
             rate_limited: BTreeMap::new(),
             ws_sessions: 0,
+            backplane: None,
         }
     }
 }
@@ -171,6 +175,70 @@ impl BreakerState {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The backplane of one instance: the bus that carries cache invalidation notices and realtime
+/// events between instances sharing one Upstash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackplaneStats {
+    /// The pub/sub transport (`upstash`, or `local` in tests).
+    pub transport: String,
+    /// Whether the bus can be relied on now.
+    pub state: BackplaneState,
+    /// Messages this instance published (notices, events and heartbeats).
+    pub published: u64,
+    /// Failed publish attempts (the messages stay queued and are retried).
+    pub publish_errors: u64,
+    /// Messages dropped from a full outbox (receivers see a gap and resync).
+    pub dropped: u64,
+    /// Messages waiting in the outbox now.
+    pub queued: u64,
+    /// Messages received from other instances.
+    pub received: u64,
+    /// Malformed or foreign-version messages ignored.
+    pub rejected: u64,
+    /// Sequence gaps detected (messages of another instance lost).
+    pub gaps: u64,
+    /// Interruptions of the subscription, each followed by a reconnect.
+    pub interruptions: u64,
+    /// Resets of L1 and of the realtime sessions after an interruption or a gap.
+    pub resets: u64,
+    /// Publish-to-receipt time of the last message from another instance, in microseconds
+    /// (on the two hosts' clocks, which are both kept on the Upstash server's time).
+    pub lag_micros: Option<u64>,
+    /// Realtime events this instance published on the bus.
+    pub events_sent: u64,
+    /// Realtime events of other instances delivered to this instance's sessions.
+    pub events_received: u64,
+    /// Events from the bus that did not decode (another version of chat-api on the channel).
+    pub events_rejected: u64,
+    /// Times every WebSocket session of this instance was closed with 4008 to resync.
+    pub ws_resyncs: u64,
+}
+
+/// The state of a backplane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackplaneState {
+    /// Not yet subscribed.
+    #[default]
+    Connecting,
+    /// Subscribed and hearing its own heartbeats: L1 keeps entries for their whole TTL.
+    Connected,
+    /// Subscription broken or silent: L1 falls back to its short cap; reconnecting.
+    Disconnected,
+}
+
+impl BackplaneState {
+    /// The name used in the JSON document and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackplaneState::Connecting => "connecting",
+            BackplaneState::Connected => "connected",
+            BackplaneState::Disconnected => "disconnected",
         }
     }
 }
@@ -341,11 +409,19 @@ mod tests {
         stats.http.responses.record(503, 2);
         stats.http.responses.record(200, 5);
         stats.rate_limited.insert("channels".into(), 1);
+        stats.backplane = Some(BackplaneStats {
+            transport: "upstash".into(),
+            state: BackplaneState::Disconnected,
+            gaps: 2,
+            lag_micros: Some(1500),
+            ..BackplaneStats::default()
+        });
         let json = serde_json::to_vec(&stats).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["version"], VERSION);
         assert_eq!(value["cache"]["breaker"]["state"], "half_open");
         assert_eq!(value["http"]["responses"]["5xx"], 2);
+        assert_eq!(value["backplane"]["state"], "disconnected");
         let back = parse(&json).unwrap();
         assert_eq!(back, stats);
         assert_eq!(back.cache.tiers[0].hit_ratio(), Some(0.75));
@@ -371,5 +447,13 @@ mod tests {
         let stats = parse(br#"{"version": 1, "ws_sessions": 4}"#).unwrap();
         assert_eq!(stats.ws_sessions, 4);
         assert!(stats.cache.tiers.is_empty());
+        assert_eq!(
+            stats.backplane, None,
+            "a document from before the backplane"
+        );
+        let stats = parse(br#"{"version": 1, "backplane": {"state": "connected"}}"#).unwrap();
+        let backplane = stats.backplane.unwrap();
+        assert_eq!(backplane.state, BackplaneState::Connected);
+        assert_eq!(backplane.gaps, 0);
     }
 }

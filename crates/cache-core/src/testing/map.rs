@@ -124,6 +124,11 @@ impl CacheBackend for MapBackend {
             .is_some())
     }
 
+    async fn clear_local(&self) -> Result<bool> {
+        self.entries.lock().expect("lock").clear();
+        Ok(true)
+    }
+
     async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()> {
         let mut stamps = self.stamps.lock().expect("lock");
         for tag in tags {

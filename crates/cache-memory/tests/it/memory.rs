@@ -133,3 +133,21 @@ async fn memory_l1_keeps_a_tiered_cache_serving_through_an_l2_outage() {
     assert_eq!(cache.stats().loads.loads, loads_before);
     assert!(cache.stats().tiers[1].timeouts >= 1);
 }
+
+#[tokio::test]
+async fn clear_local_drops_every_entry_and_later_writes_stay() {
+    let backend = MemoryBackend::new(MemoryConfig::default());
+    let ns = Namespace::new("clear", 1).unwrap();
+    let (a, b) = (ns.key("k", &[&1]), ns.key("k", &[&2]));
+    backend
+        .set(&a, entry_of(10, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(backend.clear_local().await.unwrap());
+    assert!(backend.get(&a).await.unwrap().is_none());
+    backend
+        .set(&b, entry_of(10, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(backend.get(&b).await.unwrap().is_some());
+}

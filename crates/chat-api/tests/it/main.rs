@@ -10,6 +10,8 @@
 
 mod support;
 
+// Several instances on one database, one L2 and one backplane (in process and over Upstash).
+mod backplane;
 // Endpoint behaviour: success and validation, per endpoint.
 mod api;
 // R3: SIGKILL under write load, restart, nothing acknowledged is lost or duplicated.

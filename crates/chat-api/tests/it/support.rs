@@ -11,7 +11,7 @@ use axum::{
 };
 use cache_core::DynBackend;
 use cache_memory::MemoryBackend;
-use chat_api::{AppState, Config, app, store::SqlStore};
+use chat_api::{AppState, Config, app, cache::CacheParts, store::SqlStore};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -176,8 +176,9 @@ impl Drop for TestDb {
 pub(crate) struct TestApp {
     pub(crate) state: AppState,
     pub(crate) router: Router,
-    // Dropped last: the database outlives the state that uses it.
-    _db: TestDb,
+    // Dropped last: the database outlives the state that uses it. Shared by the instances of a
+    // multi-instance test.
+    _db: Arc<TestDb>,
 }
 
 /// A response with its body parsed as JSON (`Value::Null` when empty or not JSON).
@@ -270,18 +271,33 @@ impl TestApp {
         configure: impl FnOnce(Config) -> Config,
         backend: impl FnOnce(&Config) -> DynBackend,
     ) -> Option<TestApp> {
-        let test_db = TestDb::create(db).await?;
-        let config = configure(test_config(&test_db.url));
+        let test_db = Arc::new(TestDb::create(db).await?);
+        Some(
+            TestApp::start_on(&test_db, configure, |config| {
+                CacheParts::local(backend(config))
+            })
+            .await,
+        )
+    }
+
+    /// One instance of several on the shared database `db`, with its cache built by `parts`
+    /// (which may put it on a backplane).
+    pub(crate) async fn start_on(
+        db: &Arc<TestDb>,
+        configure: impl FnOnce(Config) -> Config,
+        parts: impl FnOnce(&Config) -> CacheParts,
+    ) -> TestApp {
+        let config = configure(test_config(&db.url));
         let store = SqlStore::connect(&config)
             .await
             .expect("open the test database");
-        let backend = backend(&config);
-        let state = AppState::new(config, Arc::new(store), backend).expect("state");
-        Some(TestApp {
+        let parts = parts(&config);
+        let state = AppState::from_parts(config, Arc::new(store), parts).expect("state");
+        TestApp {
             router: app(state.clone()),
             state,
-            _db: test_db,
-        })
+            _db: Arc::clone(db),
+        }
     }
 
     /// Sends a request through the router.

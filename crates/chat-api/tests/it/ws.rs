@@ -13,9 +13,9 @@ use tokio_tungstenite::{
 
 use crate::support::{Db, TestApp};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn serve(app: &TestApp) -> SocketAddr {
+pub(crate) async fn serve(app: &TestApp) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.router.clone();
@@ -23,7 +23,7 @@ async fn serve(app: &TestApp) -> SocketAddr {
     addr
 }
 
-async fn connect(addr: SocketAddr, token: Option<&str>, query: &str) -> Socket {
+pub(crate) async fn connect(addr: SocketAddr, token: Option<&str>, query: &str) -> Socket {
     let mut request = format!("ws://{addr}/api/v1/ws{query}")
         .into_client_request()
         .unwrap();
@@ -36,7 +36,7 @@ async fn connect(addr: SocketAddr, token: Option<&str>, query: &str) -> Socket {
 }
 
 /// The next JSON text frame (pings are answered by tungstenite while reading).
-async fn next_json(socket: &mut Socket) -> Value {
+pub(crate) async fn next_json(socket: &mut Socket) -> Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -51,7 +51,7 @@ async fn next_json(socket: &mut Socket) -> Value {
     }
 }
 
-async fn next_close_code(socket: &mut Socket) -> u16 {
+pub(crate) async fn next_close_code(socket: &mut Socket) -> u16 {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -64,7 +64,7 @@ async fn next_close_code(socket: &mut Socket) -> u16 {
     }
 }
 
-async fn hello_and_ready(socket: &mut Socket) -> Value {
+pub(crate) async fn hello_and_ready(socket: &mut Socket) -> Value {
     let hello = next_json(socket).await;
     assert_eq!(hello["op"], "hello");
     assert!(hello["data"]["heartbeat_interval_ms"].as_u64().unwrap() > 0);

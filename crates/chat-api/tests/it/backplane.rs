@@ -1,0 +1,502 @@
+//! Several chat-api instances in one test process on one database and one L2 (a real
+//! upstash-gateway in front of a real redis-server), sharing a backplane: a
+//! [`LocalTransport`] in process, and the Upstash transport over the gateway's `PUBLISH` and SSE
+//! `/subscribe`.
+//!
+//! Every instance's L1 cap (`l1_max_ttl`) is set far above any deadline here, and the backplane
+//! keeps L1 entries for their whole TTL while connected: another instance's write can only
+//! become visible through its invalidation notice, so these tests fail without the backplane
+//! (the `off` test shows the stale copy that the notice removes).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use cache_core::{BackplaneTransport as _, LocalTransport, OffsetClock, TransportEvent};
+use chat_api::{
+    CLOSE_LAGGED,
+    cache::build_cache_on,
+    config::{BackplaneMode, CacheBackendKind, SecretString},
+};
+use serde_json::Value;
+use upstash_gateway::testing::TestGateway;
+
+use crate::{
+    support::{Db, TestApp, TestDb, TestUser, ids, on_both_databases},
+    ws::{Socket, connect, hello_and_ready, next_close_code, next_json, serve},
+};
+
+/// Far above every deadline of these tests: an L1 copy outlives them unless a notice drops it.
+const L1_CAP: Duration = Duration::from_secs(120);
+/// How long a poll waits for something the bus delivers in milliseconds.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Instances of one test: the gateway (L2 and, for Upstash, the bus), the shared database.
+struct Cluster {
+    apps: Vec<TestApp>,
+    gateway: TestGateway,
+}
+
+/// The settings of every instance: tiered through `gateway`, one key prefix (so one L2 and one
+/// bus channel), the backplane as `mode` says.
+fn cluster_config(
+    gateway: &TestGateway,
+    prefix: &str,
+    mode: BackplaneMode,
+) -> impl Fn(chat_api::Config) -> chat_api::Config + use<> {
+    let (url, token, prefix) = (gateway.url(), gateway.token().to_owned(), prefix.to_owned());
+    move |c| chat_api::Config {
+        cache_backend: CacheBackendKind::Tiered,
+        upstash_url: Some(url.clone()),
+        upstash_token: SecretString::new(token.clone()),
+        cache_prefix: prefix.clone(),
+        l1_max_ttl: L1_CAP,
+        backplane: mode,
+        ..c
+    }
+}
+
+fn unique_prefix() -> String {
+    format!("chat-bp-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// `n` instances on `db` on one in-process bus, connected.
+async fn local_cluster(db: Db, n: usize, mode: BackplaneMode) -> Option<(Cluster, LocalTransport)> {
+    let gateway = TestGateway::start().await;
+    let db = Arc::new(TestDb::create(db).await?);
+    let local = LocalTransport::new();
+    let configure = cluster_config(&gateway, &unique_prefix(), mode);
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let transport = Arc::new(local.clone());
+        apps.push(
+            TestApp::start_on(&db, &configure, |config| {
+                build_cache_on(config, transport, Arc::new(OffsetClock::new())).expect("cache")
+            })
+            .await,
+        );
+    }
+    let cluster = Cluster { apps, gateway };
+    if mode == BackplaneMode::Auto {
+        cluster.wait_connected().await;
+    }
+    Some((cluster, local))
+}
+
+/// `n` instances on `db` on the Upstash transport through the gateway, as the server builds
+/// them (`connect_cache`), connected.
+async fn upstash_cluster(db: Db, n: usize) -> Option<Cluster> {
+    let gateway = TestGateway::start().await;
+    let db = Arc::new(TestDb::create(db).await?);
+    let configure = cluster_config(&gateway, &unique_prefix(), BackplaneMode::Auto);
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let parts = chat_api::cache::connect_cache(&configure(chat_api::Config::default()))
+            .await
+            .expect("cache");
+        apps.push(TestApp::start_on(&db, &configure, move |_| parts).await);
+    }
+    let cluster = Cluster { apps, gateway };
+    cluster.wait_connected().await;
+    Some(cluster)
+}
+
+impl Cluster {
+    /// Polls until every instance's backplane is connected.
+    async fn wait_connected(&self) {
+        for app in &self.apps {
+            let backplane = app.state.backplane().expect("the backplane is on");
+            poll(format!("{} connected", backplane.instance_id()), || async {
+                backplane.state() == cache_core::BackplaneState::Connected
+            })
+            .await;
+        }
+    }
+}
+
+/// Polls `check` until it holds, panicking with `what` after [`DEADLINE`].
+async fn poll<F, Fut>(what: impl std::fmt::Display, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A user `name` registered on `on`, member of `channel` (through `on`, too).
+async fn member(on: &TestApp, name: &str, channel: &str) -> TestUser {
+    let user = on.register(name).await;
+    on.put(
+        &format!("/api/v1/channels/{channel}/members/me"),
+        &user.token,
+    )
+    .await
+    .expect(204);
+    user
+}
+
+async fn latest_ids(app: &TestApp, user: &TestUser, channel: &str) -> Vec<String> {
+    ids(&app
+        .get(&format!("/api/v1/channels/{channel}/messages"), &user.token)
+        .await
+        .expect(200)
+        .body)
+}
+
+fn id(message: &Value) -> String {
+    message["id"].as_str().unwrap().to_owned()
+}
+
+async fn stats(app: &TestApp) -> Value {
+    app.call(axum::http::Method::GET, "/stats", None, None)
+        .await
+        .expect(200)
+        .body
+}
+
+/// A post on one instance is in the next reads on the others, without waiting for any TTL:
+/// `reader` holds the page in L1 (a read runs no query), and only the notice drops it.
+async fn a_post_is_read_on_every_other_instance(cluster: &Cluster) {
+    let [a, b, c] = [&cluster.apps[0], &cluster.apps[1], &cluster.apps[2]];
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    // Users registered and joined on other instances: token and membership lookups cross too.
+    let bob = member(b, "bob", &channel).await;
+    let cid = member(c, "cid", &channel).await;
+    let first = id(&a.post_message(&ann, &channel, "one").await);
+    // Every instance holds the page in L1 now, for its whole TTL while the bus is connected (the
+    // `off` test shows such a copy surviving a write elsewhere).
+    for app in [a, b, c] {
+        assert_eq!(latest_ids(app, &ann, &channel).await, [first.clone()]);
+    }
+
+    for (writer, author, round) in [(a, &ann, "two"), (b, &bob, "three"), (c, &cid, "four")] {
+        let posted = id(&writer.post_message(author, &channel, round).await);
+        for (app, user) in [(a, &ann), (b, &bob), (c, &cid)] {
+            poll(format!("{round} visible"), || async {
+                latest_ids(app, user, &channel).await.first() == Some(&posted)
+            })
+            .await;
+        }
+    }
+    for app in &cluster.apps {
+        let stats = stats(app).await;
+        assert!(
+            stats["backplane"]["received"].as_u64().unwrap() > 0,
+            "{stats}"
+        );
+        assert_eq!(stats["backplane"]["gaps"], 0, "{stats}");
+    }
+}
+
+async fn reads_are_coherent_across_instances_on_a_local_bus(db: Db) {
+    let Some((cluster, _local)) = local_cluster(db, 3, BackplaneMode::Auto).await else {
+        return;
+    };
+    a_post_is_read_on_every_other_instance(&cluster).await;
+    cluster.gateway.shutdown().await;
+}
+
+async fn reads_are_coherent_across_instances_on_upstash(db: Db) {
+    let Some(cluster) = upstash_cluster(db, 3).await else {
+        return;
+    };
+    a_post_is_read_on_every_other_instance(&cluster).await;
+    let stats = stats(&cluster.apps[1]).await;
+    assert_eq!(stats["backplane"]["transport"], "upstash");
+    assert_eq!(stats["backplane"]["state"], "connected");
+    cluster.gateway.shutdown().await;
+}
+
+on_both_databases! {
+    reads_are_coherent_across_instances_on_a_local_bus;
+    reads_are_coherent_across_instances_on_upstash;
+}
+
+/// The control: with `CACHE_BACKPLANE=off` nothing goes on the bus, and another instance keeps
+/// serving the page its L1 holds (the staleness the backplane removes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_backplane_off_nothing_is_published() {
+    let (cluster, local) = local_cluster(Db::Sqlite, 2, BackplaneMode::Off)
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    assert!(a.state.backplane().is_none());
+    let mut probe = local.subscribe();
+    assert_eq!(probe.recv().await, Some(TransportEvent::Connected));
+
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let first = id(&a.post_message(&ann, &channel, "one").await);
+    assert_eq!(latest_ids(b, &bob, &channel).await, [first.clone()]);
+    let second = id(&a.post_message(&ann, &channel, "two").await);
+    assert_eq!(latest_ids(a, &ann, &channel).await[0], second);
+    assert_eq!(
+        latest_ids(b, &bob, &channel).await[0],
+        first,
+        "without the backplane B serves its L1 copy until the L1 cap"
+    );
+
+    // Whatever the instances published would be on the bus ahead of this marker.
+    local
+        .publish(&[Bytes::from_static(b"marker")])
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.recv().await,
+        Some(TransportEvent::Message(Bytes::from_static(b"marker"))),
+        "nothing was published before the marker"
+    );
+    for app in [a, b] {
+        assert_eq!(stats(app).await["backplane"], Value::Null);
+        assert_eq!(health(app).await["backplane"], Value::Null);
+    }
+    cluster.gateway.shutdown().await;
+}
+
+/// Reads `message_create` events until one has `content` `last`; returns the contents in order
+/// and asserts the session's `seq` has no hole.
+async fn creates_until(socket: &mut Socket, last: &str) -> Vec<String> {
+    let mut contents = Vec::new();
+    let mut seq = None;
+    loop {
+        let frame = next_json(socket).await;
+        assert_eq!(frame["op"], "event", "{frame}");
+        let this = frame["seq"].as_u64().unwrap();
+        if let Some(previous) = seq {
+            assert_eq!(this, previous + 1, "seq counts up by one");
+        }
+        seq = Some(this);
+        if frame["type"] != "message_create" {
+            continue;
+        }
+        let content = frame["data"]["content"].as_str().unwrap().to_owned();
+        let done = content == last;
+        contents.push(content);
+        if done {
+            return contents;
+        }
+    }
+}
+
+/// Sessions on every instance receive each `message_create` of a burst on one instance exactly
+/// once and in order, the poster's own instance included, and a read after the event is fresh on
+/// every instance (the notice goes out before the event on the same ordered bus).
+async fn events_reach_sessions_on_every_instance(cluster: &Cluster) {
+    let [a, b, c] = [&cluster.apps[0], &cluster.apps[1], &cluster.apps[2]];
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let mut sockets = Vec::new();
+    for app in [a, b, c] {
+        let mut socket = connect(serve(app).await, Some(&bob.token), "").await;
+        hello_and_ready(&mut socket).await;
+        sockets.push(socket);
+    }
+    // Cache the page on every instance first: the reads after the events must not be first reads.
+    let first = id(&a.post_message(&ann, &channel, "first").await);
+    for app in [a, b, c] {
+        assert_eq!(latest_ids(app, &bob, &channel).await, [first.clone()]);
+    }
+    for socket in &mut sockets {
+        assert_eq!(creates_until(socket, "first").await, ["first"]);
+    }
+
+    let burst: Vec<String> = (0..20).map(|i| format!("burst {i}")).collect();
+    let before = [b, c].map(|app| app.state.hub().bus_stats().received);
+    for content in &burst {
+        a.post_message(&ann, &channel, content).await;
+    }
+    // B and C have every event of the burst before C posts: C's post comes after on every
+    // instance's bus, so anything of A's arriving twice would show before it.
+    for (app, before) in [b, c].into_iter().zip(before) {
+        poll("the burst delivered", || async {
+            app.state.hub().bus_stats().received >= before + 20
+        })
+        .await;
+    }
+    let end = id(&c.post_message(&bob, &channel, "end").await);
+    let mut expected = burst.clone();
+    expected.push("end".into());
+    for (socket, app) in sockets.iter_mut().zip([a, b, c]) {
+        assert_eq!(creates_until(socket, "end").await, expected);
+        // The event came after the notice of its write on the same bus: no wait needed.
+        assert_eq!(latest_ids(app, &bob, &channel).await[0], end);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_sessions_on_every_instance_on_a_local_bus() {
+    let (cluster, _local) = local_cluster(Db::Sqlite, 3, BackplaneMode::Auto)
+        .await
+        .unwrap();
+    events_reach_sessions_on_every_instance(&cluster).await;
+    cluster.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_sessions_on_every_instance_on_upstash() {
+    let cluster = upstash_cluster(Db::Sqlite, 3).await.unwrap();
+    events_reach_sessions_on_every_instance(&cluster).await;
+    cluster.gateway.shutdown().await;
+}
+
+/// An interrupted bus (messages may have been lost) closes every session with 4008; after the
+/// reconnect a new session gets the other instance's events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bus_makes_sessions_resync() {
+    let (cluster, local) = local_cluster(Db::Sqlite, 2, BackplaneMode::Auto)
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let (addr_a, addr_b) = (serve(a).await, serve(b).await);
+    let mut sockets = Vec::new();
+    for addr in [addr_a, addr_b] {
+        let mut socket = connect(addr, Some(&bob.token), "").await;
+        hello_and_ready(&mut socket).await;
+        sockets.push(socket);
+    }
+
+    local.interrupt();
+    for socket in &mut sockets {
+        assert_eq!(next_close_code(socket).await, CLOSE_LAGGED);
+    }
+    cluster.wait_connected().await;
+    for app in [a, b] {
+        let stats = stats(app).await;
+        let backplane = &stats["backplane"];
+        assert!(backplane["interruptions"].as_u64().unwrap() >= 1, "{stats}");
+        assert!(backplane["ws_resyncs"].as_u64().unwrap() >= 1, "{stats}");
+    }
+
+    let mut socket = connect(addr_b, Some(&bob.token), "").await;
+    hello_and_ready(&mut socket).await;
+    a.post_message(&ann, &channel, "after").await;
+    assert_eq!(creates_until(&mut socket, "after").await, ["after"]);
+    cluster.gateway.shutdown().await;
+}
+
+/// A message lost on the bus (a gap in A's sequence) makes B resync its sessions and drop its
+/// L1, so the write whose notice was lost is not hidden by B's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_makes_the_other_instance_resync() {
+    let (cluster, local) = local_cluster(Db::Sqlite, 2, BackplaneMode::Auto)
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let first = id(&a.post_message(&ann, &channel, "one").await);
+    assert_eq!(latest_ids(b, &bob, &channel).await, [first]);
+    let mut socket = connect(serve(b).await, Some(&bob.token), "").await;
+    hello_and_ready(&mut socket).await;
+
+    // The invalidation notice of the next post is lost; its event (the next message) shows the gap.
+    local.lose_next(1);
+    let second = id(&a.post_message(&ann, &channel, "two").await);
+    assert_eq!(next_close_code(&mut socket).await, CLOSE_LAGGED);
+    poll("B dropped its L1 copy", || async {
+        latest_ids(b, &bob, &channel).await[0] == second
+    })
+    .await;
+    let stats = stats(b).await;
+    assert!(stats["backplane"]["gaps"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["backplane"]["resets"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    cluster.gateway.shutdown().await;
+}
+
+/// `/health`, `/stats` and `/metrics` show the backplane and its counters moving; a bus that is
+/// down leaves `/health` at 200, `degraded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stats_and_metrics_show_the_backplane() {
+    let (cluster, local) = local_cluster(Db::Sqlite, 2, BackplaneMode::Auto)
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    let body = health(b).await;
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["backplane"]["state"], "connected", "{body}");
+    assert_eq!(body["backplane"]["transport"], "local", "{body}");
+
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    a.post_message(&ann, &channel, "one").await;
+    poll("B received A's event", || async {
+        stats(b).await["backplane"]["events_received"].as_u64() >= Some(1)
+    })
+    .await;
+    let sent = stats(a).await;
+    let sent = &sent["backplane"];
+    assert!(sent["published"].as_u64().unwrap() >= 2, "{sent}");
+    assert!(sent["events_sent"].as_u64().unwrap() >= 1, "{sent}");
+    assert_eq!(sent["state"], "connected");
+    let received = stats(b).await;
+    assert!(
+        received["backplane"]["received"].as_u64().unwrap() >= 2,
+        "{received}"
+    );
+    let metrics = b
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await
+        .expect(200)
+        .text;
+    for line in [
+        "chat_backplane_state{transport=\"local\"} 1",
+        "chat_backplane_messages_received_total ",
+        "chat_backplane_messages_published_total ",
+        "chat_backplane_gaps_total 0",
+        "chat_backplane_interruptions_total 0",
+        "chat_backplane_events_total{direction=\"in\"} ",
+        "chat_ws_resyncs_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
+    }
+    let received_total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_backplane_messages_received_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(received_total >= 2);
+
+    local.set_down(true);
+    poll("B sees the bus down", || async {
+        health(b).await["backplane"]["state"] != "connected"
+    })
+    .await;
+    let body = health(b).await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["database"]["status"], "ok", "{body}");
+    local.set_down(false);
+    poll("B reconnected", || async {
+        health(b).await["status"] == "ok"
+    })
+    .await;
+    assert!(
+        stats(b).await["backplane"]["interruptions"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    cluster.gateway.shutdown().await;
+}
+
+async fn health(app: &TestApp) -> Value {
+    app.call(axum::http::Method::GET, "/health", None, None)
+        .await
+        .expect(200)
+        .body
+}
