@@ -96,6 +96,9 @@ pub(crate) struct Instance {
     http: reqwest::Client,
     /// False while the harness has the instance down (reads of it may fail then).
     up: AtomicBool,
+    /// Counts the times the instance was taken down, so a staleness sample never spans an outage
+    /// of the instance it was read on.
+    outages: AtomicU64,
 }
 
 /// A latest page as the checks need it.
@@ -135,6 +138,7 @@ impl Instance {
             ws_url,
             http,
             up: AtomicBool::new(true),
+            outages: AtomicU64::new(0),
         })
     }
 
@@ -232,6 +236,9 @@ struct Ack {
     sent: Instant,
     at: Instant,
     window: usize,
+    /// Each instance's outage count when the post was acknowledged, or `None` for one that was
+    /// down: staleness is only sampled on instances that stayed up since.
+    outages: Vec<Option<u64>>,
 }
 
 /// The counters of one window of the schedule (steady, or one outage and its recovery).
@@ -328,6 +335,9 @@ pub(crate) struct Shared {
     current: AtomicUsize,
     next_index: Vec<AtomicU64>,
     next_instance: AtomicUsize,
+    /// Every `--instance` is the same URL (a load balancer): which instance served a post, a read
+    /// or a session is unknown, so every read and session counts as "another instance".
+    one_url: bool,
 }
 
 impl Shared {
@@ -374,6 +384,16 @@ impl Shared {
             .collect()
     }
 
+    fn outages_now(&self) -> Vec<Option<u64>> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let outages = i.outages.load(Ordering::SeqCst);
+                i.up.load(Ordering::SeqCst).then_some(outages)
+            })
+            .collect()
+    }
+
     fn up_instances(&self) -> Vec<usize> {
         (0..self.instances.len())
             .filter(|&i| self.instances[i].up.load(Ordering::SeqCst))
@@ -407,6 +427,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         .iter()
         .map(|u| Instance::new(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let one_url = args.instances.iter().all(|u| *u == args.instances[0]);
     let run = format!("{:08x}", fastrand::u32(..));
     eprintln!(
         "cluster[{}]: run {run}, {} instances, {} users, {} channels",
@@ -427,6 +448,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         current: AtomicUsize::new(0),
         next_index: (0..args.channels).map(|_| AtomicU64::new(1)).collect(),
         next_instance: AtomicUsize::new(0),
+        one_url,
     });
     shared.begin("steady".into(), true);
 
@@ -479,6 +501,9 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         shared.begin(format!("kill -9 instance {kill}, restart"), false);
         let (posters_stop, posters) = start_posters(&shared, args, None);
         shared.instances[kill].up.store(false, Ordering::SeqCst);
+        shared.instances[kill]
+            .outages
+            .fetch_add(1, Ordering::SeqCst);
         control(&format!("kill-instance {kill}")).await?;
         tokio::time::sleep(args.outage).await;
         control(&format!("restart-instance {kill}")).await?;
@@ -648,7 +673,12 @@ async fn check_read(shared: &Shared, instance: usize, channel: usize, token: &st
         for ack in &acks {
             let visible = shows(&page, &ids, &ack.id);
             if visible {
-                if ack.instance != instance && seen.insert((instance, ack.post.clone())) {
+                let stayed_up = ack.outages[instance]
+                    == Some(shared.instances[instance].outages.load(Ordering::SeqCst));
+                if (ack.instance != instance || shared.one_url)
+                    && stayed_up
+                    && seen.insert((instance, ack.post.clone()))
+                {
                     newly_seen.push((ack.window, started.saturating_duration_since(ack.at)));
                 }
             } else if started.saturating_duration_since(ack.at) >= VISIBLE_WITHIN && late.is_none()
@@ -734,6 +764,7 @@ async fn post_once(shared: &Shared, channel: usize) {
                 sent,
                 at,
                 window,
+                outages: shared.outages_now(),
             });
             shared.window(|w| w.posts_acked += 1);
         }
@@ -856,7 +887,10 @@ fn fanout(shared: &Shared, sessions: &[Arc<ws::Session>]) {
     let mut windows = shared.windows.lock().expect("windows");
     for session in sessions {
         let log = session.log.lock().expect("log");
-        for ack in acks.iter().filter(|a| a.instance != session.instance) {
+        for ack in acks
+            .iter()
+            .filter(|a| a.instance != session.instance || shared.one_url)
+        {
             if let Some((_, at)) = log.delivered.get(&ack.post) {
                 windows[ack.window]
                     .fanout
@@ -967,10 +1001,15 @@ fn report(
         ));
     }
     out.push_str(&format!(
-        "\n(late: reads that started ≥ 1 s after an acknowledged post and miss it; staleness: post acknowledged → first read on another instance that shows it, sampled every {} ms; ws fan-out: post sent → event on a session of another instance; p.err: posts that failed, on an instance being killed they may)\n\n",
+        "\n(late: reads that started ≥ 1 s after an acknowledged post and miss it; staleness: post acknowledged → first read on another instance that shows it, sampled every {} ms on instances that stayed up since the ack; ws fan-out: post sent → event on a session of another instance; p.err: posts that failed, on an instance being killed they may)\n\n",
         args.poll.as_millis()
     ));
 
+    if shared.one_url {
+        out.push_str(
+            "(every --instance is one URL, a load balancer: staleness and fan-out count every read and session, not only other instances')\n\n",
+        );
+    }
     let mut checks: Vec<(String, Result<String, String>)> = Vec::new();
     for w in windows.iter() {
         checks.push((
@@ -1095,6 +1134,7 @@ mod tests {
             current: AtomicUsize::new(0),
             next_index: Vec::new(),
             next_instance: AtomicUsize::new(0),
+            one_url: false,
         }
     }
 
