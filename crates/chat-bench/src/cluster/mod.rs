@@ -268,6 +268,9 @@ struct Window {
     /// From recovery (or the last steady post) until everything converged.
     converged_ms: Option<u64>,
     convergence_error: Option<String>,
+    /// After convergence: until one post on every instance reached every session as an event.
+    probe_ms: Option<u64>,
+    probe_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -516,6 +519,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
             let _ = p.await;
         }
         converge_into(&shared, &sessions, recovered, args.converge_within).await;
+        probe_into(&shared, &sessions, args.converge_within).await;
         counters = close_counters(&shared, &sessions, counters);
 
         shared.begin("kill -9 gateway, restart".into(), false);
@@ -530,6 +534,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
             let _ = p.await;
         }
         converge_into(&shared, &sessions, recovered, args.converge_within).await;
+        probe_into(&shared, &sessions, args.converge_within).await;
         close_counters(&shared, &sessions, counters);
     }
 
@@ -739,8 +744,17 @@ async fn post_once(shared: &Shared, channel: usize) {
         return;
     }
     let turn = shared.next_instance.fetch_add(1, Ordering::SeqCst);
-    let instance = up[turn % up.len()];
-    let user = turn % shared.users.len();
+    post_to(
+        shared,
+        channel,
+        up[turn % up.len()],
+        turn % shared.users.len(),
+    )
+    .await;
+}
+
+/// Posts the next post of `channel` to `instance` as `user`; records it if acknowledged.
+async fn post_to(shared: &Shared, channel: usize, instance: usize, user: usize) -> Option<PostRef> {
     let post = PostRef {
         channel,
         index: shared.next_index[channel].fetch_add(1, Ordering::SeqCst),
@@ -758,7 +772,7 @@ async fn post_once(shared: &Shared, channel: usize) {
         Ok(id) => {
             let window = shared.current.load(Ordering::SeqCst);
             shared.acks.lock().expect("acks").push(Ack {
-                post,
+                post: post.clone(),
                 id,
                 instance,
                 sent,
@@ -767,11 +781,75 @@ async fn post_once(shared: &Shared, channel: usize) {
                 outages: shared.outages_now(),
             });
             shared.window(|w| w.posts_acked += 1);
+            Some(post)
         }
-        Err(err) => shared.window(|w| {
-            w.post_failures += 1;
-            w.example(format!("instance {instance}: post failed: {err:#}"));
-        }),
+        Err(err) => {
+            shared.window(|w| {
+                w.post_failures += 1;
+                w.example(format!("instance {instance}: post failed: {err:#}"));
+            });
+            None
+        }
+    }
+}
+
+/// After a recovery has converged: one post on every instance must reach every session as an
+/// event (not only on a refetched page), so realtime delivery itself is back everywhere.
+async fn probe_into(shared: &Shared, sessions: &[Arc<ws::Session>], within: Duration) {
+    let started = Instant::now();
+    // Sessions closed by the outage must be back first: a probe that reaches a session only on
+    // the page it refetches proves nothing about events.
+    if let Err(err) = wait_ready(sessions, within).await {
+        shared.window(|w| w.probe_error = Some(format!("{err:#}")));
+        return;
+    }
+    let mut probes = Vec::new();
+    for instance in 0..shared.instances.len() {
+        match post_to(shared, 0, instance, instance % shared.users.len()).await {
+            Some(post) => probes.push(post),
+            None => {
+                shared.window(|w| {
+                    w.probe_error = Some(format!("the probe post on instance {instance} failed"))
+                });
+                return;
+            }
+        }
+    }
+    let deadline = started + within;
+    loop {
+        let waiting: Vec<String> = sessions
+            .iter()
+            .filter_map(|session| {
+                let log = session.log.lock().expect("log");
+                let missing = probes
+                    .iter()
+                    .filter(|p| !log.delivered.contains_key(p))
+                    .count();
+                (missing > 0).then(|| {
+                    format!(
+                        "session of user {} on instance {} got {missing} of {} probe events",
+                        session.user,
+                        session.instance,
+                        probes.len()
+                    )
+                })
+            })
+            .collect();
+        if waiting.is_empty() {
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            shared.window(|w| w.probe_ms = Some(took));
+            return;
+        }
+        if Instant::now() > deadline {
+            let more = waiting.len().saturating_sub(2);
+            let mut text = waiting[..waiting.len().min(2)].join("; ");
+            if more > 0 {
+                text.push_str(&format!("; and {more} more"));
+            }
+            shared.window(|w| w.probe_error = Some(text));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1042,6 +1120,19 @@ fn report(
                 (None, None) => Err("not measured".into()),
             },
         ));
+        if w.probe_ms.is_some() || w.probe_error.is_some() {
+            checks.push((
+                format!(
+                    "{}: then a post on every instance reaches every session as an event",
+                    w.name
+                ),
+                match (&w.probe_ms, &w.probe_error) {
+                    (Some(ms), _) => Ok(format!("{ms} ms")),
+                    (None, Some(problem)) => Err(problem.clone()),
+                    (None, None) => Err("not measured".into()),
+                },
+            ));
+        }
         if w.posts_acked == 0 {
             checks.push((
                 format!("{}: posts were acknowledged", w.name),
