@@ -34,7 +34,7 @@ const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres"
 /// What chat-bench prints before a chaos action (see its `cluster` module).
 const CONTROL_PREFIX: &str = "chat-bench-control: ";
 const INSTANCES: usize = 3;
-const USAGE: &str = "usage: cargo xtask cluster [--no-build] [--no-nginx]";
+const USAGE: &str = "usage: cargo xtask cluster [--no-build] [--no-nginx] [--backplane-off]";
 
 struct Bins {
     chat_api: PathBuf,
@@ -45,10 +45,13 @@ struct Bins {
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut build = true;
     let mut nginx = true;
+    let mut backplane = "auto";
     for arg in args {
         match arg.as_str() {
             "--no-build" => build = false,
             "--no-nginx" => nginx = false,
+            // The control experiment: without the backplane the checks must fail.
+            "--backplane-off" => backplane = "off",
             other => bail!("unknown option {other:?}; {USAGE}"),
         }
     }
@@ -75,7 +78,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("logs"))?;
 
     let db = Database::create()?;
-    let mut cluster = Cluster::start(&bins, &out, &db.url)?;
+    let mut cluster = Cluster::start(&bins, &out, &db.url, backplane)?;
     let direct = cluster.check_direct(&bins, &out);
     let through_nginx = if nginx {
         match nginx_bin() {
@@ -177,6 +180,8 @@ struct Cluster<'a> {
     bins: &'a Bins,
     out: PathBuf,
     database_url: String,
+    /// `CACHE_BACKPLANE` of the instances.
+    backplane: &'static str,
     redis: RedisServer,
     gateway: Option<Process>,
     gateway_port: u16,
@@ -184,12 +189,18 @@ struct Cluster<'a> {
 }
 
 impl<'a> Cluster<'a> {
-    fn start(bins: &'a Bins, out: &Path, database_url: &str) -> anyhow::Result<Self> {
+    fn start(
+        bins: &'a Bins,
+        out: &Path,
+        database_url: &str,
+        backplane: &'static str,
+    ) -> anyhow::Result<Self> {
         let redis = RedisServer::persistent(&out.join("redis"))?;
         let mut cluster = Cluster {
             bins,
             out: out.to_path_buf(),
             database_url: database_url.to_owned(),
+            backplane,
             redis,
             gateway: None,
             gateway_port: free_port()?,
@@ -264,6 +275,7 @@ impl<'a> Cluster<'a> {
             .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &self.database_url)
             .env("CACHE_BACKEND", "tiered")
+            .env("CACHE_BACKPLANE", self.backplane)
             .env(
                 "UPSTASH_REDIS_REST_URL",
                 format!("http://127.0.0.1:{}", self.gateway_port),

@@ -827,7 +827,7 @@ async fn probe_into(shared: &Shared, sessions: &[Arc<ws::Session>], within: Dura
                     .count();
                 (missing > 0).then(|| {
                     format!(
-                        "session of user {} on instance {} got {missing} of {} probe events",
+                        "session of user {} on instance {} missed {missing} of {} probe events",
                         session.user,
                         session.instance,
                         probes.len()
