@@ -75,6 +75,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         bench: bin_dir.join("chat-bench"),
     };
     let out = target_dir().join("cluster");
+    // The processes' logs of this run only (restarts append to them).
+    let _ = std::fs::remove_dir_all(out.join("logs"));
     std::fs::create_dir_all(out.join("logs"))?;
 
     let db = Database::create()?;
@@ -94,6 +96,12 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     };
     cluster.stop();
     drop(db);
+    if direct.is_err() || through_nginx.is_err() {
+        eprintln!(
+            "\nthe processes' logs (stderr) are in {}",
+            out.join("logs").display()
+        );
+    }
     summarize(
         "cluster checks",
         "cluster checks",
