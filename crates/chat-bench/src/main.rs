@@ -29,7 +29,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Base URL of the chat-api server.
+    /// Base URL of the chat-api server; several instances of one deployment separated by commas
+    /// (requests go to each in turn, counts are summed over them).
     #[arg(long, global = true, default_value = "http://127.0.0.1:3000")]
     url: String,
     /// Hide progress bars.
