@@ -18,19 +18,18 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
 use crate::util::{
-    Process, RedisServer, cargo, free_port, http_status, project_root, run_cmd, summarize,
-    target_dir,
+    PgDatabase, Process, RedisServer, cargo, free_port, http_status, project_root, run_cmd,
+    summarize, target_dir,
 };
 
 /// The gateway's token; only these local processes know it.
 const TOKEN: &str = "cluster-check-token";
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// What chat-bench prints before a chaos action (see its `cluster` module).
 const CONTROL_PREFIX: &str = "chat-bench-control: ";
 const INSTANCES: usize = 3;
@@ -79,7 +78,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(out.join("logs"));
     std::fs::create_dir_all(out.join("logs"))?;
 
-    let db = Database::create()?;
+    let db = PgDatabase::create("xtask_cluster", None)?;
+    eprintln!("==> PostgreSQL database {}", db.name);
     let mut cluster = Cluster::start(&bins, &out, &db.url, backplane)?;
     let direct = cluster.check_direct(&bins, &out);
     let through_nginx = if nginx {
@@ -110,77 +110,6 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             ("through nginx", through_nginx),
         ],
     )
-}
-
-/// A PostgreSQL database of this run, dropped (with its connections) when this is dropped.
-struct Database {
-    /// The server URL `psql` connects to for CREATE and DROP.
-    admin: String,
-    name: String,
-    /// The database's own URL, for chat-api.
-    url: String,
-}
-
-impl Database {
-    fn create() -> anyhow::Result<Self> {
-        let admin =
-            std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = format!("xtask_cluster_{}_{stamp}", std::process::id());
-        let url = with_database(&admin, &name)?;
-        psql(&admin, &format!("CREATE DATABASE {name}")).context(
-            "creating the cluster check's database (needs PostgreSQL at TEST_DATABASE_URL and psql)",
-        )?;
-        eprintln!("==> PostgreSQL database {name}");
-        Ok(Database { admin, name, url })
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Err(err) = psql(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        ) {
-            eprintln!("could not drop database {}: {err:#}", self.name);
-        }
-    }
-}
-
-/// `url` with its database (the path) replaced by `name`; the query, if any, is kept.
-fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").context("TEST_DATABASE_URL is not a URL")? + 3;
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..authority_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
-}
-
-fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
-    // The URL may hold a password: it goes to psql as an argument, never into our messages.
-    let output = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .context("running psql (install postgresql-client)")?;
-    if !output.status.success() {
-        bail!(
-            "psql `{sql}` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// The processes of the cluster: Redis, the gateway, the chat-api instances.
@@ -523,23 +452,6 @@ fn nginx_site(template: &str, ports: &[u16], listen: u16) -> anyhow::Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_database_url_keeps_everything_but_the_database() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:1/db?sslmode=disable", "x").unwrap(),
-            "postgres://u:p@h:1/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://h", "x").unwrap(),
-            "postgres://h/x"
-        );
-        assert!(with_database("not a url", "x").is_err());
-    }
 
     #[test]
     fn the_repository_nginx_config_is_templated_with_every_instance() {
