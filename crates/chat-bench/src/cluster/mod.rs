@@ -341,9 +341,26 @@ pub(crate) struct Shared {
     /// Every `--instance` is the same URL (a load balancer): which instance served a post, a read
     /// or a session is unknown, so every read and session counts as "another instance".
     one_url: bool,
+    /// When the run started: the origin of the times in examples and the timeline.
+    t0: Instant,
+    /// The chaos actions and recoveries, with their times.
+    timeline: Mutex<Vec<String>>,
 }
 
 impl Shared {
+    /// `at` as seconds since the run started.
+    fn t(&self, at: Instant) -> String {
+        format!(
+            "t={:.2}s",
+            at.saturating_duration_since(self.t0).as_secs_f64()
+        )
+    }
+
+    fn mark(&self, what: &str) {
+        let line = format!("{} {what}", self.t(Instant::now()));
+        self.timeline.lock().expect("timeline").push(line);
+    }
+
     /// The post a content of this run stands for.
     pub(crate) fn parse_content(&self, content: &str) -> Option<PostRef> {
         let rest = content
@@ -452,6 +469,8 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         next_index: (0..args.channels).map(|_| AtomicU64::new(1)).collect(),
         next_instance: AtomicUsize::new(0),
         one_url,
+        t0: Instant::now(),
+        timeline: Mutex::new(Vec::new()),
     });
     shared.begin("steady".into(), true);
 
@@ -497,6 +516,7 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         let _ = p.await;
     }
     drop(posters_stop);
+    shared.mark("steady posts done");
     converge_into(&shared, &sessions, Instant::now(), args.converge_within).await;
     let mut counters = close_counters(&shared, &sessions, (0, 0));
 
@@ -507,9 +527,9 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         shared.instances[kill]
             .outages
             .fetch_add(1, Ordering::SeqCst);
-        control(&format!("kill-instance {kill}")).await?;
+        control(&shared, &format!("kill-instance {kill}")).await?;
         tokio::time::sleep(args.outage).await;
-        control(&format!("restart-instance {kill}")).await?;
+        control(&shared, &format!("restart-instance {kill}")).await?;
         shared.instances[kill].up.store(true, Ordering::SeqCst);
         let recovered = Instant::now();
         // New posts after the recovery must reach every session too.
@@ -524,9 +544,9 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
 
         shared.begin("kill -9 gateway, restart".into(), false);
         let (posters_stop, posters) = start_posters(&shared, args, None);
-        control("kill-gateway").await?;
+        control(&shared, "kill-gateway").await?;
         tokio::time::sleep(args.outage).await;
-        control("restart-gateway").await?;
+        control(&shared, "restart-gateway").await?;
         let recovered = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = posters_stop.send(true);
@@ -688,11 +708,17 @@ async fn check_read(shared: &Shared, instance: usize, channel: usize, token: &st
                 }
             } else if started.saturating_duration_since(ack.at) >= VISIBLE_WITHIN && late.is_none()
             {
-                late = Some(format!(
-                    "instance {instance}: channel {channel} post #{} (acked on instance {}) missing {} ms after its ack",
-                    ack.post.index,
-                    ack.instance,
-                    started.saturating_duration_since(ack.at).as_millis()
+                late = Some((
+                    format!(
+                        "instance {instance}: channel {channel} post #{} ",
+                        ack.post.index
+                    ),
+                    format!(
+                        "(acked on instance {} at {}) missing from a read sent at {}",
+                        ack.instance,
+                        shared.t(ack.at),
+                        shared.t(started)
+                    ),
                 ));
             }
         }
@@ -703,9 +729,12 @@ async fn check_read(shared: &Shared, instance: usize, channel: usize, token: &st
     }
     let w = &mut windows[shared.current.load(Ordering::SeqCst)];
     w.reads += 1;
-    if let Some(late) = late {
+    if let Some((what, detail)) = late {
         w.late_reads += 1;
-        w.example(late);
+        // One example per post and instance: the first read that missed it.
+        if !w.examples.iter().any(|e| e.starts_with(&what)) {
+            w.example(format!("{what}{detail}"));
+        }
     }
 }
 
@@ -870,6 +899,18 @@ async fn converge_into(
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    shared.mark(&match &outcome {
+        Ok(took) => format!(
+            "converged ({} ms after {})",
+            took.as_millis(),
+            shared.t(since)
+        ),
+        Err(_) => format!(
+            "not converged {} ms after {}",
+            within.as_millis(),
+            shared.t(since)
+        ),
+    });
     shared.window(|w| match outcome {
         Ok(took) => w.converged_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
         Err(problem) => w.convergence_error = Some(problem),
@@ -911,13 +952,23 @@ async fn convergence_problem(shared: &Shared, sessions: &[Arc<ws::Session>]) -> 
             {
                 Ok(page) => {
                     let ids: HashSet<&str> = page.ids.iter().map(String::as_str).collect();
-                    let missing = acks
+                    let missing: Vec<String> = acks
                         .iter()
                         .filter(|a| a.post.channel == channel && !shows(&page, &ids, &a.id))
-                        .count();
-                    if missing > 0 {
+                        .map(|a| {
+                            format!(
+                                "#{} (acked on instance {} at {})",
+                                a.post.index,
+                                a.instance,
+                                shared.t(a.at)
+                            )
+                        })
+                        .collect();
+                    if !missing.is_empty() {
                         problems.push(format!(
-                            "instance {instance}: channel {channel}'s page misses {missing} post(s)"
+                            "instance {instance}: channel {channel}'s page misses {} post(s): {}",
+                            missing.len(),
+                            missing[..missing.len().min(3)].join(", ")
                         ));
                     }
                 }
@@ -983,8 +1034,9 @@ fn fanout(shared: &Shared, sessions: &[Arc<ws::Session>]) {
 }
 
 /// Asks the harness for a chaos action and waits for its `ok`.
-async fn control(action: &str) -> anyhow::Result<()> {
+async fn control(shared: &Shared, action: &str) -> anyhow::Result<()> {
     eprintln!("cluster: chaos: {action}");
+    shared.mark(&format!("{action}: asked"));
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{CONTROL_PREFIX}{action}")?;
@@ -996,7 +1048,10 @@ async fn control(action: &str) -> anyhow::Result<()> {
     })
     .await??;
     match line.trim() {
-        "ok" => Ok(()),
+        "ok" => {
+            shared.mark(&format!("{action}: done"));
+            Ok(())
+        }
         "" => bail!(
             "chaos action {action:?}: no harness on stdin (run through `cargo xtask cluster`)"
         ),
@@ -1181,6 +1236,14 @@ fn report(
             }
         }
     }
+    let timeline = shared.timeline.lock().expect("timeline");
+    if !timeline.is_empty() {
+        out.push_str("\n  timeline:\n");
+        for line in timeline.iter() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    drop(timeline);
     for w in windows.iter().filter(|w| !w.examples.is_empty()) {
         out.push_str(&format!("\n  {} examples:\n", w.name));
         for e in &w.examples {
@@ -1226,6 +1289,8 @@ mod tests {
             next_index: Vec::new(),
             next_instance: AtomicUsize::new(0),
             one_url: false,
+            t0: Instant::now(),
+            timeline: Mutex::new(Vec::new()),
         }
     }
 
