@@ -563,7 +563,8 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     fanout(&shared, &sessions);
-    report(&shared, &sessions, args)
+    let servers = server_lines(&shared).await;
+    report(&shared, &sessions, args, &servers)
 }
 
 /// Registers the users and channels of this run; every user joins every channel.
@@ -1033,6 +1034,56 @@ fn fanout(shared: &Shared, sessions: &[Arc<ws::Session>]) {
     }
 }
 
+/// Each instance's own view at the end (backplane, breaker, pending invalidations): what a
+/// failed check needs to be explained.
+async fn server_lines(shared: &Shared) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut urls: Vec<&str> = shared.instances.iter().map(|i| i.url.as_str()).collect();
+    urls.dedup();
+    for (i, url) in urls.iter().enumerate() {
+        let stats = async {
+            let res = shared.instances[0]
+                .http
+                .get(format!("{url}{}", chat_stats::PATH))
+                .send()
+                .await?;
+            anyhow::Ok(chat_stats::parse(&res.bytes().await?)?)
+        }
+        .await;
+        lines.push(match stats {
+            Ok(stats) => {
+                let breaker = stats.cache.breaker.map_or_else(
+                    || "–".to_owned(),
+                    |b| format!("{} (opened {}×)", b.state.as_str(), b.opened),
+                );
+                let bus = stats.backplane.map_or_else(
+                    || "no backplane".to_owned(),
+                    |b| {
+                        format!(
+                            "backplane {}: published {}, received {}, gaps {}, interruptions {}, resets {}, events sent {} / received {}, ws resyncs {}",
+                            b.state.as_str(),
+                            b.published,
+                            b.received,
+                            b.gaps,
+                            b.interruptions,
+                            b.resets,
+                            b.events_sent,
+                            b.events_received,
+                            b.ws_resyncs
+                        )
+                    },
+                );
+                format!(
+                    "instance {i}: breaker {breaker}, pending invalidations {}; {bus}",
+                    stats.cache.pending_invalidations
+                )
+            }
+            Err(err) => format!("instance {i}: /stats unreadable: {err:#}"),
+        });
+    }
+    lines
+}
+
 /// Asks the harness for a chaos action and waits for its `ok`.
 async fn control(shared: &Shared, action: &str) -> anyhow::Result<()> {
     eprintln!("cluster: chaos: {action}");
@@ -1075,6 +1126,7 @@ fn report(
     shared: &Shared,
     sessions: &[Arc<ws::Session>],
     args: &ClusterArgs,
+    servers: &[String],
 ) -> anyhow::Result<()> {
     let windows = shared.windows.lock().expect("windows");
     let acks = shared.acks.lock().expect("acks").clone();
@@ -1235,6 +1287,10 @@ fn report(
                 out.push_str(&format!("  FAIL  {name}: {problem}\n"));
             }
         }
+    }
+    out.push_str("\n  the instances at the end:\n");
+    for line in servers {
+        out.push_str(&format!("    {line}\n"));
     }
     let timeline = shared.timeline.lock().expect("timeline");
     if !timeline.is_empty() {
