@@ -28,6 +28,59 @@
 //!   removed survives.
 //! - Messages of one instance arrive in the order it published them; application messages are
 //!   delivered after the cache notices published before them were applied.
+//!
+//! # States and resets
+//!
+//! A backplane starts `Connecting`. When the transport reports `Connected` it publishes a probe
+//! heartbeat and becomes `Connected` once it hears that probe's echo: only then has the whole path
+//! (publish, server, subscription) been shown to work. An `Interrupted` event, a subscription that
+//! ended, or no message at all for [`BackplaneConfig::silence_timeout`] (its own heartbeats
+//! included; the subscription is then replaced) makes it `Disconnected`. A *reset* clears the L1
+//! of every attached tiered cache and sends [`AppMessage::Resync`] to application subscribers; it
+//! happens on every move to `Disconnected`, on every detected gap, and again on every move back to
+//! `Connected` (what was published in between is lost; the first connection resets L1 only).
+//!
+//! A heartbeat goes out whenever nothing else was published for [`BackplaneConfig::heartbeat`],
+//! so receivers detect a gap even in quiet times and each instance keeps hearing itself.
+//!
+//! # Wire format (version 1)
+//!
+//! Every message is one JSON object, fields in this order:
+//!
+//! ```text
+//! {"v":1,"from":"<instance id>","seq":<n>,"sent":<µs since the epoch>,"body":<body>}
+//! ```
+//!
+//! - `v`: [`ENVELOPE_VERSION`]. A receiver checks it first and drops (counts as `rejected`)
+//!   anything else, so a future format never gets half-read.
+//! - `from`: the sender's instance id (16 hex digits, random per start).
+//! - `seq`: 1, 2, 3, … per instance, in publish order. A receiver that sees `seq` jump by more than
+//!   one for a known sender has lost messages (a gap); the first message of a sender it does not
+//!   know (new, or forgotten after an interruption) is not a gap.
+//! - `sent`: the sender's clock when it queued the message (for the lag statistic only).
+//! - `body`, one of:
+//!   - `{"t":["<tag>",…],"at":<µs>}`: invalidate these tags at this stamp (tags as stored, e.g.
+//!     `chat:v1:#channel:42`);
+//!   - `{"k":["<key>",…]}`: these keys changed or were deleted (keys as stored);
+//!   - `"hb"`: a heartbeat;
+//!   - `{"a":"<text>"}`: an application payload that is UTF-8 (JSON events are), as a JSON string;
+//!   - `{"x":"<hex>"}`: any other application payload, in lowercase hex.
+//!
+//! Anything else (not JSON, missing fields, a key or tag that does not parse, extra body fields)
+//! is rejected and counted, never a panic. The format is pinned by a golden test.
+//!
+//! # Clock skew
+//!
+//! Tag stamps and entry times come from each host's clock, so the stale-fill protection (an entry
+//! is rejected if a stamp of its tags is at or after its `created_at`) compares times of
+//! different hosts. Give every instance's caches and backplane one
+//! [`OffsetClock`](crate::OffsetClock) kept in step with a shared reference (cache-upstash
+//! measures the offset against Redis's `TIME`): hosts then agree up to the measurement error,
+//! at most half the round trip of the `TIME` call, and a fill whose data was read more than that
+//! before an invalidation is rejected everywhere. With raw wall clocks, a writer whose clock runs
+//! `d` ahead can keep data read up to `d` before an invalidation. Key notices (sets and deletes)
+//! and resets do not depend on clocks at all: they remove L1 copies outright, and a per-key epoch
+//! keeps racing fills out.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -103,6 +156,7 @@ const LOCAL_BUFFER: usize = 4096;
 struct LocalBus {
     subscribers: Vec<mpsc::Sender<TransportEvent>>,
     down: bool,
+    publish_failing: bool,
     lose: usize,
 }
 
@@ -153,6 +207,12 @@ impl LocalTransport {
         }
     }
 
+    /// While set, `publish` fails but subscriptions stay up (a server that refuses `PUBLISH` while
+    /// its open streams keep flowing).
+    pub fn set_publish_failing(&self, failing: bool) {
+        self.bus().publish_failing = failing;
+    }
+
     /// The next `n` published messages reach no subscriber (but `publish` succeeds): a gap.
     pub fn lose_next(&self, n: usize) {
         self.bus().lose += n;
@@ -174,7 +234,7 @@ impl BackplaneTransport for LocalTransport {
 
     async fn publish(&self, messages: &[Bytes]) -> Result<()> {
         let mut bus = self.bus();
-        if bus.down {
+        if bus.down || bus.publish_failing {
             return Err(Error::backend("local", "the local transport is down", None));
         }
         for message in messages {
@@ -285,7 +345,7 @@ pub struct BackplaneStats {
     pub dropped: u64,
     /// Messages queued now.
     pub queued: u64,
-    /// Messages received from other instances.
+    /// Messages received from other instances and handled (notices applied).
     pub received: u64,
     /// Malformed or foreign-version messages ignored.
     pub rejected: u64,
@@ -513,7 +573,8 @@ struct Counters {
 struct Queued {
     seq: u64,
     bytes: Bytes,
-    done: Option<oneshot::Sender<()>>,
+    // Told `true` once published, `false` when an attempt failed (the message stays queued).
+    done: Option<oneshot::Sender<bool>>,
 }
 
 #[derive(Default)]
@@ -529,6 +590,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     outbox: Mutex<Outbox>,
     wake: Notify,
+    // The transport (re)connected: a publish in backoff should retry now.
+    retry_now: Notify,
     // The last publish attempt failed: callers do not wait for a transport that is away.
     failing: AtomicBool,
     state: watch::Sender<BackplaneState>,
@@ -545,7 +608,7 @@ impl Shared {
     }
 
     /// Frames `body` with the next sequence number and queues it; returns the number.
-    fn enqueue(&self, body: &Body, done: Option<oneshot::Sender<()>>) -> u64 {
+    fn enqueue(&self, body: &Body, done: Option<oneshot::Sender<bool>>) -> u64 {
         let mut outbox = self.outbox();
         outbox.next_seq += 1;
         let seq = outbox.next_seq;
@@ -639,6 +702,7 @@ impl Backplane {
             clock,
             outbox: Mutex::default(),
             wake: Notify::new(),
+            retry_now: Notify::new(),
             failing: AtomicBool::new(false),
             state,
             app,
@@ -677,8 +741,9 @@ impl Backplane {
 
     /// Announces a notice to the other instances and waits until the transport accepted it (at
     /// most [`BackplaneConfig::publish_timeout`]; after that it stays queued and this returns the
-    /// timeout error). While the transport is failing it returns at once with
-    /// [`Error::Unavailable`]; the notice stays queued either way.
+    /// timeout error). If the transport refuses it, this returns that error at once, and while
+    /// the transport is failing it returns [`Error::Unavailable`] without waiting; the notice
+    /// stays queued either way.
     pub async fn publish_invalidation(&self, notice: Notice) -> Result<()> {
         let shared = self.shared();
         let backend = shared.transport.name();
@@ -690,7 +755,12 @@ impl Backplane {
         shared.enqueue(&Body::Notice(notice), Some(tx));
         let after = shared.config.publish_timeout;
         match tokio::time::timeout(after, rx).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(Error::backend(
+                backend,
+                "publish failed; the notice stays queued",
+                None,
+            )),
             Ok(Err(_)) => Err(Error::backend(
                 backend,
                 "the notice was dropped from a full backplane queue",
@@ -701,7 +771,8 @@ impl Backplane {
     }
 
     /// Queues an application message for the other instances, in order after everything this
-    /// instance published before. Never waits.
+    /// instance published before. Never waits. This instance's own subscribers do not get it
+    /// back: deliver local events locally.
     pub fn publish_app(&self, payload: Bytes) {
         self.shared().enqueue(&Body::App(payload), None);
     }
@@ -801,7 +872,7 @@ async fn run_outbox(shared: Arc<Shared>) {
                         done: Some(done), ..
                     }) = outbox.queue.pop_front()
                     {
-                        let _ = done.send(());
+                        let _ = done.send(true);
                     }
                 }
                 drop(outbox);
@@ -813,12 +884,24 @@ async fn run_outbox(shared: Arc<Shared>) {
             }
             Err(err) => {
                 shared.failing.store(true, Ordering::Release);
+                // Waiting callers learn now; their messages stay queued for the retries.
+                for queued in shared.outbox().queue.iter_mut() {
+                    if queued.seq > last_seq {
+                        break;
+                    }
+                    if let Some(done) = queued.done.take() {
+                        let _ = done.send(false);
+                    }
+                }
                 shared
                     .counters
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %err, queued = messages.len(), "backplane publish failed");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt)) => {}
+                    () = shared.retry_now.notified() => {}
+                }
                 attempt = attempt.saturating_add(1);
             }
         }
@@ -869,6 +952,9 @@ async fn run_receiver(shared: Arc<Shared>, mut events: mpsc::Receiver<TransportE
                     rx.transport_up = true;
                     rx.last_message = Instant::now();
                     rx.probe = Some(rx.shared.enqueue(&Body::Heartbeat, None));
+                    if rx.shared.failing.load(Ordering::Acquire) {
+                        rx.shared.retry_now.notify_one();
+                    }
                 }
                 Some(TransportEvent::Message(bytes)) => rx.on_message(&bytes).await,
                 Some(TransportEvent::Interrupted) => {
@@ -936,7 +1022,6 @@ impl Receiver {
             return;
         }
         let c = &self.shared.counters;
-        c.received.fetch_add(1, Ordering::Relaxed);
         let lag = self
             .shared
             .clock
@@ -983,6 +1068,11 @@ impl Receiver {
             }
             Body::Heartbeat => {}
         }
+        // Counted once handled: a caller that sees the count has seen the notice applied.
+        self.shared
+            .counters
+            .received
+            .fetch_add(1, Ordering::Relaxed);
         self.prune(now);
     }
 

@@ -22,6 +22,9 @@
 //! - [`Cache::get_or_load`] is cache-aside with single-flight, stale-while-revalidate and fail-safe.
 //! - [`TieredBackend`] puts a fast L1 in front of a remote L2 with per-call timeouts, a circuit
 //!   breaker and the replay of invalidations that could not reach L2.
+//! - A [`Backplane`] carries invalidation notices (not values) and application messages between
+//!   instances that share an L2, so a [`TieredBackend`] on it keeps L1 entries for their whole TTL
+//!   while staying coherent with the other instances' writes.
 //!
 //! # Example
 //!

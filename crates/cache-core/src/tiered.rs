@@ -16,8 +16,9 @@
 //!   their whole TTL; otherwise it falls back to the `l1_max_ttl` cap. A reset of the backplane
 //!   (interruption, gap, silence, reconnection) clears L1.
 //! - The fill race: a value read from L2 while a notice for its key (or a reset) was being applied
-//!   may be older than the notice. A per-key epoch, read before the L2 read and checked again after
-//!   the L1 fill, catches that; the fill is then taken back out of L1. Tag notices need no epoch:
+//!   may be older than the notice. A per-key epoch, read before the L2 read and checked when the
+//!   value is about to go into L1, catches that; a fence (fills shared, notices exclusive) makes
+//!   the check and the L1 write one step as far as notices are concerned. Tag notices need no epoch:
 //!   their stamp rejects every entry created before it, including late fills (see
 //!   [`OffsetClock`](crate::OffsetClock) for the clock skew this tolerates across hosts).
 //! - [`TieredBackend::l2_only`] guards a remote cache used alone: the same timeouts, breaker and
@@ -54,7 +55,8 @@ use crate::{
 pub struct TieredConfig {
     /// Timeout of every L2 call (default 500 ms).
     pub l2_timeout: Duration,
-    /// Longest time an entry stays in L1 (default 5 s).
+    /// Longest time an entry stays in L1 (default 5 s) unless a connected backplane keeps L1
+    /// coherent, in which case entries stay for their whole TTL.
     pub l1_max_ttl: Duration,
     /// The L2 circuit breaker.
     pub breaker: BreakerConfig,
@@ -117,6 +119,11 @@ struct L1Link {
     reset_epoch: AtomicU64,
     key_epochs: Box<[AtomicU64]>,
     hasher: RandomState,
+    // Fills check their ticket and write L1 under the shared side; notices and resets bump the
+    // epochs and drop L1 copies under the exclusive side. So a fill is either wholly before a
+    // notice (which then drops it) or sees the notice's bump and stays out: no moment at which a
+    // reader could find a stale copy after the notice was applied.
+    fence: tokio::sync::RwLock<()>,
 }
 
 /// The epochs a fill read before going to L2.
@@ -161,6 +168,7 @@ impl L1Link {
 
     /// Drops this L1's copies of `keys` after their L2 entries changed.
     async fn forget(&self, keys: &[Key]) {
+        let _fence = self.fence.write().await;
         for key in keys {
             self.bump(key);
         }
@@ -187,6 +195,7 @@ impl NoticeSink for L1Link {
     }
 
     async fn reset(&self) {
+        let _fence = self.fence.write().await;
         self.reset_epoch.fetch_add(1, Ordering::SeqCst);
         match self.l1.clear_local().await {
             Ok(true) => return,
@@ -326,6 +335,7 @@ impl TieredBackend {
             reset_epoch: AtomicU64::new(0),
             key_epochs: (0..KEY_EPOCHS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
+            fence: tokio::sync::RwLock::new(()),
         });
         let sink: Arc<dyn NoticeSink> = link.clone();
         backplane.attach(Arc::downgrade(&sink));
@@ -376,29 +386,17 @@ impl TieredBackend {
             return;
         };
         let link = &bus.link;
-        let fresh = |key: &Key, ticket: Option<FillTicket>| ticket == Some(link.ticket(key));
-        let mut fill = Vec::with_capacity(items.len());
-        let mut tickets = Vec::with_capacity(items.len());
-        for (key, entry, ticket) in items {
-            if fresh(&key, ticket) {
-                fill.push((key.clone(), self.l1_copy(&key, &entry)));
-                tickets.push(ticket);
-            }
-        }
-        if fill.is_empty() {
-            return;
-        }
-        let _ = self.l1.set_many(&fill).await;
-        // A notice applied during the set bumped the epoch first and deleted second: either it
-        // deleted our copy, or we see its bump here and take the copy out ourselves.
-        let stale: Vec<Key> = fill
+        let _fence = link.fence.read().await;
+        let fill: Vec<(Key, Entry)> = items
             .into_iter()
-            .zip(tickets)
-            .filter(|((key, _), ticket)| !fresh(key, *ticket))
-            .map(|((key, _), _)| key)
+            .filter(|(key, _, ticket)| *ticket == Some(link.ticket(key)))
+            .map(|(key, entry, _)| {
+                let copy = self.l1_copy(&key, &entry);
+                (key, copy)
+            })
             .collect();
-        if !stale.is_empty() {
-            let _ = self.l1.delete_many(&stale).await;
+        if !fill.is_empty() {
+            let _ = self.l1.set_many(&fill).await;
         }
     }
 

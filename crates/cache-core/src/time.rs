@@ -119,12 +119,24 @@ impl Clock for SystemClock {
 #[derive(Debug, Default)]
 pub struct OffsetClock {
     offset_micros: AtomicI64,
+    // A base other than the system clock (a test's host clock), with its own monotonic guard:
+    // the process-wide one belongs to the system clock's time line.
+    base: Option<(std::sync::Arc<dyn Clock>, AtomicU64)>,
 }
 
 impl OffsetClock {
     /// A clock with offset zero.
     pub fn new() -> Self {
         OffsetClock::default()
+    }
+
+    /// An offset clock over `base` instead of the system clock (to model another host's clock
+    /// in tests). Strictly increasing on its own, not ordered with the system clock.
+    pub fn with_base(base: std::sync::Arc<dyn Clock>) -> Self {
+        OffsetClock {
+            offset_micros: AtomicI64::new(0),
+            base: Some((base, AtomicU64::new(0))),
+        }
     }
 
     /// Sets the offset, in microseconds, added to the system clock.
@@ -138,13 +150,28 @@ impl OffsetClock {
     }
 
     fn wall(&self) -> u64 {
-        wall_micros().saturating_add_signed(self.offset_micros())
+        let base = match &self.base {
+            Some((base, _)) => base.now_for_expiry().as_micros(),
+            None => wall_micros(),
+        };
+        base.saturating_add_signed(self.offset_micros())
     }
 }
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        monotonic(self.wall())
+        match &self.base {
+            None => monotonic(self.wall()),
+            Some((_, last)) => {
+                let wall = self.wall();
+                let prev = last
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |last| {
+                        Some(wall.max(last + 1))
+                    })
+                    .unwrap_or_default();
+                Timestamp(wall.max(prev + 1))
+            }
+        }
     }
 
     fn now_for_expiry(&self) -> Timestamp {

@@ -16,6 +16,11 @@
 //! - [`ClientStats`] count HTTP requests and billed commands.
 //! - [`UpstashBackend`]: entries, tags and invalidation stamps for `cache-core`, one request per
 //!   read, per batch read, and per invalidation.
+//! - Pub/sub: [`Redis::subscribe`] / [`Redis::psubscribe`] over Upstash's SSE streams, with typed
+//!   [`SubscriptionEvent`]s, a heartbeat timeout and reconnection; [`UpstashTransport`], the
+//!   `cache-core` backplane on one channel.
+//! - Clock sync: [`Redis::time`], [`measure_clock_offset`] and [`spawn_clock_sync`] keep a
+//!   [`cache_core::OffsetClock`] on Redis's time line, within half a round trip.
 //!
 //! # Example
 //!

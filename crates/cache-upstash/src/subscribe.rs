@@ -86,7 +86,9 @@ impl SubscribeOptions {
 
     /// The first reconnect delay and the most it doubles to (defaults 100 ms and 10 s). Each
     /// delay is drawn uniformly from its upper half, so that many subscribers that lost the
-    /// same server do not come back in lockstep.
+    /// same server do not come back in lockstep. The delay starts over from `min` only after a
+    /// stream stayed up for `max`, so a server that drops streams right after subscribing is
+    /// retried ever more slowly rather than in a tight loop.
     #[must_use]
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min.max(Duration::from_millis(1));
@@ -313,13 +315,18 @@ async fn run(
             options: &options,
             tx: &tx,
             confirmed: 0,
+            up_since: None,
         };
         let reason = match stream.read(&redis, &path).await {
             Ok(()) => return, // the subscriber is gone
             Err(reason) => reason,
         };
-        if stream.confirmed >= targets.len() {
-            // It was fully up: this is a fresh break, not another failed attempt.
+        if stream
+            .up_since
+            .is_some_and(|since| since.elapsed() >= options.reconnect_max)
+        {
+            // It was up for a while: a fresh break, retried quickly. A stream that breaks right
+            // after subscribing keeps backing off instead, so a flapping server is not hammered.
             failures = 0;
         }
         let retry_in = options.backoff(failures);
@@ -347,6 +354,8 @@ struct StreamState<'a> {
     tx: &'a mpsc::Sender<SubscriptionEvent>,
     /// Subscribe confirmations seen on this connection.
     confirmed: usize,
+    /// When every target was confirmed.
+    up_since: Option<std::time::Instant>,
 }
 
 impl StreamState<'_> {
@@ -414,6 +423,9 @@ impl StreamState<'_> {
                 };
                 if matches!(event, SubscriptionEvent::Subscribed { .. }) {
                     self.confirmed += 1;
+                    if self.confirmed == self.targets.len() {
+                        self.up_since = Some(std::time::Instant::now());
+                    }
                 }
                 if self.tx.send(event).await.is_err() {
                     return Ok(());
@@ -635,6 +647,7 @@ mod tests {
             options: &options,
             tx: &tx,
             confirmed: 0,
+            up_since: None,
         };
         assert!(matches!(
             state.parse(b"message,a,b,x,y").unwrap(),

@@ -18,12 +18,22 @@
 //! sizes are cached. Every invalidation runs after the database commit, so a read that follows
 //! the write's response cannot see older data (the cache's tag stamps reject entries whose data
 //! was read before the invalidation).
+//!
+//! # Several instances
+//!
+//! With `CACHE_BACKPLANE=auto` and the cache on Upstash, [`connect_cache`] puts the tiered cache on
+//! a backplane: after an invalidation reached Upstash, its tags are announced on
+//! `<CACHE_PREFIX>:bus` and every other instance drops them from its L1, so L1 keeps entries for
+//! their whole TTL while the bus is connected. Stamps are taken on the Upstash server's time line
+//! (an [`OffsetClock`] synced to its `TIME`), so hosts' clock skew does not decide which entries a
+//! stamp hides. Sets are not announced: chat-api writes only through the write events here, and
+//! its sets are fills of data read after the last invalidation.
 
 use std::{sync::Arc, time::Duration};
 
 use cache_core::{
-    Backplane, BackplaneConfig, Cache, Clock, DynBackend, DynTransport, Key, Namespace,
-    OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
+    Backplane, BackplaneConfig, BackplaneState, Cache, Clock, DynBackend, DynTransport, Key,
+    Namespace, OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
 };
 use cache_memory::{MemoryBackend, MemoryConfig};
 use cache_upstash::{Redis, Secret, UpstashBackend};
@@ -201,8 +211,30 @@ pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
         CLOCK_SYNC_EVERY,
     ));
     let transport = cache_upstash::UpstashTransport::new(redis, config.backplane_channel());
-    build_cache_on(config, Arc::new(transport), clock)
+    let parts = build_cache_on(config, Arc::new(transport), clock)?;
+    if let Some(backplane) = &parts.backplane {
+        // Sessions opened before the subscription works would miss other instances' events
+        // without being told (the first connect is no resync), so serving waits for it, briefly:
+        // past that the instance serves anyway, on the short L1 cap, and connects in the
+        // background.
+        let mut state = backplane.watch_state();
+        let connected = tokio::time::timeout(
+            BACKPLANE_STARTUP_WAIT,
+            state.wait_for(|s| *s == BackplaneState::Connected),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(_))) {
+            tracing::warn!(
+                waited = ?BACKPLANE_STARTUP_WAIT,
+                "the backplane is not connected yet; serving anyway, without other instances' events until it is"
+            );
+        }
+    }
+    Ok(parts)
 }
+
+/// How long [`connect_cache`] waits for the backplane's subscription before the server serves.
+pub const BACKPLANE_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// An `Arc`'d clock where a `Box<dyn Clock>` is wanted, so the tiered backend and the facade
 /// share one offset.

@@ -148,7 +148,8 @@ pub struct Cli {
     #[arg(long, env = "CACHE_L2_TIMEOUT_MS", default_value_t = 500)]
     pub cache_l2_timeout_ms: u64,
 
-    /// Milliseconds an entry may stay in L1 in tiered mode (bounds cross-instance staleness).
+    /// Milliseconds an entry may stay in L1 in tiered mode while no backplane is connected (bounds
+    /// cross-instance staleness then; with the backplane connected, entries keep their whole TTL).
     #[arg(long, env = "CACHE_L1_MAX_TTL_MS", default_value_t = 5_000)]
     pub cache_l1_max_ttl_ms: u64,
 

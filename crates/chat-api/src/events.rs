@@ -18,6 +18,9 @@
 //! invalidation notice of a write goes out on that bus before its event: a client that reads
 //! after an event sees the write on whichever instance it asks.
 //!
+//! The bus carries one other kind of application message, the per-user rate-limit counts of
+//! [`RateLimiter::share_on`]; the hub hands those to the limiter.
+//!
 //! When the bus was interrupted or lost a message, events may be missing, and a session cannot
 //! know which: the hub raises its resync signal and every session closes with the lag code
 //! (4008), so clients reconnect and refetch, exactly as after a local lag.
@@ -29,6 +32,8 @@ use std::sync::{
 
 use bytes::Bytes;
 use cache_core::{AppMessage, Backplane};
+
+use crate::ratelimit::RateLimiter;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, watch};
@@ -208,20 +213,21 @@ impl Hub {
     }
 
     /// A hub that also publishes every event on `backplane` and delivers the events of other
-    /// instances to its sessions (see the module docs). Spawns the receiving task on the current
-    /// Tokio runtime; it ends when the server shuts down or the backplane stops.
-    pub fn with_backplane(backplane: Backplane) -> Self {
+    /// instances to its sessions (see the module docs), and hands the rate-limit counts other
+    /// instances share on the bus to `limiter`. Spawns the receiving task on the current Tokio
+    /// runtime; it ends when the server shuts down or the backplane stops.
+    pub fn with_backplane(backplane: Backplane, limiter: RateLimiter) -> Self {
         let hub = Hub {
             backplane: Some(backplane.clone()),
             ..Hub::new()
         };
         // Subscribed before this returns: nothing published after startup is missed.
         let incoming = backplane.subscribe_app();
-        tokio::spawn(hub.clone().receive(incoming));
+        tokio::spawn(hub.clone().receive(incoming, limiter));
         hub
     }
 
-    async fn receive(self, mut incoming: broadcast::Receiver<AppMessage>) {
+    async fn receive(self, mut incoming: broadcast::Receiver<AppMessage>, limiter: RateLimiter) {
         let mut shutdown = self.shutdown_signal();
         loop {
             let message = tokio::select! {
@@ -233,6 +239,16 @@ impl Hub {
                     Ok(event) => {
                         self.bus.received.fetch_add(1, Ordering::Relaxed);
                         let _ = self.tx.send(Arc::new(event));
+                    }
+                    // The other kind of application message: rate-limit counts.
+                    Err(_) if payload.starts_with(br#"{"rl":"#) => {
+                        match serde_json::from_slice(&payload) {
+                            Ok(counts) => limiter.add_shared(counts),
+                            Err(err) => {
+                                self.bus.rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %err, "ignoring rate-limit counts that do not decode");
+                            }
+                        }
                     }
                     Err(err) => {
                         self.bus.rejected.fetch_add(1, Ordering::Relaxed);

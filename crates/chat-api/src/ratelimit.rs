@@ -8,6 +8,17 @@
 //! guessed from the path. Unauthenticated requests (registration, requests with a bad token) are
 //! limited by client IP. Windows live in a bounded moka cache and disappear when idle, so the
 //! limiter cannot grow without bound. `RATE_LIMIT=off` removes it.
+//!
+//! # Several instances
+//!
+//! On a backplane, the per-user counts hold across instances without a Redis command per request:
+//! each instance sums the requests it allowed per user and bucket and publishes the sums once per
+//! [`SHARE_EVERY`] as one message on the bus (batched with whatever else goes out: at most one
+//! billed `PUBLISH` per second per instance, however many requests), and adds the sums it hears
+//! from the others to its own windows. A user spreading requests over N instances is therefore
+//! held to the limit, give or take what the others allowed in the last second before they heard of
+//! it. Per-IP limits (unauthenticated requests) are not shared: behind a reverse proxy the peer
+//! address is the proxy's, and sharing it would make one bucket of every anonymous client.
 
 use std::{
     collections::HashMap,
@@ -103,10 +114,31 @@ impl RouteBuckets {
     }
 }
 
+/// How often an instance publishes the request counts it allowed since the last time.
+pub const SHARE_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Window {
     started: Instant,
+    // Requests allowed here, and requests other instances reported, in this window.
     used: u32,
+    remote: u32,
+}
+
+impl Window {
+    fn roll(&mut self, now: Instant) {
+        if now.duration_since(self.started) >= WINDOW {
+            self.started = now;
+            self.used = 0;
+            self.remote = 0;
+        }
+    }
+}
+
+/// One message of shared counts on the bus: `{"rl":[[subject, bucket, count], …]}`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SharedCounts {
+    rl: Vec<(String, String, u32)>,
 }
 
 /// The outcome of one check.
@@ -126,7 +158,12 @@ pub struct Decision {
 #[derive(Clone)]
 pub struct RateLimiter {
     windows: moka::sync::Cache<(String, Bucket), Arc<Mutex<Window>>>,
+    // Counts allowed here and not yet shared; `None` when not on a backplane.
+    unshared: Option<Arc<Mutex<Unshared>>>,
 }
+
+/// Requests allowed per (subject, bucket) since the counts were last shared.
+type Unshared = HashMap<(String, Bucket), u32>;
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,28 +180,62 @@ impl Default for RateLimiter {
                 .max_capacity(200_000)
                 .time_to_idle(WINDOW * 2)
                 .build(),
+            unshared: None,
         }
     }
 }
 
+impl Bucket {
+    const ALL: [Bucket; 6] = [
+        Bucket::Register,
+        Bucket::Read,
+        Bucket::Messages,
+        Bucket::Reactions,
+        Bucket::Channels,
+        Bucket::Acks,
+    ];
+
+    fn from_name(name: &str) -> Option<Bucket> {
+        Bucket::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+/// Most distinct (user, bucket) sums one instance keeps unshared; beyond that new ones are not
+/// shared (the limit then holds per instance for them), so a flood of users cannot grow memory.
+const MAX_UNSHARED: usize = 100_000;
+
 impl RateLimiter {
-    /// Counts one request of `subject` in `bucket`.
-    pub fn check(&self, subject: &str, bucket: Bucket) -> Decision {
-        let window = self.windows.get_with((subject.to_owned(), bucket), || {
+    /// A limiter whose per-user counts are shared with other instances through [`share_on`]
+    /// (see the module docs).
+    ///
+    /// [`share_on`]: RateLimiter::share_on
+    pub fn shared() -> Self {
+        RateLimiter {
+            unshared: Some(Arc::default()),
+            ..RateLimiter::default()
+        }
+    }
+
+    fn window(&self, subject: &str, bucket: Bucket) -> Arc<Mutex<Window>> {
+        self.windows.get_with((subject.to_owned(), bucket), || {
             Arc::new(Mutex::new(Window {
                 started: Instant::now(),
                 used: 0,
+                remote: 0,
             }))
-        });
+        })
+    }
+
+    /// Counts one request of `subject` in `bucket`.
+    pub fn check(&self, subject: &str, bucket: Bucket) -> Decision {
+        let window = self.window(subject, bucket);
         let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if now.duration_since(window.started) >= WINDOW {
-            window.started = now;
-            window.used = 0;
-        }
+        window.roll(now);
         let limit = bucket.limit();
         let reset_after = WINDOW.saturating_sub(now.duration_since(window.started));
-        if window.used >= limit {
+        let used = window.used.saturating_add(window.remote);
+        if used >= limit {
             return Decision {
                 allowed: false,
                 limit,
@@ -173,12 +244,95 @@ impl RateLimiter {
             };
         }
         window.used += 1;
+        drop(window);
+        if let Some(unshared) = &self.unshared {
+            if subject.starts_with("user:") {
+                let mut unshared = unshared.lock().unwrap_or_else(|e| e.into_inner());
+                let len = unshared.len();
+                if let Some(n) = unshared.get_mut(&(subject.to_owned(), bucket)) {
+                    *n += 1;
+                } else if len < MAX_UNSHARED {
+                    unshared.insert((subject.to_owned(), bucket), 1);
+                }
+            }
+        }
         Decision {
             allowed: true,
             limit,
-            remaining: limit - window.used,
+            remaining: limit - used - 1,
             reset_after,
         }
+    }
+
+    /// Requests of `subject` in `bucket` counted in its current window, here and (shared) on
+    /// other instances.
+    pub fn used(&self, subject: &str, bucket: Bucket) -> u32 {
+        let Some(window) = self.windows.get(&(subject.to_owned(), bucket)) else {
+            return 0;
+        };
+        let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+        window.roll(Instant::now());
+        window.used.saturating_add(window.remote)
+    }
+
+    /// The counts allowed since the last call, as one bus message, or `None` if there are none.
+    fn take_unshared(&self) -> Option<Vec<u8>> {
+        let unshared = self.unshared.as_ref()?;
+        let taken = std::mem::take(&mut *unshared.lock().unwrap_or_else(|e| e.into_inner()));
+        if taken.is_empty() {
+            return None;
+        }
+        let message = SharedCounts {
+            rl: taken
+                .into_iter()
+                .map(|((subject, bucket), n)| (subject, bucket.as_str().to_owned(), n))
+                .collect(),
+        };
+        serde_json::to_vec(&message).ok()
+    }
+
+    /// Adds counts another instance shared to this instance's windows. Unknown buckets and
+    /// subjects that are not users are ignored (another version of chat-api, or a bad message).
+    pub(crate) fn add_shared(&self, counts: SharedCounts) {
+        for (subject, bucket, n) in counts.rl {
+            let Some(bucket) = Bucket::from_name(&bucket) else {
+                continue;
+            };
+            if !subject.starts_with("user:") {
+                continue;
+            }
+            let window = self.window(&subject, bucket);
+            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+            window.roll(Instant::now());
+            window.remote = window.remote.saturating_add(n);
+        }
+    }
+
+    /// Publishes this limiter's counts on `backplane` every [`SHARE_EVERY`] (when there are any)
+    /// until `shutdown` changes. Spawns on the current Tokio runtime; a limiter not built with
+    /// [`RateLimiter::shared`] has nothing to share and spawns nothing.
+    pub fn share_on(
+        &self,
+        backplane: cache_core::Backplane,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if self.unshared.is_none() {
+            return;
+        }
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SHARE_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Some(message) = limiter.take_unshared() {
+                    backplane.publish_app(bytes::Bytes::from(message));
+                }
+            }
+        });
     }
 }
 
@@ -280,5 +434,39 @@ mod tests {
         // Other subjects and buckets are independent.
         assert!(limiter.check("v", Bucket::Channels).allowed);
         assert!(limiter.check("u", Bucket::Read).allowed);
+    }
+
+    #[test]
+    fn shared_counts_fill_the_windows_of_other_instances() {
+        let (here, there) = (RateLimiter::shared(), RateLimiter::shared());
+        for _ in 0..15 {
+            assert!(here.check("user:u", Bucket::Channels).allowed);
+        }
+        here.check("ip:10.0.0.1", Bucket::Register);
+        let message = here.take_unshared().expect("counts to share");
+        assert!(here.take_unshared().is_none(), "shared once");
+        let counts: SharedCounts = serde_json::from_slice(&message).unwrap();
+        assert_eq!(
+            counts.rl,
+            [("user:u".to_owned(), "channels".to_owned(), 15)]
+        );
+        there.add_shared(counts);
+        assert_eq!(there.used("user:u", Bucket::Channels), 15);
+        for _ in 0..5 {
+            assert!(there.check("user:u", Bucket::Channels).allowed);
+        }
+        let denied = there.check("user:u", Bucket::Channels);
+        assert!(!denied.allowed);
+        assert_eq!(denied.remaining, 0);
+        // Foreign names and anonymous subjects are ignored.
+        there.add_shared(SharedCounts {
+            rl: vec![
+                ("user:v".into(), "nonsense".into(), 99),
+                ("ip:10.0.0.1".into(), "register".into(), 99),
+            ],
+        });
+        assert_eq!(there.used("user:v", Bucket::Channels), 0);
+        assert_eq!(there.used("ip:10.0.0.1", Bucket::Register), 0);
+        assert!(RateLimiter::default().take_unshared().is_none());
     }
 }

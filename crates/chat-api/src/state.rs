@@ -82,16 +82,26 @@ impl AppState {
             Policies::from_config(&config),
             store,
         )?;
-        let hub = match backplane {
-            Some(backplane) => Hub::with_backplane(backplane),
-            None => Hub::new(),
+        let (hub, limiter) = match backplane {
+            Some(backplane) => {
+                // Per-user limits hold across instances by sharing counts on the bus.
+                let limiter = if config.rate_limit {
+                    RateLimiter::shared()
+                } else {
+                    RateLimiter::default()
+                };
+                let hub = Hub::with_backplane(backplane.clone(), limiter.clone());
+                limiter.share_on(backplane, hub.shutdown_signal());
+                (hub, limiter)
+            }
+            None => (Hub::new(), RateLimiter::default()),
         };
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 cache,
                 hub,
-                limiter: RateLimiter::default(),
+                limiter,
                 metrics: HttpMetrics::default(),
             }),
         })

@@ -143,6 +143,10 @@ impl CacheBackend for ChaosBackend {
         self.enter().await?;
         self.inner.invalidate_tags(tags, at).await
     }
+    async fn clear_local(&self) -> Result<bool> {
+        self.enter().await?;
+        self.inner.clear_local().await
+    }
     async fn ping(&self) -> Result<Duration> {
         self.enter().await?;
         self.inner.ping().await

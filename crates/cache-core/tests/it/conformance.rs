@@ -21,3 +21,35 @@ mod guarded {
 
     cache_core::backend_conformance_tests!(guarded_backend);
 }
+
+/// A tiered cache on a connected backplane (whole-TTL L1 copies, announced writes) keeps the
+/// contract too.
+mod on_backplane {
+    use std::sync::Arc;
+
+    use cache_core::{
+        Backplane, BackplaneConfig, BackplaneState, LocalTransport, SystemClock, TieredBackend,
+        TieredConfig, testing::MapBackend,
+    };
+
+    async fn tiered_on_backplane() -> TieredBackend {
+        let backplane = Backplane::start(
+            Arc::new(LocalTransport::new()),
+            BackplaneConfig::default(),
+            Arc::new(SystemClock),
+        );
+        backplane
+            .watch_state()
+            .wait_for(|s| *s == BackplaneState::Connected)
+            .await
+            .expect("backplane connects");
+        TieredBackend::new(
+            Arc::new(MapBackend::new()),
+            Arc::new(MapBackend::new()),
+            TieredConfig::default(),
+        )
+        .with_backplane(backplane)
+    }
+
+    cache_core::backend_conformance_tests!(tiered_on_backplane);
+}

@@ -5,14 +5,21 @@
 //! - `commands`, `batches`: every typed command, pipelines, transactions, auto-pipelining and
 //!   binary values against a real `redis-server` behind `upstash-gateway`.
 //! - `backend`: the `cache-core` conformance suite on `UpstashBackend`, and its request counts.
+//! - `subscribe`: SSE subscriptions against the gateway (restarts, heartbeats, payloads), a
+//!   hand-written stalling server, and wiremock (error statuses, malformed streams).
+//! - `clock`: `TIME` and clock-offset measurement.
+//! - `transport`: `UpstashTransport`, the backplane transport.
 //!
 //! Tests that need Redis start their own `redis-server` (the gateway's `testing` fixture panics
 //! with instructions when it is not installed).
 
 mod backend;
 mod batches;
+mod clock;
 mod commands;
 mod mock;
+mod subscribe;
+mod transport;
 
 use cache_upstash::{Redis, RetryPolicy};
 use upstash_gateway::testing::TestGateway;

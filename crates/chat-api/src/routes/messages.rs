@@ -283,7 +283,7 @@ pub(crate) async fn post(
     let posted = state
         .store()
         .post_message(NewMessage {
-            id: Ulid::new(),
+            id: next_message_id(),
             channel_id: cid,
             author: user,
             content: request.content,
@@ -558,4 +558,30 @@ pub(crate) async fn ack(
 async fn messages_changed(state: &AppState, cid: Ulid, kind: EventKind, data: &impl Serialize) {
     state.cache().messages_changed(cid).await;
     state.hub().publish(kind, Some(cid), None, data);
+}
+
+/// A new message id, strictly greater than every id this process made before: pages are ordered
+/// by id, and two posts within one millisecond must keep the order they were made in (plain
+/// `Ulid::new` draws the random part afresh, so such posts would sort at random).
+fn next_message_id() -> Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .generate()
+        // Overflow of the random part within one millisecond (2^80 ids): cannot happen in
+        // practice; fall back to an unordered id rather than fail the post.
+        .unwrap_or_else(|_| Ulid::new())
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::next_message_id;
+
+    #[test]
+    fn message_ids_keep_creation_order_within_a_millisecond() {
+        let ids: Vec<_> = (0..10_000).map(|_| next_message_id()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    }
 }

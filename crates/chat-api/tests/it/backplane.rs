@@ -19,12 +19,13 @@ use chat_api::{
     CLOSE_LAGGED,
     cache::build_cache_on,
     config::{BackplaneMode, CacheBackendKind, SecretString},
+    ratelimit::Bucket,
 };
 use serde_json::Value;
 use upstash_gateway::testing::TestGateway;
 
 use crate::{
-    support::{Db, TestApp, TestDb, TestUser, ids, on_both_databases},
+    support::{Db, Server, TestApp, TestDb, TestUser, ids, on_both_databases},
     ws::{Socket, connect, hello_and_ready, next_close_code, next_json, serve},
 };
 
@@ -64,10 +65,21 @@ fn unique_prefix() -> String {
 
 /// `n` instances on `db` on one in-process bus, connected.
 async fn local_cluster(db: Db, n: usize, mode: BackplaneMode) -> Option<(Cluster, LocalTransport)> {
+    local_cluster_with(db, n, mode, |c| c).await
+}
+
+/// [`local_cluster`] with the settings adjusted by `adjust`.
+async fn local_cluster_with(
+    db: Db,
+    n: usize,
+    mode: BackplaneMode,
+    adjust: impl Fn(chat_api::Config) -> chat_api::Config,
+) -> Option<(Cluster, LocalTransport)> {
     let gateway = TestGateway::start().await;
     let db = Arc::new(TestDb::create(db).await?);
     let local = LocalTransport::new();
-    let configure = cluster_config(&gateway, &unique_prefix(), mode);
+    let base = cluster_config(&gateway, &unique_prefix(), mode);
+    let configure = |c| adjust(base(c));
     let mut apps = Vec::new();
     for _ in 0..n {
         let transport = Arc::new(local.clone());
@@ -169,11 +181,37 @@ async fn a_post_is_read_on_every_other_instance(cluster: &Cluster) {
     // Users registered and joined on other instances: token and membership lookups cross too.
     let bob = member(b, "bob", &channel).await;
     let cid = member(c, "cid", &channel).await;
+    let mut sockets = Vec::new();
+    for (app, user) in [(b, &bob), (c, &cid)] {
+        let mut socket = connect(serve(app).await, Some(&user.token), "").await;
+        hello_and_ready(&mut socket).await;
+        sockets.push(socket);
+    }
     let first = id(&a.post_message(&ann, &channel, "one").await);
-    // Every instance holds the page in L1 now, for its whole TTL while the bus is connected (the
-    // `off` test shows such a copy surviving a write elsewhere).
-    for app in [a, b, c] {
-        assert_eq!(latest_ids(app, &ann, &channel).await, [first.clone()]);
+    // Once the post's event arrived, so did its notice (it went first on the same bus): the reads
+    // below fill L1 after it, and nothing but the next notice may drop their copies.
+    for socket in &mut sockets {
+        assert_eq!(creates_until(socket, "one").await, ["one"]);
+    }
+    for (app, user) in [(b, &bob), (c, &cid)] {
+        assert_eq!(
+            latest_ids(app, user, &channel).await,
+            std::slice::from_ref(&first)
+        );
+        poll("the fill is stored", || async {
+            app.state.cache().cache().loads_in_flight() == 0
+        })
+        .await;
+        let queries = app.queries();
+        assert_eq!(
+            latest_ids(app, user, &channel).await,
+            std::slice::from_ref(&first)
+        );
+        assert_eq!(
+            app.queries(),
+            queries,
+            "the page is served from this instance's L1"
+        );
     }
 
     for (writer, author, round) in [(a, &ann, "two"), (b, &bob, "three"), (c, &cid, "four")] {
@@ -235,7 +273,10 @@ async fn with_the_backplane_off_nothing_is_published() {
     let channel = a.create_channel(&ann, "general", "public").await;
     let bob = member(b, "bob", &channel).await;
     let first = id(&a.post_message(&ann, &channel, "one").await);
-    assert_eq!(latest_ids(b, &bob, &channel).await, [first.clone()]);
+    assert_eq!(
+        latest_ids(b, &bob, &channel).await,
+        std::slice::from_ref(&first)
+    );
     let second = id(&a.post_message(&ann, &channel, "two").await);
     assert_eq!(latest_ids(a, &ann, &channel).await[0], second);
     assert_eq!(
@@ -303,7 +344,10 @@ async fn events_reach_sessions_on_every_instance(cluster: &Cluster) {
     // Cache the page on every instance first: the reads after the events must not be first reads.
     let first = id(&a.post_message(&ann, &channel, "first").await);
     for app in [a, b, c] {
-        assert_eq!(latest_ids(app, &bob, &channel).await, [first.clone()]);
+        assert_eq!(
+            latest_ids(app, &bob, &channel).await,
+            std::slice::from_ref(&first)
+        );
     }
     for socket in &mut sockets {
         assert_eq!(creates_until(socket, "first").await, ["first"]);
@@ -499,4 +543,183 @@ async fn health(app: &TestApp) -> Value {
         .await
         .expect(200)
         .body
+}
+
+/// The real binary, configured only by the environment as an operator would
+/// (`CACHE_BACKEND=tiered` and Upstash credentials, nothing about the backplane): two processes
+/// join the bus on their own, and a post on one is read on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_join_the_backplane_by_default() {
+    let gateway = TestGateway::start().await;
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let prefix = unique_prefix();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("CACHE_BACKEND", "tiered"),
+        ("UPSTASH_REDIS_REST_URL", &gateway.url()),
+        ("UPSTASH_REDIS_REST_TOKEN", gateway.token()),
+        ("CACHE_PREFIX", &prefix),
+        ("CACHE_L1_MAX_TTL_MS", "120000"),
+    ];
+    let a = Server::start(&env, None).await;
+    let b = Server::start(&env, None).await;
+    let client = reqwest::Client::new();
+    for server in [&a, &b] {
+        poll("the process's backplane connected", || async {
+            let health: Value = client
+                .get(format!("{}/health", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            health["backplane"]["state"] == "connected" && health["status"] == "ok"
+        })
+        .await;
+    }
+    let call = |method: reqwest::Method, url: String, token: Option<&str>, body: Option<Value>| {
+        let mut request = client.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<Value>().await.unwrap_or(Value::Null)
+        }
+    };
+    let ann = call(
+        reqwest::Method::POST,
+        a.api("/users"),
+        None,
+        Some(serde_json::json!({"name": "ann"})),
+    )
+    .await;
+    let token = ann["token"].as_str().unwrap();
+    let channel = call(
+        reqwest::Method::POST,
+        a.api("/channels"),
+        Some(token),
+        Some(serde_json::json!({"name": "general", "kind": "public"})),
+    )
+    .await;
+    let page = format!("/channels/{}/messages", channel["id"].as_str().unwrap());
+    let post = |content: &str| {
+        call(
+            reqwest::Method::POST,
+            a.api(&page),
+            Some(token),
+            Some(serde_json::json!({ "content": content })),
+        )
+    };
+    let first = id(&post("one").await);
+    let read_on_b =
+        || async { ids(&call(reqwest::Method::GET, b.api(&page), Some(token), None).await) };
+    poll("B reads the first post", || async {
+        read_on_b().await == [first.clone()]
+    })
+    .await;
+    let second = id(&post("two").await);
+    poll("B reads the second post", || async {
+        read_on_b().await.first() == Some(&second)
+    })
+    .await;
+    let stats: Value = client
+        .get(format!("{}/stats", b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["backplane"]["transport"], "upstash", "{stats}");
+    assert!(
+        stats["backplane"]["received"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    drop((a, b));
+    gateway.shutdown().await;
+}
+
+/// Per-user rate limits hold across instances: what one instance allowed counts on the others
+/// once it shared its counts on the bus, with no Redis command per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_instances() {
+    let (cluster, _local) =
+        local_cluster_with(Db::Sqlite, 2, BackplaneMode::Auto, |c| chat_api::Config {
+            rate_limit: true,
+            ..c
+        })
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    let ann = a.register("ann").await;
+    let limit = Bucket::Channels.limit();
+    let on_a = limit - 5;
+    for i in 0..on_a {
+        a.create_channel(&ann, &format!("a{i}"), "public").await;
+    }
+    let subject = format!("user:{}", ann.id);
+    poll("B heard A's counts", || async {
+        b.state.limiter().used(&subject, Bucket::Channels) >= on_a
+    })
+    .await;
+    let mut allowed = 0;
+    loop {
+        let response = b
+            .post(
+                "/api/v1/channels",
+                &ann.token,
+                serde_json::json!({"name": format!("b{allowed}"), "kind": "public"}),
+            )
+            .await;
+        if response.status == 429 {
+            break;
+        }
+        response.expect(201);
+        allowed += 1;
+        assert!(allowed <= limit, "B ignored A's counts");
+    }
+    assert_eq!(allowed, 5, "B allowed only what was left of the limit");
+    // And back: A hears B's five.
+    poll("A heard B's counts", || async {
+        a.state.limiter().used(&subject, Bucket::Channels) >= limit
+    })
+    .await;
+    a.post(
+        "/api/v1/channels",
+        &ann.token,
+        serde_json::json!({"name": "over", "kind": "public"}),
+    )
+    .await
+    .expect_error(429, "rate_limited");
+    cluster.gateway.shutdown().await;
+}
+
+/// `CACHE_BACKEND=upstash` (no L1) is on the backplane too: there is nothing to keep coherent,
+/// but realtime events still cross instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_l1_the_backplane_still_carries_events() {
+    let (cluster, _local) =
+        local_cluster_with(Db::Sqlite, 2, BackplaneMode::Auto, |c| chat_api::Config {
+            cache_backend: CacheBackendKind::Upstash,
+            ..c
+        })
+        .await
+        .unwrap();
+    let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
+    assert_eq!(b.state.cache().cache().backend().name(), "upstash");
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    let mut socket = connect(serve(b).await, Some(&bob.token), "").await;
+    hello_and_ready(&mut socket).await;
+    let posted = id(&a.post_message(&ann, &channel, "hello").await);
+    assert_eq!(creates_until(&mut socket, "hello").await, ["hello"]);
+    assert_eq!(latest_ids(b, &bob, &channel).await, [posted]);
+    cluster.gateway.shutdown().await;
 }
