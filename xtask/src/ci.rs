@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use crate::{
-    api_fuzz, conformance, e2e, fuzz,
+    api_fuzz, cluster, conformance, e2e, fuzz,
     util::{cargo, project_root, run_cmd},
 };
 
@@ -69,6 +69,12 @@ const STEPS: &[Step] = &[
         name: "cargo xtask outage",
         lint: false,
         run: || e2e::run(&e2e::Settings::outage_check()),
+    },
+    // Reuses the debug binaries the outage check just built.
+    Step {
+        name: "cargo xtask cluster",
+        lint: false,
+        run: || cluster::run(&[]),
     },
     Step {
         name: "cargo test --workspace",

@@ -8,6 +8,9 @@
 //! Scenarios: `none` (no cache, the "before"), `memory`, `upstash`, `tiered`, the last two again
 //! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd, the cached
 //! latest page against a bare axum handler, the original design, and a Redis outage under load.
+//! The cluster scenarios run three chat-api instances on one PostgreSQL database (seeded once
+//! through the API, copied per scenario as a template) and one gateway, the tiered cache with
+//! its backplane, with chat-bench spreading requests over them and summing their counts.
 //!
 //! The outage scenarios run on a Redis that keeps its data on disk (append-only file, fsync on
 //! every write): it is `kill -9`ed mid-run and restarted with the pages cached before the outage
@@ -25,7 +28,8 @@ use std::{
 use anyhow::Context;
 
 use crate::util::{
-    Process, RedisServer, cargo, free_port, project_root, run_cmd, target_dir, wait_ready,
+    PgDatabase, Process, RedisServer, cargo, free_port, project_root, run_cmd, target_dir,
+    wait_ready,
 };
 
 const TOKEN: &str = "bench-token-not-a-secret";
@@ -119,7 +123,7 @@ impl Settings {
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite; {} builds",
+            "{}{} users, {} channels, ~{} channels per user, {} messages (Zipf 1.1); closed loop {} connections × {} s per scenario; open loop {} req/s; rate limits off; SQLite (cluster scenarios: PostgreSQL, {CLUSTER_SIZE} chat-api instances, requests round-robin); {} builds",
             if self.quick { "quick run: " } else { "" },
             self.users,
             self.channels,
@@ -144,7 +148,12 @@ enum Backend {
     Original,
     /// The original design with `@upstash/redis` against the gateway.
     OriginalUpstash,
+    /// [`CLUSTER_SIZE`] chat-api instances with this cache on one PostgreSQL database.
+    Cluster(CacheBackend),
 }
+
+/// How many chat-api instances a cluster scenario runs.
+const CLUSTER_SIZE: usize = 3;
 
 /// chat-api's `CACHE_BACKEND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +180,7 @@ impl Backend {
         matches!(
             self,
             Backend::ChatApi(CacheBackend::Upstash | CacheBackend::Tiered)
+                | Backend::Cluster(CacheBackend::Upstash | CacheBackend::Tiered)
                 | Backend::OriginalUpstash
         )
     }
@@ -258,6 +268,20 @@ const SCENARIOS: &[Scenario] = &[
         0,
         Kind::Closed,
     ),
+    // Scale-out: several instances on PostgreSQL, the tiered cache kept coherent by the
+    // backplane, next to the original design above (Upstash cost, latest-page latency).
+    scenario(
+        "17-cluster-tiered",
+        Backend::Cluster(CacheBackend::Tiered),
+        0,
+        Kind::Closed,
+    ),
+    scenario(
+        "18-cluster-tiered-10ms",
+        Backend::Cluster(CacheBackend::Tiered),
+        10,
+        Kind::Closed,
+    ),
 ];
 
 struct Bins {
@@ -282,7 +306,7 @@ fn start_bare_page(bins: &Bins, body_bytes: usize) -> anyhow::Result<(Process, u
 
 fn start_chat_api(
     bins: &Bins,
-    db: &Path,
+    database_url: &str,
     backend: CacheBackend,
     gateway_port: Option<u16>,
 ) -> anyhow::Result<(Process, u16)> {
@@ -292,7 +316,7 @@ fn start_chat_api(
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("DATABASE_URL", database_url)
         .env("CACHE_BACKEND", backend.env_value())
         .env("RATE_LIMIT", "off")
         .env("RUST_LOG", "warn")
@@ -364,6 +388,10 @@ fn start_gateway(
     Ok((process, port))
 }
 
+fn sqlite_url(db: &Path) -> String {
+    format!("sqlite://{}", db.display())
+}
+
 /// A SQLite database's files: the database, its write-ahead log and shared memory.
 fn db_files(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
     ["", "-wal", "-shm"]
@@ -390,7 +418,7 @@ fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// After an outage run: every channel's latest page, as the cached server serves it, equals the
 /// page of a chat-api without a cache on the same database.
 fn compare_with_database(bins: &Bins, db: &Path, port: u16, dataset: &Path) -> anyhow::Result<()> {
-    let (truth, truth_port) = start_chat_api(bins, db, CacheBackend::None, None)?;
+    let (truth, truth_port) = start_chat_api(bins, &sqlite_url(db), CacheBackend::None, None)?;
     let mut compare = Command::new(&bins.bench);
     compare
         .args(["--url", &format!("http://127.0.0.1:{port}"), "compare"])
@@ -502,6 +530,13 @@ struct Seeded {
     page_bytes: usize,
 }
 
+/// The PostgreSQL copy of the dataset for the cluster scenarios: a template database, seeded
+/// through the API like the SQLite one, and its own dataset file (ids and tokens differ).
+struct PgSeeded {
+    template: PgDatabase,
+    dataset: PathBuf,
+}
+
 /// Runs the selected scenarios and writes the report; fails on the first failing scenario.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
     let selected = select(settings)?;
@@ -513,6 +548,14 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
 
     let bins = build(settings.profile)?;
     let seeded = seed(&bins, settings, &out)?;
+    let pg = if selected
+        .iter()
+        .any(|s| matches!(s.backend, Backend::Cluster(_)))
+    {
+        Some(seed_postgres(&bins, settings, &out)?)
+    } else {
+        None
+    };
     // Shared by the scenarios that do not break it; flushed before each.
     let mut shared_redis: Option<RedisServer> = None;
     for (i, scenario) in selected.iter().enumerate() {
@@ -522,8 +565,15 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             selected.len(),
             scenario.name
         );
-        run_scenario(settings, &bins, &out, &seeded, &mut shared_redis, scenario)
-            .with_context(|| format!("scenario {}", scenario.name))?;
+        run_scenario(
+            settings,
+            &bins,
+            &out,
+            (&seeded, pg.as_ref()),
+            &mut shared_redis,
+            scenario,
+        )
+        .with_context(|| format!("scenario {}", scenario.name))?;
     }
     drop(shared_redis);
     report(&bins, settings, &out)
@@ -587,7 +637,7 @@ fn seed(bins: &Bins, settings: &Settings, out: &Path) -> anyhow::Result<Seeded> 
     remove_db(&db);
     let dataset = out.join("dataset.json");
     eprintln!("==> seeding: {}", settings.describe());
-    let (api, port) = start_chat_api(bins, &db, CacheBackend::Memory, None)?;
+    let (api, port) = start_chat_api(bins, &sqlite_url(&db), CacheBackend::Memory, None)?;
     let url = format!("http://127.0.0.1:{port}");
     let mut seed = Command::new(&bins.bench);
     seed.args(["--url", &url, "seed"])
@@ -621,13 +671,57 @@ fn seed(bins: &Bins, settings: &Settings, out: &Path) -> anyhow::Result<Seeded> 
     })
 }
 
+/// Seeds a PostgreSQL template database through the API (`chat-bench seed`, the same settings
+/// as the SQLite seed) for the cluster scenarios.
+fn seed_postgres(bins: &Bins, settings: &Settings, out: &Path) -> anyhow::Result<PgSeeded> {
+    let template = PgDatabase::create("xtask_bench_seed", None)?;
+    let dataset = out.join("dataset-postgres.json");
+    eprintln!(
+        "==> seeding PostgreSQL ({}) for the cluster scenarios",
+        template.name
+    );
+    let (api, port) = start_chat_api(bins, &template.url, CacheBackend::Memory, None)?;
+    let mut seed = Command::new(&bins.bench);
+    seed.args(["--url", &format!("http://127.0.0.1:{port}"), "seed"])
+        .args(["--users", &settings.users.to_string()])
+        .args(["--channels", &settings.channels.to_string()])
+        .args(["--per-user", &settings.per_user.to_string()])
+        .args(["--messages", &settings.messages.to_string()])
+        .arg("--out")
+        .arg(&dataset);
+    let outcome = run_cmd(seed);
+    // A template must have no connections when it is copied.
+    api.stop();
+    outcome?;
+    Ok(PgSeeded { template, dataset })
+}
+
+/// Starts [`CLUSTER_SIZE`] chat-api instances on a fresh copy of the PostgreSQL template; returns
+/// them, the database (dropped after the scenario) and their comma-separated URLs.
+fn start_cluster(
+    bins: &Bins,
+    pg: &PgSeeded,
+    cache: CacheBackend,
+    gateway_port: Option<u16>,
+) -> anyhow::Result<(Vec<Process>, PgDatabase, String)> {
+    let db = PgDatabase::create("xtask_bench", Some(&pg.template))?;
+    let mut processes = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..CLUSTER_SIZE {
+        let (process, port) = start_chat_api(bins, &db.url, cache, gateway_port)?;
+        processes.push(process);
+        urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    Ok((processes, db, urls.join(",")))
+}
+
 /// Runs one scenario on a fresh copy of the seeded database; its summary lands in
 /// `<out>/scenarios/<name>.json`.
 fn run_scenario(
     settings: &Settings,
     bins: &Bins,
     out: &Path,
-    seeded: &Seeded,
+    (seeded, pg): (&Seeded, Option<&PgSeeded>),
     shared_redis: &mut Option<RedisServer>,
     scenario: &Scenario,
 ) -> anyhow::Result<()> {
@@ -653,20 +747,42 @@ fn run_scenario(
         .then(|| start_gateway(bins, redis, scenario.latency_ms))
         .transpose()?;
     let gateway_port = gateway.as_ref().map(|g| g.1);
-    let (server, port) = match scenario.backend {
-        Backend::ChatApi(cache) => start_chat_api(bins, &db, cache, gateway_port)?,
-        Backend::BareAxum => start_bare_page(bins, seeded.page_bytes)?,
-        Backend::Original | Backend::OriginalUpstash => start_original(&db, gateway_port)?,
+    let mut servers = Vec::new();
+    let mut cluster_db = None;
+    let mut dataset = seeded.dataset.as_path();
+    let (url, port) = match scenario.backend {
+        Backend::Cluster(cache) => {
+            let pg = pg.context("a cluster scenario without the PostgreSQL seed")?;
+            let (processes, db, urls) = start_cluster(bins, pg, cache, gateway_port)?;
+            servers = processes;
+            cluster_db = Some(db);
+            dataset = pg.dataset.as_path();
+            (urls, 0)
+        }
+        backend => {
+            let (server, port) = match backend {
+                Backend::ChatApi(cache) => {
+                    start_chat_api(bins, &sqlite_url(&db), cache, gateway_port)?
+                }
+                Backend::BareAxum => start_bare_page(bins, seeded.page_bytes)?,
+                _ => start_original(&db, gateway_port)?,
+            };
+            servers.push(server);
+            (format!("http://127.0.0.1:{port}"), port)
+        }
     };
 
-    let bench = bench_command(settings, bins, out, seeded, scenario, port);
+    let bench = bench_command(settings, bins, out, dataset, scenario, &url);
     if scenario.kind == Kind::Outage {
         outage_under_load(bench, redis, settings.duration_secs)?;
         compare_with_database(bins, &db, port, &seeded.dataset)?;
     } else {
         run_cmd(bench)?;
     }
-    server.stop();
+    for server in servers {
+        server.stop();
+    }
+    drop(cluster_db);
     if let Some((gateway, _)) = gateway {
         gateway.stop();
     }
@@ -679,12 +795,12 @@ fn bench_command(
     settings: &Settings,
     bins: &Bins,
     out: &Path,
-    seeded: &Seeded,
+    dataset: &Path,
     scenario: &Scenario,
-    port: u16,
+    url: &str,
 ) -> Command {
     let mut bench = Command::new(&bins.bench);
-    bench.args(["--url", &format!("http://127.0.0.1:{port}")]);
+    bench.args(["--url", url]);
     let d = settings.duration_secs;
     match scenario.kind {
         Kind::Herd => {
@@ -710,14 +826,10 @@ fn bench_command(
             .args(["--duration", &format!("{duration}s")])
             .args(["--scenario", scenario.name]);
     }
-    bench
-        .arg("--dataset")
-        .arg(&seeded.dataset)
-        .arg("--out")
-        .arg(
-            out.join("scenarios")
-                .join(format!("{}.json", scenario.name)),
-        );
+    bench.arg("--dataset").arg(dataset).arg("--out").arg(
+        out.join("scenarios")
+            .join(format!("{}.json", scenario.name)),
+    );
 
     if scenario.kind == Kind::Outage {
         // `--check` holds every latest-page read to the posts acknowledged before it was sent

@@ -11,6 +11,7 @@
 mod api_fuzz;
 mod bench;
 mod ci;
+mod cluster;
 mod conformance;
 mod e2e;
 mod fuzz;
@@ -30,6 +31,10 @@ Tasks:
   outage      Redis killed under load (and restarted with its data) in tiered and upstash mode,
               every read checked against the acknowledged writes and the database (debug builds;
               report under target/outage); --scenario tiered|upstash runs one mode
+  cluster     three chat-api instances on PostgreSQL, the gateway and Redis (debug builds):
+              WebSocket fan-out, cross-instance staleness, kill -9 of an instance and of the
+              gateway, then the same through nginx if installed (report under target/cluster);
+              --no-build, --no-nginx, --backplane-off (the control: the checks must fail)
   ci          the one list of CI checks (--list prints it; --tests-only skips fmt and clippy)
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&rest),
         Some("api-fuzz") => api_fuzz::run(&rest),
         Some("outage") => e2e::outage(&rest),
+        Some("cluster") => cluster::run(&rest),
         Some("setup-env") => setup_env::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");

@@ -77,6 +77,13 @@ impl Process {
             .with_context(|| format!("waiting for {}", self.name))
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub(crate) fn try_wait(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("checking on {}", self.name))
+    }
+
     /// SIGTERM, then wait (a graceful shutdown flushes SQLite).
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
@@ -357,6 +364,90 @@ pub(crate) fn summarize(
     Ok(())
 }
 
+/// `TEST_DATABASE_URL`, or the local default: the PostgreSQL server tasks create databases on.
+pub(crate) fn postgres_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A PostgreSQL database of its own on [`postgres_server_url`]'s server, created with `psql`
+/// (optionally as a copy of `template`) and dropped, with its connections, when dropped.
+#[derive(Debug)]
+pub(crate) struct PgDatabase {
+    /// The server URL `psql` connects to for CREATE and DROP.
+    admin: String,
+    pub(crate) name: String,
+    /// The database's own URL, for chat-api.
+    pub(crate) url: String,
+}
+
+impl PgDatabase {
+    /// A new database named `<prefix>_<pid>_<n>`.
+    pub(crate) fn create(prefix: &str, template: Option<&PgDatabase>) -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin = postgres_server_url();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}_{}_{n}", std::process::id());
+        let url = with_database(&admin, &name)?;
+        let mut sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        psql(&admin, &sql)?;
+        sql = format!("CREATE DATABASE {name}");
+        if let Some(template) = template {
+            sql.push_str(&format!(" TEMPLATE {}", template.name));
+        }
+        psql(&admin, &sql).context(
+            "creating a PostgreSQL database (needs PostgreSQL at TEST_DATABASE_URL and psql)",
+        )?;
+        Ok(PgDatabase { admin, name, url })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Err(err) = psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("could not drop database {}: {err:#}", self.name);
+        }
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`; the query, if any, is kept.
+pub(crate) fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").context("TEST_DATABASE_URL is not a URL")? + 3;
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..authority_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// Runs one SQL statement with `psql` on `url`.
+pub(crate) fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    // The URL may hold a password: it goes to psql as an argument, never into our messages.
+    let output = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running psql (install postgresql-client)")?;
+    if !output.status.success() {
+        bail!(
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +479,22 @@ mod tests {
         assert_eq!(ephemeral.command(&["GET", "page"]).unwrap(), "$-1\r\n");
         drop(persistent);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_database_url_keeps_everything_but_the_database() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:1/db?sslmode=disable", "x").unwrap(),
+            "postgres://u:p@h:1/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h", "x").unwrap(),
+            "postgres://h/x"
+        );
+        assert!(with_database("not a url", "x").is_err());
     }
 }

@@ -1,17 +1,26 @@
 //! A thin client of chat-api's fixed `/api/v1` contract, and of its `/stats` document: just what
 //! seeding, the workload and the measurements use.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 
+/// A client of one chat-api, or of several instances of it: with several base URLs each request
+/// goes to the next one (round-robin), as a load balancer would send it.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,20 +60,34 @@ impl Outcome {
 }
 
 impl Client {
+    /// `base` is one URL, or several separated by commas (instances of one deployment).
     pub(crate) fn new(base: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1024)
             .build()
             .context("building the HTTP client")?;
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "no chat-api URL in {base:?}");
         Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            bases: Arc::new(bases),
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len();
+        format!("{}{path}", self.bases[i])
+    }
+
+    /// How many instances the client spreads its requests over.
+    pub(crate) fn instances(&self) -> usize {
+        self.bases.len()
     }
 
     pub(crate) async fn register(&self, name: &str) -> anyhow::Result<(String, String)> {
@@ -180,9 +203,18 @@ impl Client {
         Ok(res.bytes().await?.len())
     }
 
-    /// chat-api's counters, read through the types it writes them with.
+    /// chat-api's counters, read through the types it writes them with (of the first instance).
     pub(crate) async fn stats(&self) -> anyhow::Result<chat_stats::Stats> {
-        let res = self.http.get(self.url(chat_stats::PATH)).send().await?;
+        self.stats_of(0).await
+    }
+
+    /// The counters of instance `i` (see [`Client::instances`]).
+    pub(crate) async fn stats_of(&self, i: usize) -> anyhow::Result<chat_stats::Stats> {
+        let res = self
+            .http
+            .get(format!("{}{}", self.bases[i], chat_stats::PATH))
+            .send()
+            .await?;
         let res = expect(res, StatusCode::OK, "stats").await?;
         Ok(chat_stats::parse(&res.bytes().await?)?)
     }
@@ -211,4 +243,27 @@ async fn expect(
     let status = res.status();
     let body = res.text().await.unwrap_or_default();
     bail!("{what}: expected {want}, got {status}: {body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_instances_take_turns() {
+        let client = Client::new("http://a:1, http://b:2/").unwrap();
+        assert_eq!(client.instances(), 2);
+        let urls: Vec<String> = (0..4).map(|_| client.url("/x")).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://a:1/x",
+                "http://b:2/x",
+                "http://a:1/x",
+                "http://b:2/x"
+            ]
+        );
+        assert_eq!(Client::new("http://a/").unwrap().url("/x"), "http://a/x");
+        assert!(Client::new(" , ").is_err());
+    }
 }

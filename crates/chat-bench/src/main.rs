@@ -13,6 +13,7 @@
 
 mod api;
 mod check;
+mod cluster;
 mod dataset;
 mod metrics;
 mod report;
@@ -28,7 +29,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Base URL of the chat-api server.
+    /// Base URL of the chat-api server; several instances of one deployment separated by commas
+    /// (requests go to each in turn, counts are summed over them).
     #[arg(long, global = true, default_value = "http://127.0.0.1:3000")]
     url: String,
     /// Hide progress bars.
@@ -56,6 +58,9 @@ enum Command {
     },
     /// Compares every channel's latest page with an uncached chat-api on the same database.
     Compare(check::CompareArgs),
+    /// The multi-instance check: WebSocket fan-out, cross-instance staleness and, with `--chaos`,
+    /// instance and gateway restarts, against several chat-api instances on one database.
+    Cluster(cluster::ClusterArgs),
     /// Turns the scenario summaries of a bench directory into report.md, summary.json and plots.
     Report(report::ReportArgs),
 }
@@ -69,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => workload::run(&client, &args, cli.quiet).await,
         Command::Herd(args) => workload::herd(&client, &args).await,
         Command::Report(args) => report::write(&args),
+        Command::Cluster(args) => cluster::run(&args).await,
         Command::Compare(args) => check::compare(&client, &args).await,
         Command::PageSize { dataset } => {
             let dataset = dataset::Dataset::load(&dataset)?;

@@ -21,6 +21,38 @@ pub(crate) async fn scrape(client: &Client) -> Option<Stats> {
     }
 }
 
+/// Every instance's document (see [`Client::instances`]), each `None` when it could not be read.
+pub(crate) async fn scrape_all(client: &Client) -> Vec<Option<Stats>> {
+    let mut all = Vec::new();
+    for i in 0..client.instances() {
+        all.push(match client.stats_of(i).await {
+            Ok(stats) => Some(stats),
+            Err(err) => {
+                eprintln!("warning: could not read instance {i}'s /stats: {err:#}");
+                None
+            }
+        });
+    }
+    all
+}
+
+/// The sum of every instance's [`delta`]; measured only if every instance was.
+pub(crate) fn delta_all(before: &[Option<Stats>], after: &[Option<Stats>]) -> Delta {
+    let mut sum = Delta {
+        measured: !before.is_empty() && before.len() == after.len(),
+        ..Delta::default()
+    };
+    for (b, a) in before.iter().zip(after) {
+        let d = delta(b.as_ref(), a.as_ref());
+        sum.measured &= d.measured;
+        sum.add(&d);
+    }
+    if !sum.measured {
+        return Delta::default();
+    }
+    sum
+}
+
 /// What the run changed, from two readings. Written into each scenario's summary and read back
 /// by `chat-bench report` through this same type.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,9 +74,34 @@ pub(crate) struct Delta {
     pub(crate) l2_timeouts: u64,
     pub(crate) l2_skipped: u64,
     pub(crate) breaker_state_after: Option<BreakerState>,
+    /// Messages the backplane published (Upstash `PUBLISH`; one command may carry several).
+    pub(crate) backplane_published: u64,
 }
 
 impl Delta {
+    /// Adds another instance's counts to these.
+    fn add(&mut self, other: &Delta) {
+        self.db_queries += other.db_queries;
+        for (into, from) in [
+            (&mut self.db_queries_by_op, &other.db_queries_by_op),
+            (&mut self.cache_hits, &other.cache_hits),
+            (&mut self.cache_misses, &other.cache_misses),
+        ] {
+            for (k, v) in from {
+                *into.entry(k.clone()).or_default() += v;
+            }
+        }
+        self.upstash_requests += other.upstash_requests;
+        self.upstash_commands += other.upstash_commands;
+        self.loads += other.loads;
+        self.coalesced += other.coalesced;
+        self.l2_errors += other.l2_errors;
+        self.l2_timeouts += other.l2_timeouts;
+        self.l2_skipped += other.l2_skipped;
+        self.breaker_state_after = self.breaker_state_after.or(other.breaker_state_after);
+        self.backplane_published += other.backplane_published;
+    }
+
     /// hits / (hits + misses) of `tier` during the run, when it was read.
     pub(crate) fn hit_ratio(&self, tier: &str) -> Option<f64> {
         let hits = *self.cache_hits.get(tier)?;
@@ -79,6 +136,10 @@ pub(crate) fn delta(before: Option<&Stats>, after: Option<&Stats>) -> Delta {
         breaker_state_after: after.cache.breaker.map(|b| b.state),
         ..Delta::default()
     };
+    if let Some(bus) = &after.backplane {
+        let old = before.backplane.as_ref().map_or(0, |b| b.published);
+        d.backplane_published = change(bus.published, old);
+    }
     for (op, n) in &after.db.queries_by_op {
         let n = change(*n, before.db.queries_by_op.get(op).copied().unwrap_or(0));
         if n > 0 {
@@ -142,6 +203,30 @@ mod tests {
         // A restarted server reads lower than before.
         assert_eq!(delta(Some(&after), Some(&before)).db_queries, 0);
         assert!(!delta(None, Some(&after)).measured);
+    }
+
+    #[test]
+    fn instances_add_up_and_one_unread_instance_leaves_the_sum_unmeasured() {
+        let mut before = Stats::default();
+        before.db.queries = 10;
+        before.cache.tiers = vec![tier("l1", 5, None), tier("l2", 20, Some(7))];
+        let mut after = before.clone();
+        after.db.queries = 15;
+        after.cache.tiers = vec![tier("l1", 50, None), tier("l2", 30, Some(10))];
+        let two = [Some(before.clone()), Some(before.clone())];
+        let d = delta_all(&two, &[Some(after.clone()), Some(after.clone())]);
+        assert!(d.measured);
+        assert_eq!(d.db_queries, 10);
+        assert_eq!(d.cache_hits["l1"], 90);
+        assert_eq!((d.upstash_requests, d.upstash_commands), (6, 12));
+        assert_eq!(d, {
+            let mut one = delta(Some(&before), Some(&after));
+            let copy = one.clone();
+            one.add(&copy);
+            one
+        });
+        assert!(!delta_all(&two, &[Some(after), None]).measured);
+        assert!(!delta_all(&[], &[]).measured);
     }
 
     #[test]

@@ -141,6 +141,31 @@ pub(crate) fn write(args: &ReportArgs) -> anyhow::Result<()> {
             per_k(server.upstash_commands),
         );
     }
+    // The backplane's PUBLISHes go through its own client, not the cache tiers the table counts.
+    let buses: Vec<String> = rows
+        .iter()
+        .filter(|r| r.summary.get("callers").is_none())
+        .filter_map(|row| {
+            let server = server_delta(&row.summary);
+            let requests = f(&row.summary["total"]["requests"]).max(1.0);
+            (server.backplane_published > 0).then(|| {
+                format!(
+                    "{}: {} backplane messages ({:.1} / 1k req)",
+                    row.name,
+                    server.backplane_published,
+                    server.backplane_published as f64 / requests * 1000.0
+                )
+            })
+        })
+        .collect();
+    if !buses.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNot in the Upstash columns: messages the instances' backplane published, each in at \
+             most one billed `PUBLISH` (batches share one). {}.",
+            buses.join("; ")
+        );
+    }
     let herds: Vec<&Row> = rows
         .iter()
         .filter(|r| r.summary.get("callers").is_some())

@@ -285,7 +285,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
         }
         None => MIX.to_vec(),
     };
-    let before = crate::metrics::scrape(client).await;
+    let before = crate::metrics::scrape_all(client).await;
     let bar = progress(args.duration, quiet);
     bar.set_message(args.scenario.clone());
     let started = Instant::now();
@@ -320,7 +320,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
     ticker.abort();
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let after = crate::metrics::scrape(client).await;
+    let after = crate::metrics::scrape_all(client).await;
     let summary = Summary {
         scenario: args.scenario.clone(),
         mode: if args.rate.is_some() {
@@ -338,7 +338,7 @@ pub(crate) async fn run(client: &Client, args: &RunArgs, quiet: bool) -> anyhow:
             .iter()
             .map(|(op, s)| (*op, s.summary(seconds)))
             .collect(),
-        server: crate::metrics::delta(before.as_ref(), after.as_ref()),
+        server: crate::metrics::delta_all(&before, &after),
         outage: args.outage.map(|(from_s, to_s)| WindowSummary {
             from_s,
             to_s,
