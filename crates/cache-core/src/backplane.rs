@@ -28,6 +28,9 @@
 //!   removed survives.
 //! - Messages of one instance arrive in the order it published them; application messages are
 //!   delivered after the cache notices published before them were applied.
+//! - An application message is sent once or not at all: one whose publish attempt failed is
+//!   dropped, not retried (late, it could overtake nothing but be overtaken by other senders'
+//!   newer messages), and the hole it leaves in the sequence makes receivers resync.
 //!
 //! # States and resets
 //!
@@ -55,7 +58,8 @@
 //!   anything else, so a future format never gets half-read.
 //! - `from`: the sender's instance id (16 hex digits, random per start).
 //! - `seq`: 1, 2, 3, … per instance, in publish order. A receiver that sees `seq` jump by more than
-//!   one for a known sender has lost messages (a gap); the first message of a sender it does not
+//!   one for a known sender has lost messages (a gap), and ignores a `seq` it has already seen (a
+//!   batch published again after a timed-out attempt that had reached the server); the first message of a sender it does not
 //!   know (new, or forgotten after an interruption) is not a gap.
 //! - `sent`: the sender's clock when it queued the message (for the lag statistic only).
 //! - `body`, one of:
@@ -339,15 +343,17 @@ pub struct BackplaneStats {
     pub connected: bool,
     /// Messages this instance published (heartbeats included).
     pub published: u64,
-    /// Failed publish attempts (the messages stay queued).
+    /// Failed publish attempts (notices stay queued; application messages are dropped).
     pub publish_errors: u64,
-    /// Messages dropped from a full queue.
+    /// Messages dropped unsent: the oldest of a full queue, and application messages of a
+    /// failed publish attempt (not retried, so they cannot arrive out of order).
     pub dropped: u64,
     /// Messages queued now.
     pub queued: u64,
     /// Messages received from other instances and handled (notices applied).
     pub received: u64,
-    /// Malformed or foreign-version messages ignored.
+    /// Malformed, foreign-version or duplicate (an earlier sequence number of a known sender)
+    /// messages ignored.
     pub rejected: u64,
     /// Sequence gaps detected.
     pub gaps: u64,
@@ -573,6 +579,8 @@ struct Counters {
 struct Queued {
     seq: u64,
     bytes: Bytes,
+    // Application messages are not retried (see `run_outbox`).
+    app: bool,
     // Told `true` once published, `false` when an attempt failed (the message stays queued).
     done: Option<oneshot::Sender<bool>>,
 }
@@ -618,7 +626,13 @@ impl Shared {
             outbox.queue.pop_front();
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        outbox.queue.push_back(Queued { seq, bytes, done });
+        let app = matches!(body, Body::App(_));
+        outbox.queue.push_back(Queued {
+            seq,
+            bytes,
+            app,
+            done,
+        });
         drop(outbox);
         self.wake.notify_one();
         seq
@@ -771,7 +785,8 @@ impl Backplane {
     }
 
     /// Queues an application message for the other instances, in order after everything this
-    /// instance published before. Never waits. This instance's own subscribers do not get it
+    /// instance published before. Never waits. If the attempt that carries it fails, it is
+    /// dropped and receivers resync (see the rules in the module docs). This instance's own subscribers do not get it
     /// back: deliver local events locally.
     pub fn publish_app(&self, payload: Bytes) {
         self.shared().enqueue(&Body::App(payload), None);
@@ -884,15 +899,30 @@ async fn run_outbox(shared: Arc<Shared>) {
             }
             Err(err) => {
                 shared.failing.store(true, Ordering::Release);
-                // Waiting callers learn now; their messages stay queued for the retries.
-                for queued in shared.outbox().queue.iter_mut() {
-                    if queued.seq > last_seq {
-                        break;
+                // Waiting callers learn now; their notices stay queued for the retries.
+                let dropped = {
+                    let mut outbox = shared.outbox();
+                    for queued in outbox.queue.iter_mut() {
+                        if queued.seq > last_seq {
+                            break;
+                        }
+                        if let Some(done) = queued.done.take() {
+                            let _ = done.send(false);
+                        }
                     }
-                    if let Some(done) = queued.done.take() {
-                        let _ = done.send(false);
-                    }
-                }
+                    // Application messages of the failed batch are dropped rather than retried: sent
+                    // late, they would reach other instances after messages other senders published
+                    // meanwhile (a chat event after a later one of the same channel). Their sequence
+                    // numbers stay unused, so receivers see a gap and resync instead. Notices are
+                    // retried: late, they still only remove entries.
+                    let before = outbox.queue.len();
+                    outbox.queue.retain(|q| !(q.app && q.seq <= last_seq));
+                    before - outbox.queue.len()
+                };
+                shared
+                    .counters
+                    .dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
                 shared
                     .counters
                     .publish_errors
@@ -1032,6 +1062,13 @@ impl Receiver {
             Ordering::Relaxed,
         );
         let gap = match self.origins.get_mut(&envelope.from) {
+            Some(origin) if envelope.seq <= origin.seq => {
+                // A batch published again after an attempt that reached the server but timed
+                // out: already handled, and an event must not be delivered twice.
+                c.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(origin = %envelope.from, seq = envelope.seq, "ignored a duplicate backplane message");
+                return;
+            }
             Some(origin) => {
                 let gap = envelope.seq > origin.seq.saturating_add(1);
                 origin.seq = origin.seq.max(envelope.seq);

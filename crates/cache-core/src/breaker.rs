@@ -121,6 +121,23 @@ impl Breaker {
         }
     }
 
+    /// How long until [`Breaker::permit`] may let a call through: zero unless open.
+    pub(crate) fn until_permit(&self) -> Duration {
+        match *self.state.lock().expect("breaker lock") {
+            State::Open { until } => until.saturating_duration_since(Instant::now()),
+            State::Closed { .. } | State::HalfOpen => Duration::ZERO,
+        }
+    }
+
+    /// Lets the next call probe at once if the breaker is open (something outside the breaker
+    /// suggests L2 is back).
+    pub(crate) fn probe_soon(&self) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if let State::Open { until } = &mut *state {
+            *until = (*until).min(Instant::now());
+        }
+    }
+
     /// Gives up a probe without an outcome (the prober was cancelled).
     pub(crate) fn abandon_probe(&self) {
         let mut state = self.state.lock().expect("breaker lock");

@@ -6,8 +6,10 @@
 //! - L2 failures are never returned: reads fall back to L1 (a miss means "load from the source"),
 //!   writes and invalidations still reach L1.
 //! - A write or invalidation that could not reach L2 is remembered (deduplicated, bounded) and
-//!   replayed before L2 is read again; if too many piled up, the namespaces involved are invalidated
-//!   on L2 wholesale instead. Either way L2 never serves data a write has replaced.
+//!   replayed before L2 is read again, and by a background task as soon as the breaker lets a
+//!   call through or the backplane reconnects (other instances read L2 even while this one serves
+//!   everything from L1); if too many piled up, the namespaces involved are invalidated on L2
+//!   wholesale instead. Either way L2 never serves data a write has replaced once the replay ran.
 //! - Without a backplane, L1 keeps entries for at most `l1_max_ttl`, which bounds how stale one
 //!   instance's L1 can be after another instance wrote to L2.
 //! - On a [`Backplane`] ([`TieredBackend::with_backplane`]), every L2 write and invalidation that
@@ -29,14 +31,14 @@ use std::{
     future::Future,
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use async_trait::async_trait;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     Backplane, BackplaneState, Notice,
@@ -83,7 +85,16 @@ impl Default for TieredConfig {
 }
 
 /// L1 + L2 with timeouts, a breaker, fallback and recovery. See the module docs.
+///
+/// A handle on shared state: invalidations that missed L2 are replayed by a background task as
+/// soon as the breaker lets one through, not only when a read happens to miss L1.
 pub struct TieredBackend {
+    core: Arc<Core>,
+}
+
+struct Core {
+    // Ourselves, for the replay task.
+    me: Weak<Core>,
     l1: DynBackend,
     l2: DynBackend,
     // False for `l2_only`: the backend then reports the L2's name and only its tier.
@@ -96,7 +107,11 @@ pub struct TieredBackend {
     // Serializes replays so one caller replays while the others skip L2.
     replay_lock: tokio::sync::Mutex<()>,
     counters: TierCounters,
-    bus: Option<Bus>,
+    bus: OnceLock<Bus>,
+    // A replay task is running (at most one).
+    replaying: AtomicBool,
+    // Wakes the replay task early: the backplane (re)connected, so L2 is likely back.
+    kick: Arc<Notify>,
 }
 
 /// The backplane of a tiered cache and what its receive loop reaches.
@@ -104,6 +119,9 @@ struct Bus {
     backplane: Backplane,
     link: Arc<L1Link>,
 }
+
+/// Shortest pause between two replay attempts of the background task.
+const REPLAY_RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// Slots of the per-key epoch table; a notice for a key makes fills of every key in its slot
 /// skip L1 once, so more slots mean fewer needless skips.
@@ -124,6 +142,8 @@ struct L1Link {
     // notice (which then drops it) or sees the notice's bump and stays out: no moment at which a
     // reader could find a stale copy after the notice was applied.
     fence: tokio::sync::RwLock<()>,
+    // Wakes the replay task: a reset follows every (re)connection of the backplane.
+    kick: Arc<Notify>,
 }
 
 /// The epochs a fill read before going to L2.
@@ -195,6 +215,7 @@ impl NoticeSink for L1Link {
     }
 
     async fn reset(&self) {
+        self.kick.notify_one();
         let _fence = self.fence.write().await;
         self.reset_epoch.fetch_add(1, Ordering::SeqCst);
         match self.l1.clear_local().await {
@@ -273,11 +294,12 @@ impl Pending {
 
 impl std::fmt::Debug for TieredBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let core = &self.core;
         f.debug_struct("TieredBackend")
-            .field("l1", &self.l1.name())
-            .field("l2", &self.l2.name())
-            .field("config", &self.config)
-            .field("breaker", &self.breaker.state())
+            .field("l1", &core.l1.name())
+            .field("l2", &core.l2.name())
+            .field("config", &core.config)
+            .field("breaker", &core.breaker.state())
             .finish_non_exhaustive()
     }
 }
@@ -296,10 +318,13 @@ impl TieredBackend {
     /// `l2` alone behind the same timeouts, breaker and replay, with no L1 (every read a miss
     /// while L2 is away). It reports `l2`'s name and only its tier.
     pub fn l2_only(l2: DynBackend, config: TieredConfig) -> Self {
-        TieredBackend {
-            has_l1: false,
-            ..TieredBackend::new(std::sync::Arc::new(crate::NoopBackend::new()), l2, config)
-        }
+        TieredBackend::build(
+            Arc::new(crate::NoopBackend::new()),
+            false,
+            l2,
+            config,
+            Arc::new(SystemClock),
+        )
     }
 
     /// Like [`TieredBackend::new`] with a clock for the stamps of wholesale invalidations.
@@ -309,55 +334,94 @@ impl TieredBackend {
         config: TieredConfig,
         clock: Box<dyn Clock>,
     ) -> Self {
-        TieredBackend {
+        TieredBackend::build(l1, true, l2, config, Arc::from(clock))
+    }
+
+    fn build(
+        l1: DynBackend,
+        has_l1: bool,
+        l2: DynBackend,
+        config: TieredConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let core = Arc::new_cyclic(|me| Core {
+            me: me.clone(),
             l1,
             l2,
-            has_l1: true,
+            has_l1,
             breaker: Breaker::new(config.breaker),
             config,
-            clock: Arc::from(clock),
+            clock,
             pending: Mutex::default(),
             has_pending: AtomicBool::new(false),
             replay_lock: tokio::sync::Mutex::new(()),
             counters: TierCounters::default(),
-            bus: None,
-        }
+            bus: OnceLock::new(),
+            replaying: AtomicBool::new(false),
+            kick: Arc::new(Notify::new()),
+        });
+        TieredBackend { core }
     }
 
     /// Puts this cache on `backplane`: L2 writes and invalidations are announced to the other
     /// instances after they succeeded, their notices are applied to L1, and L1 keeps entries for
     /// their whole TTL while the backplane is connected (see the `backplane` rules).
-    pub fn with_backplane(mut self, backplane: crate::Backplane) -> Self {
+    pub fn with_backplane(self, backplane: crate::Backplane) -> Self {
+        let core = &self.core;
         let link = Arc::new(L1Link {
-            l1: Arc::clone(&self.l1),
-            clock: Arc::clone(&self.clock),
+            l1: Arc::clone(&core.l1),
+            clock: Arc::clone(&core.clock),
             namespaces: RwLock::default(),
             reset_epoch: AtomicU64::new(0),
             key_epochs: (0..KEY_EPOCHS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
             fence: tokio::sync::RwLock::new(()),
+            kick: Arc::clone(&core.kick),
         });
         let sink: Arc<dyn NoticeSink> = link.clone();
         backplane.attach(Arc::downgrade(&sink));
-        self.bus = Some(Bus { backplane, link });
+        if core.bus.set(Bus { backplane, link }).is_err() {
+            tracing::warn!("TieredBackend::with_backplane called twice; the first backplane stays");
+        }
         self
     }
 
     /// The backplane this cache is on, if any.
     pub fn backplane(&self) -> Option<&Backplane> {
-        self.bus.as_ref().map(|bus| &bus.backplane)
+        self.core.backplane()
+    }
+
+    /// The L1 backend.
+    pub fn l1(&self) -> &DynBackend {
+        &self.core.l1
+    }
+
+    /// The L2 backend.
+    pub fn l2(&self) -> &DynBackend {
+        &self.core.l2
+    }
+
+    /// Invalidations waiting for L2.
+    pub fn pending_len(&self) -> usize {
+        self.core.pending_len()
+    }
+}
+
+impl Core {
+    fn backplane(&self) -> Option<&Backplane> {
+        self.bus.get().map(|bus| &bus.backplane)
     }
 
     /// Whether L1 may keep entries for their whole TTL: the backplane is connected.
     fn full_ttl_in_l1(&self) -> bool {
         self.bus
-            .as_ref()
+            .get()
             .is_some_and(|bus| bus.backplane.state() == BackplaneState::Connected)
     }
 
     /// The copy of `entry` L1 keeps: whole while the backplane is connected, capped otherwise.
     fn l1_copy(&self, key: &Key, entry: &Entry) -> Entry {
-        if let Some(bus) = &self.bus {
+        if let Some(bus) = self.bus.get() {
             bus.link.remember_namespace(key);
         }
         if self.full_ttl_in_l1() {
@@ -368,13 +432,13 @@ impl TieredBackend {
     }
 
     fn ticket(&self, key: &Key) -> Option<FillTicket> {
-        self.bus.as_ref().map(|bus| bus.link.ticket(key))
+        self.bus.get().map(|bus| bus.link.ticket(key))
     }
 
     /// Puts what L2 returned into L1, unless a notice or reset for the key happened since
     /// `ticket` was taken (before the L2 read): that value may be older than the notice.
     async fn fill_l1(&self, items: Vec<(Key, Entry, Option<FillTicket>)>) {
-        let Some(bus) = &self.bus else {
+        let Some(bus) = self.bus.get() else {
             let fill: Vec<(Key, Entry)> = items
                 .into_iter()
                 .map(|(k, e, _)| {
@@ -403,7 +467,7 @@ impl TieredBackend {
     /// Tells the other instances what changed on L2 (only after it did). A failed publish does not
     /// fail the cache call: the notice stays queued, and receivers that miss it reset.
     async fn announce(&self, notice: Notice) {
-        if let Some(bus) = &self.bus {
+        if let Some(bus) = self.bus.get() {
             if let Err(err) = bus.backplane.publish_invalidation(notice).await {
                 tracing::debug!(error = %err, "backplane notice not confirmed in time; it stays queued");
             }
@@ -413,23 +477,12 @@ impl TieredBackend {
     /// After an L2 delete: L1 may have been refilled from L2 between our L1 delete and the L2
     /// delete, with the value just deleted. Take it out again, and fence concurrent fills.
     async fn forget_locally(&self, keys: &[Key]) {
-        if let Some(bus) = &self.bus {
+        if let Some(bus) = self.bus.get() {
             bus.link.forget(keys).await;
         }
     }
 
-    /// The L1 backend.
-    pub fn l1(&self) -> &DynBackend {
-        &self.l1
-    }
-
-    /// The L2 backend.
-    pub fn l2(&self) -> &DynBackend {
-        &self.l2
-    }
-
-    /// Invalidations waiting for L2.
-    pub fn pending_len(&self) -> usize {
+    fn pending_len(&self) -> usize {
         self.pending.lock().expect("pending lock").len()
     }
 
@@ -548,6 +601,54 @@ impl TieredBackend {
             pending.overflow();
         }
         self.has_pending.store(true, Ordering::Release);
+        drop(pending);
+        self.start_replay_task();
+    }
+
+    /// Replays what missed L2 as soon as the breaker lets a call through, so other instances (which
+    /// read L2, and with a backplane keep L1 copies for their whole TTL) stop seeing what the
+    /// missed writes replaced even when this instance serves everything from L1 meanwhile. At most
+    /// one task; it ends when nothing is pending (or the cache is dropped). Without a Tokio
+    /// runtime, replay happens on the next call that reaches L2, as before.
+    fn start_replay_task(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.replaying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.me.clone();
+        let kick = Arc::clone(&self.kick);
+        runtime.spawn(async move {
+            loop {
+                let wait = match me.upgrade() {
+                    Some(core) => core.breaker.until_permit(),
+                    None => return,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait.max(REPLAY_RETRY_MIN)) => {}
+                    () = kick.notified() => {
+                        if let Some(core) = me.upgrade() {
+                            // The backplane just reached the server: probe L2 now.
+                            core.breaker.probe_soon();
+                        }
+                    }
+                }
+                let Some(core) = me.upgrade() else { return };
+                if !core.has_pending.load(Ordering::Acquire) {
+                    core.replaying.store(false, Ordering::Release);
+                    // A write may have queued something between the check and the store.
+                    if !core.has_pending.load(Ordering::Acquire)
+                        || core.replaying.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                // Through the gate, like any call: it probes when the breaker is due and replays.
+                let _ = core.gate().await;
+            }
+        });
     }
 
     /// Runs an L2 call with the timeout, recording latency and errors.
@@ -595,6 +696,55 @@ impl TieredBackend {
 
 #[async_trait]
 impl CacheBackend for TieredBackend {
+    /// `tiered`, or the L2's name for [`TieredBackend::l2_only`].
+    fn name(&self) -> &'static str {
+        self.core.name()
+    }
+
+    fn get_now(&self, key: &Key) -> Option<Entry> {
+        self.core.get_now(key)
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.core.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        self.core.get_many(keys).await
+    }
+
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.core.set(key, entry).await
+    }
+
+    async fn set_many(&self, items: &[(Key, Entry)]) -> Result<()> {
+        self.core.set_many(items).await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        self.core.delete(key).await
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        self.core.delete_many(keys).await
+    }
+
+    async fn invalidate_tags(&self, tags: &[Tag], at: Timestamp) -> Result<()> {
+        self.core.invalidate_tags(tags, at).await
+    }
+
+    /// Pings L2 (through the breaker); L1 is in-process and always answers.
+    async fn ping(&self) -> Result<Duration> {
+        self.core.ping().await
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.core.stats()
+    }
+}
+
+#[async_trait]
+impl CacheBackend for Core {
     /// `tiered`, or the L2's name for [`TieredBackend::l2_only`].
     fn name(&self) -> &'static str {
         if self.has_l1 {
@@ -807,7 +957,7 @@ impl CacheBackend for TieredBackend {
             tiers: if self.has_l1 { vec![l1, l2] } else { vec![l2] },
             breaker: Some(self.breaker.stats()),
             pending_invalidations: self.pending_len() as u64,
-            backplane: self.bus.as_ref().map(|bus| bus.backplane.stats()),
+            backplane: self.bus.get().map(|bus| bus.backplane.stats()),
             ..CacheStats::default()
         }
     }

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use cache_core::{
     AppMessage, Backplane, BackplaneConfig, BackplaneState, BackplaneTransport, BreakerConfig,
     Cache, CacheBackend, CacheConfig, CacheStats, Clock, Codec, DynBackend, Entry, Key,
-    LocalTransport, Namespace, OffsetClock, Result, SystemClock, Tag, TieredBackend, TieredConfig,
-    Timestamp, TtlPolicy,
+    LocalTransport, Namespace, Notice, OffsetClock, Result, SystemClock, Tag, TieredBackend,
+    TieredConfig, Timestamp, TtlPolicy,
     testing::{ChaosBackend, ChaosControl, Fault, ManualClock, MapBackend},
 };
 use tokio::sync::{Notify, broadcast};
@@ -460,7 +460,7 @@ async fn foreign_versions_and_garbage_are_counted_and_ignored() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_outbox_retries_and_drops_the_oldest_when_full() {
+async fn the_outbox_retries_notices_and_drops_the_oldest_when_full() {
     let world = World::new();
     let mut config = quiet();
     config.max_queued = 3;
@@ -471,6 +471,7 @@ async fn the_outbox_retries_and_drops_the_oldest_when_full() {
         wait_state(&node.backplane, BackplaneState::Connected).await;
     }
     eventually("B heard A's probe", || b.backplane.stats().received >= 1).await;
+    let received_before = b.bp_stats().received;
     let mut on_b = b.backplane.subscribe_app();
 
     world.bus.set_publish_failing(true);
@@ -481,28 +482,121 @@ async fn the_outbox_retries_and_drops_the_oldest_when_full() {
         a.bp_stats().publish_errors >= 1
     })
     .await;
-    for i in 0..4 {
-        a.backplane.publish_app(Bytes::from(format!("m{i}")));
+    for i in 51..54 {
+        let notice = Notice::DeleteKeys(vec![world.key(i)]);
+        assert!(a.backplane.publish_invalidation(notice).await.is_err());
     }
     let stats = a.bp_stats();
     assert_eq!(stats.queued, 3);
-    assert_eq!(stats.dropped, 2, "the delete's notice and m0 were dropped");
+    assert_eq!(stats.dropped, 1, "the delete's notice was dropped");
     eventually("the outbox kept retrying", || {
         a.bp_stats().publish_errors >= 3
     })
     .await;
 
     world.bus.set_publish_failing(false);
-    // B sees the hole in A's sequence numbers, resets, then gets what was kept, in order.
+    // B sees the hole in A's sequence numbers and resets; the three kept notices arrive.
     assert_eq!(next_app(&mut on_b).await, AppMessage::Resync);
-    for i in 1..4 {
-        let AppMessage::Message { payload, .. } = next_app(&mut on_b).await else {
-            panic!("unexpected resync");
-        };
-        assert_eq!(payload, Bytes::from(format!("m{i}")));
-    }
     eventually("A's queue drained", || a.bp_stats().queued == 0).await;
+    eventually("B handled the kept notices", || {
+        b.bp_stats().received >= received_before + 3
+    })
+    .await;
     assert_eq!(b.bp_stats().gaps, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn app_messages_of_a_failed_attempt_are_dropped_and_receivers_resync() {
+    let world = World::new();
+    let a = world.node(quiet());
+    let b = world.node(quiet());
+    for node in [&a, &b] {
+        wait_state(&node.backplane, BackplaneState::Connected).await;
+    }
+    eventually("B heard A's probe", || b.backplane.stats().received >= 1).await;
+    let mut on_b = b.backplane.subscribe_app();
+
+    world.bus.set_publish_failing(true);
+    a.backplane.publish_app(Bytes::from_static(b"late"));
+    eventually("the attempt failed and the message was dropped", || {
+        let stats = a.bp_stats();
+        stats.publish_errors >= 1 && stats.dropped == 1 && stats.queued == 0
+    })
+    .await;
+    world.bus.set_publish_failing(false);
+    a.backplane.publish_app(Bytes::from_static(b"next"));
+
+    // Never the late message: B is told it missed something, then gets what came after.
+    assert_eq!(next_app(&mut on_b).await, AppMessage::Resync);
+    let AppMessage::Message { payload, .. } = next_app(&mut on_b).await else {
+        panic!("a second resync");
+    };
+    assert_eq!(payload, Bytes::from_static(b"next"));
+    assert_eq!(b.bp_stats().gaps, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_published_twice_is_handled_once() {
+    // A transport whose attempt reaches the server but reports a failure: the outbox publishes
+    // the batch again, and receivers must not handle it twice.
+    #[derive(Debug)]
+    struct DeliversThenFails {
+        inner: LocalTransport,
+        fail_next: AtomicBool,
+    }
+
+    #[async_trait]
+    impl BackplaneTransport for DeliversThenFails {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        async fn publish(&self, messages: &[Bytes]) -> Result<()> {
+            self.inner.publish(messages).await?;
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(cache_core::Error::Unavailable { backend: "flaky" });
+            }
+            Ok(())
+        }
+
+        fn subscribe(&self) -> tokio::sync::mpsc::Receiver<cache_core::TransportEvent> {
+            self.inner.subscribe()
+        }
+    }
+
+    let world = World::new();
+    let flaky = Arc::new(DeliversThenFails {
+        inner: world.bus.clone(),
+        fail_next: AtomicBool::new(false),
+    });
+    let a = Backplane::start(flaky.clone(), quiet(), world.clock.clone());
+    let b = world.node(quiet());
+    wait_state(&a, BackplaneState::Connected).await;
+    wait_state(&b.backplane, BackplaneState::Connected).await;
+    eventually("B heard A's probe", || b.backplane.stats().received >= 1).await;
+    let mut on_b = b.backplane.subscribe_app();
+    let received_before = b.bp_stats().received;
+    let rejected_before = b.bp_stats().rejected;
+
+    flaky.fail_next.store(true, Ordering::SeqCst);
+    let notice = Notice::DeleteKeys(vec![world.key(1)]);
+    // The first attempt delivered but failed; the retry delivers the same sequence number again.
+    assert!(a.publish_invalidation(notice).await.is_err());
+    eventually("the retry went out", || a.stats().queued == 0).await;
+    a.publish_app(Bytes::from_static(b"after"));
+
+    let AppMessage::Message { payload, .. } = next_app(&mut on_b).await else {
+        panic!("a duplicate is not a gap");
+    };
+    assert_eq!(payload, Bytes::from_static(b"after"));
+    let stats = b.bp_stats();
+    assert_eq!(
+        stats.received,
+        received_before + 2,
+        "the notice once, then the app message"
+    );
+    assert_eq!(stats.rejected, rejected_before + 1, "the copy");
+    assert_eq!(stats.gaps, 0);
 }
 
 #[tokio::test]

@@ -325,3 +325,34 @@ async fn a_failed_replay_keeps_the_pending_invalidations() {
     assert_eq!(f.breaker(), BreakerState::Open);
     assert_eq!(f.tiered.pending_len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn missed_invalidations_are_replayed_without_waiting_for_a_read() {
+    let f = Fixture::new(100);
+    let key = f.key(1).tagged(&[f.ns.tag("channel", &[&1])]);
+    let tag = f.ns.tag("channel", &[&1]);
+    f.l2.set(&key, f.entry("\"old\"")).await.unwrap();
+    f.clock.advance(Duration::from_millis(1));
+    open_breaker(&f, Fault::Fail).await;
+    let at = f.clock.now();
+    f.tiered
+        .invalidate_tags(std::slice::from_ref(&tag), at)
+        .await
+        .unwrap();
+    assert_eq!(f.tiered.pending_len(), 1);
+    f.chaos.set(Fault::None);
+
+    // No call on the tiered backend from here on: this instance may serve everything from L1,
+    // yet other instances read L2, so the replay must not wait for one of our reads to miss.
+    let deadline = tokio::time::Instant::now() + OPEN_FOR * 3;
+    while f.tiered.pending_len() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never replayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.breaker(), BreakerState::Closed);
+    assert_eq!(
+        f.l2.get(&key).await.unwrap(),
+        None,
+        "L2 itself now rejects the entry the invalidation replaced"
+    );
+}
