@@ -62,6 +62,9 @@ pub const CLOSE_HEARTBEAT: u16 = 4009;
 /// Close code: server shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Read buffer of a session's socket (see `upgrade`).
+const SESSION_READ_BUFFER: usize = 4 * 1024;
+
 /// Query of the upgrade request.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WsQuery {
@@ -99,7 +102,12 @@ pub(crate) async fn upgrade(
         (None, Some(token)) => Some(authenticate(&state, token).await?),
         (None, None) => None,
     };
-    let ws = ws.map_err(|_| AppError::UpgradeRequired)?;
+    let ws = ws
+        .map_err(|_| AppError::UpgradeRequired)?
+        // tungstenite allocates its whole read buffer per connection up front (128 KiB by
+        // default), which made that buffer most of a session's memory; client frames are small
+        // (identify, ping), and a larger one still grows the buffer as needed.
+        .read_buffer_size(SESSION_READ_BUFFER);
     Ok(ws.on_upgrade(move |socket| async move {
         let _guard = state.hub().session_guard();
         run(socket, state, user).await;
