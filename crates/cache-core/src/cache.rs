@@ -259,9 +259,17 @@ impl Cache {
         }
 
         let rx = match self.join(key) {
-            Role::Leader(leader) => {
+            Role::Leader(mut leader) => {
                 let rx = leader.subscribe();
-                self.spawn_load(leader, key.clone(), *policy, loader, stale);
+                match self.fresh_in_memory::<T>(key) {
+                    // The flight we missed (its load finished between our read and our join)
+                    // filled the in-process tier: serve that rather than load a second time.
+                    Some(value) => {
+                        inner.counters.coalesced.inc();
+                        leader.publish(Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>));
+                    }
+                    None => self.spawn_load(leader, key.clone(), *policy, loader, stale),
+                }
                 rx
             }
             Role::Follower(rx) => {
@@ -276,6 +284,16 @@ impl Cache {
                 "key {key} was loaded concurrently as two different types"
             ))),
         }
+    }
+
+    /// The fresh value of `key` in the backend's in-process tier, if it has one (no I/O).
+    fn fresh_in_memory<T: CacheValue>(&self, key: &Key) -> Option<T> {
+        let entry = self.inner.backend.get_now(key)?;
+        let clock = &self.inner.clock;
+        if !entry.is_fresh_when_alive(|| clock.now_for_expiry()) {
+            return None;
+        }
+        self.decode::<T>(&entry).ok()
     }
 
     /// Counters of the backend and of the loads.

@@ -516,3 +516,95 @@ async fn unrelated_invalidations_do_not_split_a_stampede() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
+
+/// A backend with an in-process tier (`get_now`) whose first `get` reads, then waits for the
+/// test before answering: a caller whose read missed just before another caller's load filled
+/// the cache.
+#[derive(Debug, Default)]
+struct ReadThenWait {
+    entries: Mutex<std::collections::HashMap<Key, Entry>>,
+    first_read_done: tokio::sync::Notify,
+    release_first_read: tokio::sync::Notify,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl cache_core::CacheBackend for ReadThenWait {
+    fn name(&self) -> &'static str {
+        "read-then-wait"
+    }
+
+    fn get_now(&self, key: &Key) -> Option<Entry> {
+        self.entries.lock().unwrap().get(key).cloned()
+    }
+
+    async fn get(&self, key: &Key) -> cache_core::Result<Option<Entry>> {
+        let found = self.get_now(key);
+        if !self.gated.swap(true, Ordering::SeqCst) {
+            self.first_read_done.notify_one();
+            self.release_first_read.notified().await;
+        }
+        Ok(found)
+    }
+
+    async fn set(&self, key: &Key, entry: Entry) -> cache_core::Result<()> {
+        self.entries.lock().unwrap().insert(key.clone(), entry);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> cache_core::Result<bool> {
+        Ok(self.entries.lock().unwrap().remove(key).is_some())
+    }
+
+    async fn invalidate_tags(
+        &self,
+        _tags: &[Tag],
+        _at: cache_core::Timestamp,
+    ) -> cache_core::Result<()> {
+        Ok(())
+    }
+
+    async fn ping(&self) -> cache_core::Result<Duration> {
+        Ok(Duration::ZERO)
+    }
+
+    fn stats(&self) -> cache_core::CacheStats {
+        cache_core::CacheStats::default()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_missed_just_before_a_load_finished_does_not_load_again() {
+    let backend = Arc::new(ReadThenWait::default());
+    let cache = Cache::new(backend.clone());
+    let (key, _) = page_key();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |loads: Arc<AtomicUsize>| {
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, DbError>("page".to_owned())
+        }
+    };
+
+    // A reads (a miss) and is held before it can join a load.
+    let late = tokio::spawn({
+        let (cache, key, loads) = (cache.clone(), key.clone(), loads.clone());
+        async move { cache.get_or_load(&key, &policy(), load(loads)).await }
+    });
+    backend.first_read_done.notified().await;
+    // B misses too, loads, and fills the cache; its flight is over before A joins.
+    let first: String = cache
+        .get_or_load(&key, &policy(), load(loads.clone()))
+        .await
+        .unwrap();
+    assert_eq!(first, "page");
+    assert_eq!(cache.loads_in_flight(), 0);
+
+    backend.release_first_read.notify_one();
+    assert_eq!(late.await.unwrap().unwrap(), "page");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "A served B's fill instead of loading again"
+    );
+}
