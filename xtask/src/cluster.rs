@@ -10,6 +10,12 @@
 //! nginx in front of the three instances, with the configuration in `deploy/nginx/chat-api.conf`
 //! (its instance ports and listen port rewritten); otherwise that step says it is skipped.
 //!
+//! `--fanout USERS` measures instead of checking under chaos: every one of `USERS` users holds a
+//! WebSocket session on each instance while posts fan out to all of them (the steady phase only),
+//! and the resident memory of the three instances is read from `/proc` idle and with every session
+//! open, for an upper bound of the memory per session. With `--release` it runs release builds,
+//! which is how `docs/scaling.md`'s numbers are taken.
+//!
 //! The database comes from `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`):
 //! a database of its own is created with `psql` for the run and dropped after it.
 
@@ -33,7 +39,7 @@ const TOKEN: &str = "cluster-check-token";
 /// What chat-bench prints before a chaos action (see its `cluster` module).
 const CONTROL_PREFIX: &str = "chat-bench-control: ";
 const INSTANCES: usize = 3;
-const USAGE: &str = "usage: cargo xtask cluster [--no-build] [--no-nginx] [--backplane-off]";
+const USAGE: &str = "usage: cargo xtask cluster [--no-build] [--no-nginx] [--backplane-off] [--release] [--fanout USERS]";
 
 struct Bins {
     chat_api: PathBuf,
@@ -45,16 +51,28 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut build = true;
     let mut nginx = true;
     let mut backplane = "auto";
-    for arg in args {
+    let mut release = false;
+    let mut fanout = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--no-build" => build = false,
             "--no-nginx" => nginx = false,
             // The control experiment: without the backplane the checks must fail.
             "--backplane-off" => backplane = "off",
+            "--release" => release = true,
+            "--fanout" => {
+                let users = args
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("--fanout needs a number of users; {USAGE}"))?;
+                fanout = Some(users);
+            }
             other => bail!("unknown option {other:?}; {USAGE}"),
         }
     }
-    let bin_dir = target_dir().join("debug");
+    let bin_dir = target_dir().join(if release { "release" } else { "debug" });
     if build {
         let mut cmd = cargo();
         cmd.args([
@@ -66,6 +84,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             "-p",
             "chat-bench",
         ]);
+        if release {
+            cmd.arg("--release");
+        }
         run_cmd(cmd)?;
     }
     let bins = Bins {
@@ -81,6 +102,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let db = PgDatabase::create("xtask_cluster", None)?;
     eprintln!("==> PostgreSQL database {}", db.name);
     let mut cluster = Cluster::start(&bins, &out, &db.url, backplane)?;
+    if let Some(users) = fanout {
+        let measured = cluster.measure_fanout(&bins, &out, users);
+        cluster.stop();
+        drop(db);
+        return summarize(
+            "fan-out",
+            "fan-out measurement",
+            &[("3 instances, steady", measured)],
+        );
+    }
     let direct = cluster.check_direct(&bins, &out);
     let through_nginx = if nginx {
         match nginx_bin() {
@@ -272,6 +303,76 @@ impl<'a> Cluster<'a> {
             "chat-bench asked for {actions} chaos actions, not 4"
         );
         Ok("steady, kill -9 of an instance, kill -9 of the gateway".to_owned())
+    }
+
+    /// `chat-bench cluster` with `users` sessions per instance (steady phase only), and the
+    /// instances' resident memory idle and with every session open.
+    fn measure_fanout(&mut self, bins: &Bins, out: &Path, users: usize) -> anyhow::Result<String> {
+        let idle = self.resident_kib()?;
+        let mut bench = Command::new(&bins.bench);
+        let label = format!("fan-out, {users} users on each of {INSTANCES} instances");
+        let users_arg = users.to_string();
+        bench.args([
+            "cluster",
+            "--label",
+            &label,
+            "--users",
+            &users_arg,
+            "--channels",
+            "2",
+            "--posts",
+            "20",
+            "--pace",
+            "250ms",
+        ]);
+        for url in self.urls() {
+            bench.args(["--instance", &url]);
+        }
+        bench.arg("--out").arg(out.join("fanout.json"));
+        eprintln!("==> chat-bench cluster with {users} users on every instance (memory: /proc)");
+        // Its progress lines, "… WebSocket sessions ready" among them, are on stderr.
+        bench
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = bench.spawn().context("starting chat-bench")?;
+        let from_bench = BufReader::new(child.stderr.take().context("chat-bench stderr")?);
+        let mut with_sessions = None;
+        for line in from_bench.lines() {
+            let line = line.context("reading chat-bench")?;
+            eprintln!("{line}");
+            if with_sessions.is_none() && line.contains("WebSocket sessions ready") {
+                with_sessions = Some(self.resident_kib()?);
+            }
+        }
+        let status = child.wait().context("waiting for chat-bench")?;
+        anyhow::ensure!(status.success(), "chat-bench cluster failed ({status})");
+        let with_sessions =
+            with_sessions.context("chat-bench never said its sessions were ready")?;
+        let sessions = users * INSTANCES;
+        let per_session = with_sessions.saturating_sub(idle) / sessions as u64;
+        Ok(format!(
+            "{sessions} sessions; the instances' resident memory {} MB idle, {} MB with every \
+             session open: at most {per_session} KiB per session",
+            idle / 1024,
+            with_sessions / 1024
+        ))
+    }
+
+    /// The resident memory of the running chat-api instances together, in KiB (`/proc`).
+    fn resident_kib(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for process in self.instances.iter().filter_map(|(p, _)| p.as_ref()) {
+            let path = format!("/proc/{}/status", process.id());
+            let status =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            total += status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .with_context(|| format!("no VmRSS in {path}"))?;
+        }
+        Ok(total)
     }
 
     fn chaos(&mut self, action: &str) -> anyhow::Result<()> {

@@ -71,6 +71,11 @@ impl Process {
     }
 
     /// Waits until the process exits.
+    /// The operating system's id of the process.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         self.child
             .wait()
