@@ -34,7 +34,9 @@ Tasks:
   cluster     three chat-api instances on PostgreSQL, the gateway and Redis (debug builds):
               WebSocket fan-out, cross-instance staleness, kill -9 of an instance and of the
               gateway, then the same through nginx if installed (report under target/cluster);
-              --no-build, --no-nginx, --backplane-off (the control: the checks must fail)
+              --no-build, --no-nginx, --backplane-off (the control: the checks must fail);
+              --fanout USERS [--release]: USERS sessions on every instance, fan-out latency
+              and memory per session instead
   ci          the one list of CI checks (--list prints it; --tests-only skips fmt and clippy)
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
