@@ -193,23 +193,32 @@ pub async fn connect_cache(config: &Config) -> Result<CacheParts, ConfigError> {
     // not queue behind cache traffic in the auto-pipeline.
     let redis = upstash_client(config, false)?;
     let clock = Arc::new(OffsetClock::new());
-    match cache_upstash::sync_clock(&redis, &clock).await {
-        Ok(sample) => tracing::info!(
-            offset_micros = sample.offset_micros,
-            error_bound = ?sample.error_bound(),
-            "clock synced to the Upstash server"
-        ),
-        Err(err) => tracing::warn!(
-            error = %err,
-            "measuring the clock offset to Upstash failed; stamping with the local clock until the next sync"
-        ),
-    }
-    // Runs for the life of the process, like the server.
-    drop(cache_upstash::spawn_clock_sync(
-        redis.clone(),
-        Arc::clone(&clock),
-        CLOCK_SYNC_EVERY,
-    ));
+    let synced = match cache_upstash::sync_clock(&redis, &clock).await {
+        Ok(sample) => {
+            tracing::info!(
+                offset_micros = sample.offset_micros,
+                error_bound = ?sample.error_bound(),
+                "clock synced to the Upstash server"
+            );
+            true
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "measuring the clock offset to Upstash failed; stamping with the local clock until the next sync"
+            );
+            false
+        }
+    };
+    // Runs for the life of the process, like the server. Its first sample would repeat the one
+    // just taken (5 billed `TIME`s), so after a success it starts one interval later.
+    let (sync_redis, sync_clock) = (redis.clone(), Arc::clone(&clock));
+    tokio::spawn(async move {
+        if synced {
+            tokio::time::sleep(CLOCK_SYNC_EVERY).await;
+        }
+        let _ = cache_upstash::spawn_clock_sync(sync_redis, sync_clock, CLOCK_SYNC_EVERY).await;
+    });
     let transport = cache_upstash::UpstashTransport::new(redis, config.backplane_channel());
     let parts = build_cache_on(config, Arc::new(transport), clock)?;
     if let Some(backplane) = &parts.backplane {

@@ -235,20 +235,20 @@ impl Hub {
                 _ = shutdown.changed() => return,
             };
             match message {
+                // The other kind of application message: rate-limit counts (`{"rl":…}`).
+                Ok(AppMessage::Message { payload, .. }) if payload.starts_with(br#"{"rl":"#) => {
+                    match serde_json::from_slice(&payload) {
+                        Ok(counts) => limiter.add_shared(counts),
+                        Err(err) => {
+                            self.bus.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %err, "ignoring rate-limit counts that do not decode");
+                        }
+                    }
+                }
                 Ok(AppMessage::Message { payload, .. }) => match Event::from_envelope(&payload) {
                     Ok(event) => {
                         self.bus.received.fetch_add(1, Ordering::Relaxed);
                         let _ = self.tx.send(Arc::new(event));
-                    }
-                    // The other kind of application message: rate-limit counts.
-                    Err(_) if payload.starts_with(br#"{"rl":"#) => {
-                        match serde_json::from_slice(&payload) {
-                            Ok(counts) => limiter.add_shared(counts),
-                            Err(err) => {
-                                self.bus.rejected.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(error = %err, "ignoring rate-limit counts that do not decode");
-                            }
-                        }
                     }
                     Err(err) => {
                         self.bus.rejected.fetch_add(1, Ordering::Relaxed);

@@ -141,6 +141,14 @@ where
     }
 }
 
+/// Ann creates the public channel `general` on `a`; Bob registers and joins it on `b`.
+async fn ann_and_bob(a: &TestApp, b: &TestApp) -> (TestUser, String, TestUser) {
+    let ann = a.register("ann").await;
+    let channel = a.create_channel(&ann, "general", "public").await;
+    let bob = member(b, "bob", &channel).await;
+    (ann, channel, bob)
+}
+
 /// A user `name` registered on `on`, member of `channel` (through `on`, too).
 async fn member(on: &TestApp, name: &str, channel: &str) -> TestUser {
     let user = on.register(name).await;
@@ -269,9 +277,7 @@ async fn with_the_backplane_off_nothing_is_published() {
     let mut probe = local.subscribe();
     assert_eq!(probe.recv().await, Some(TransportEvent::Connected));
 
-    let ann = a.register("ann").await;
-    let channel = a.create_channel(&ann, "general", "public").await;
-    let bob = member(b, "bob", &channel).await;
+    let (ann, channel, bob) = ann_and_bob(a, b).await;
     let first = id(&a.post_message(&ann, &channel, "one").await);
     assert_eq!(
         latest_ids(b, &bob, &channel).await,
@@ -332,9 +338,7 @@ async fn creates_until(socket: &mut Socket, last: &str) -> Vec<String> {
 /// every instance (the notice goes out before the event on the same ordered bus).
 async fn events_reach_sessions_on_every_instance(cluster: &Cluster) {
     let [a, b, c] = [&cluster.apps[0], &cluster.apps[1], &cluster.apps[2]];
-    let ann = a.register("ann").await;
-    let channel = a.create_channel(&ann, "general", "public").await;
-    let bob = member(b, "bob", &channel).await;
+    let (ann, channel, bob) = ann_and_bob(a, b).await;
     let mut sockets = Vec::new();
     for app in [a, b, c] {
         let mut socket = connect(serve(app).await, Some(&bob.token), "").await;
@@ -403,9 +407,7 @@ async fn an_interrupted_bus_makes_sessions_resync() {
         .await
         .unwrap();
     let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
-    let ann = a.register("ann").await;
-    let channel = a.create_channel(&ann, "general", "public").await;
-    let bob = member(b, "bob", &channel).await;
+    let (ann, channel, bob) = ann_and_bob(a, b).await;
     let (addr_a, addr_b) = (serve(a).await, serve(b).await);
     let mut sockets = Vec::new();
     for addr in [addr_a, addr_b] {
@@ -441,9 +443,7 @@ async fn a_lost_message_makes_the_other_instance_resync() {
         .await
         .unwrap();
     let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
-    let ann = a.register("ann").await;
-    let channel = a.create_channel(&ann, "general", "public").await;
-    let bob = member(b, "bob", &channel).await;
+    let (ann, channel, bob) = ann_and_bob(a, b).await;
     let first = id(&a.post_message(&ann, &channel, "one").await);
     assert_eq!(latest_ids(b, &bob, &channel).await, [first]);
     let mut socket = connect(serve(b).await, Some(&bob.token), "").await;
@@ -716,9 +716,7 @@ async fn without_l1_the_backplane_still_carries_events() {
         .unwrap();
     let [a, b] = [&cluster.apps[0], &cluster.apps[1]];
     assert_eq!(b.state.cache().cache().backend().name(), "upstash");
-    let ann = a.register("ann").await;
-    let channel = a.create_channel(&ann, "general", "public").await;
-    let bob = member(b, "bob", &channel).await;
+    let (ann, channel, bob) = ann_and_bob(a, b).await;
     let mut socket = connect(serve(b).await, Some(&bob.token), "").await;
     hello_and_ready(&mut socket).await;
     let posted = id(&a.post_message(&ann, &channel, "hello").await);

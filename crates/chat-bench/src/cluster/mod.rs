@@ -521,41 +521,20 @@ pub(crate) async fn run(args: &ClusterArgs) -> anyhow::Result<()> {
     let mut counters = close_counters(&shared, &sessions, (0, 0));
 
     if args.chaos {
-        shared.begin(format!("kill -9 instance {kill}, restart"), false);
-        let (posters_stop, posters) = start_posters(&shared, args, None);
-        shared.instances[kill].up.store(false, Ordering::SeqCst);
-        shared.instances[kill]
-            .outages
-            .fetch_add(1, Ordering::SeqCst);
-        control(&shared, &format!("kill-instance {kill}")).await?;
-        tokio::time::sleep(args.outage).await;
-        control(&shared, &format!("restart-instance {kill}")).await?;
-        shared.instances[kill].up.store(true, Ordering::SeqCst);
-        let recovered = Instant::now();
-        // New posts after the recovery must reach every session too.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = posters_stop.send(true);
-        for p in posters {
-            let _ = p.await;
-        }
-        converge_into(&shared, &sessions, recovered, args.converge_within).await;
-        probe_into(&shared, &sessions, args.converge_within).await;
-        counters = close_counters(&shared, &sessions, counters);
-
-        shared.begin("kill -9 gateway, restart".into(), false);
-        let (posters_stop, posters) = start_posters(&shared, args, None);
-        control(&shared, "kill-gateway").await?;
-        tokio::time::sleep(args.outage).await;
-        control(&shared, "restart-gateway").await?;
-        let recovered = Instant::now();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = posters_stop.send(true);
-        for p in posters {
-            let _ = p.await;
-        }
-        converge_into(&shared, &sessions, recovered, args.converge_within).await;
-        probe_into(&shared, &sessions, args.converge_within).await;
-        close_counters(&shared, &sessions, counters);
+        let instance = Outage {
+            window: format!("kill -9 instance {kill}, restart"),
+            down: format!("kill-instance {kill}"),
+            up: format!("restart-instance {kill}"),
+            instance: Some(kill),
+        };
+        counters = outage_window(&shared, &sessions, args, instance, counters).await?;
+        let gateway = Outage {
+            window: "kill -9 gateway, restart".into(),
+            down: "kill-gateway".into(),
+            up: "restart-gateway".into(),
+            instance: None,
+        };
+        outage_window(&shared, &sessions, args, gateway, counters).await?;
     }
 
     let _ = stop_tx.send(true);
@@ -737,6 +716,48 @@ async fn check_read(shared: &Shared, instance: usize, channel: usize, token: &st
             w.example(format!("{what}{detail}"));
         }
     }
+}
+
+/// One chaos window: what the harness takes down and brings back up.
+struct Outage {
+    window: String,
+    down: String,
+    up: String,
+    // The chat-api instance taken down, if it is one (its reads do not count meanwhile).
+    instance: Option<usize>,
+}
+
+/// Posts throughout `outage`; after the recovery, everything must converge and a post on every
+/// instance must reach every session as an event. Returns the session counters at its end.
+async fn outage_window(
+    shared: &Arc<Shared>,
+    sessions: &[Arc<ws::Session>],
+    args: &ClusterArgs,
+    outage: Outage,
+    counters: (u64, u64),
+) -> anyhow::Result<(u64, u64)> {
+    shared.begin(outage.window, false);
+    let (posters_stop, posters) = start_posters(shared, args, None);
+    if let Some(i) = outage.instance {
+        shared.instances[i].up.store(false, Ordering::SeqCst);
+        shared.instances[i].outages.fetch_add(1, Ordering::SeqCst);
+    }
+    control(shared, &outage.down).await?;
+    tokio::time::sleep(args.outage).await;
+    control(shared, &outage.up).await?;
+    if let Some(i) = outage.instance {
+        shared.instances[i].up.store(true, Ordering::SeqCst);
+    }
+    let recovered = Instant::now();
+    // New posts after the recovery must reach every session too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = posters_stop.send(true);
+    for p in posters {
+        let _ = p.await;
+    }
+    converge_into(shared, sessions, recovered, args.converge_within).await;
+    probe_into(shared, sessions, args.converge_within).await;
+    Ok(close_counters(shared, sessions, counters))
 }
 
 /// One poster per channel: `count` posts (or until stopped), each to the next instance that is
