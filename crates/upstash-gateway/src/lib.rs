@@ -112,6 +112,7 @@ pub struct GatewayBuilder {
     connect_timeout: Duration,
     redis_timeout: Duration,
     pool_wait: Duration,
+    connections: serve_limits::ServerLimits,
     faults: FaultConfig,
 }
 
@@ -133,6 +134,7 @@ impl Default for GatewayBuilder {
             connect_timeout: Duration::from_secs(2),
             redis_timeout: Duration::from_secs(10),
             pool_wait: Duration::from_secs(5),
+            connections: serve_limits::ServerLimits::default(),
             faults: FaultConfig::default(),
         }
     }
@@ -161,6 +163,7 @@ impl fmt::Debug for GatewayBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("redis_timeout", &self.redis_timeout)
             .field("pool_wait", &self.pool_wait)
+            .field("connections", &self.connections)
             .field("faults", &self.faults)
             .finish()
     }
@@ -262,6 +265,28 @@ impl GatewayBuilder {
         self
     }
 
+    /// Time a client connection has to send a complete request head (from connecting, or from
+    /// the first byte of its next request) before it is closed (default 10 s): the slowloris
+    /// defence.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections = self.connections.header_read_timeout(timeout);
+        self
+    }
+
+    /// Time a kept-alive client connection may sit idle between requests before it is closed
+    /// (default 75 s, longer than cache-upstash's 60 s pool idle time so a client does not reuse
+    /// a connection the gateway is closing).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections = self.connections.idle_timeout(timeout);
+        self
+    }
+
+    /// Client connections open at once (default 10,000); more wait in the accept backlog.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.connections = self.connections.max_connections(n);
+        self
+    }
+
     /// Initial fault and latency injection (default: none). Changeable later through
     /// [`RunningGateway::faults`].
     pub fn faults(mut self, faults: FaultConfig) -> Self {
@@ -307,6 +332,7 @@ impl GatewayBuilder {
                 return Err(Error::Config(format!("{name} must be at least 1")));
             }
         }
+        self.connections.check().map_err(Error::Config)?;
         for (name, value) in [
             ("stream keep-alive interval", self.stream_keepalive),
             ("pool idle timeout", self.pool_idle_timeout),
@@ -361,14 +387,15 @@ impl GatewayBuilder {
         ));
         let app = axum::Router::new().fallback(http::handle).with_state(state);
         let mut stop = shutdown_rx;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Either an explicit shutdown or the handle being dropped ends the server.
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        });
+        let task = tokio::spawn(serve_limits::serve(
+            listener,
+            app,
+            self.connections,
+            async move {
+                // Either an explicit shutdown or the handle being dropped ends the server.
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
         Ok(RunningGateway {
             addr,
             shutdown: shutdown_tx,

@@ -54,6 +54,26 @@ struct Cli {
     #[arg(long, env = "UPSTASH_GATEWAY_MAX_BODY_BYTES", default_value_t = upstash_gateway::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
 
+    /// Seconds a client connection has to send a complete request head before it is closed.
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    header_read_timeout_secs: u64,
+
+    /// Seconds a kept-alive client connection may stay idle between requests.
+    #[arg(long, env = "UPSTASH_GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    idle_timeout_secs: u64,
+
+    /// Client connections open at once; more wait to be accepted. Keep it under `ulimit -n`.
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    max_connections: usize,
+
     /// Requests handled at once.
     #[arg(long, env = "UPSTASH_GATEWAY_MAX_CONCURRENCY", default_value_t = 512)]
     max_concurrency: usize,
@@ -125,6 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .faults(faults)
         .max_body_bytes(cli.max_body_bytes)
         .max_concurrent_requests(cli.max_concurrency)
+        .header_read_timeout(Duration::from_secs(cli.header_read_timeout_secs))
+        .idle_timeout(Duration::from_secs(cli.idle_timeout_secs))
+        .max_connections(cli.max_connections)
         .pool_size(cli.pool_size)
         .pool_idle_timeout(Duration::from_secs(cli.pool_idle_secs))
         .max_streams(cli.max_streams)

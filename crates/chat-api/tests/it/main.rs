@@ -30,3 +30,5 @@ mod upstash;
 mod secrets;
 // The WebSocket session.
 mod ws;
+// Connection limits of the real binary: header-read and idle timeouts, the connection cap.
+mod connections;

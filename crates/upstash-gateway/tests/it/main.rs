@@ -3,6 +3,7 @@
 //! One test binary (see the style guide): each module is an area of the protocol.
 
 mod client; // a tiny raw HTTP/1.1 client, so tests control paths, methods and headers exactly
+mod connections; // client connection limits: header-read and idle timeouts, the connection cap
 mod faults; // latency, failure rate, outage: builder and admin endpoint
 mod outage; // Redis killed or frozen under the gateway, and recovery
 mod pool; // pooled Redis connections: idle expiry, closed by Redis, Redis restarted
