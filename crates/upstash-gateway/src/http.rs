@@ -3,11 +3,11 @@
 //! Order of checks, each with Upstash's status: method (405), the gateway's own `/__gateway/*`
 //! endpoints (their own auth), fault injection (503), token (401), response-format headers (400),
 //! body size (400) and body read time (408, then the connection is closed), then the command
-//! forms, whose parsers stop at the first command or argument past the request limits (400). Redis errors are 400 `{"error": …}`; the gateway's own
-//! trouble reaching Redis is 503 (unreachable, connection lost, overloaded), 504 (Redis did not
-//! answer in time) or 502 (Redis spoke garbage) — Upstash documents no 5xx for Redis REST, but
-//! a 4xx would tell clients the command was wrong when it was the server that failed, and SDKs
-//! treat any non-2xx alike.
+//! forms, whose parsers stop at the first command or argument past the request limits (400).
+//! Redis errors are 400 `{"error": …}`; the gateway's own trouble reaching Redis is 503
+//! (unreachable, connection lost, overloaded), 504 (Redis did not answer in time) or 502 (Redis
+//! spoke garbage) — Upstash documents no 5xx for Redis REST, but a 4xx would tell clients the
+//! command was wrong when it was the server that failed, and SDKs treat any non-2xx alike.
 
 use std::{
     sync::{

@@ -4,7 +4,10 @@
 //! are better given through the environment or a file (`--token-file` & co): command lines are
 //! visible to other users in `ps`, so a token given there gets a warning.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, parser::ValueSource};
@@ -40,7 +43,7 @@ struct Cli {
 
     /// A file holding the REST token (a trailing line break is ignored).
     #[arg(long, env = "UPSTASH_GATEWAY_TOKEN_FILE", value_name = "PATH")]
-    token_file: Option<std::path::PathBuf>,
+    token_file: Option<PathBuf>,
 
     /// A second token that may run read commands only.
     #[arg(
@@ -57,7 +60,7 @@ struct Cli {
         env = "UPSTASH_GATEWAY_READ_ONLY_TOKEN_FILE",
         value_name = "PATH"
     )]
-    read_only_token_file: Option<std::path::PathBuf>,
+    read_only_token_file: Option<PathBuf>,
 
     /// Enables POST/GET/DELETE /__gateway/fault (run-time fault injection) behind this token.
     #[arg(
@@ -70,7 +73,7 @@ struct Cli {
 
     /// A file holding the admin token (a trailing line break is ignored).
     #[arg(long, env = "UPSTASH_GATEWAY_ADMIN_TOKEN_FILE", value_name = "PATH")]
-    admin_token_file: Option<std::path::PathBuf>,
+    admin_token_file: Option<PathBuf>,
 
     /// Added latency per request, in milliseconds (fault injection; default off).
     #[arg(long, env = "UPSTASH_GATEWAY_LATENCY_MS", default_value_t = 0)]
@@ -129,15 +132,28 @@ struct Cli {
     allow_admin_commands: bool,
 
     /// Most commands in one /pipeline or /multi-exec request; more gets 400.
-    #[arg(long, env = "UPSTASH_GATEWAY_MAX_PIPELINE_COMMANDS", default_value_t = upstash_gateway::DEFAULT_MAX_PIPELINE_COMMANDS)]
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_MAX_PIPELINE_COMMANDS",
+        default_value_t = upstash_gateway::DEFAULT_MAX_PIPELINE_COMMANDS
+    )]
     max_pipeline_commands: usize,
 
-    /// Most arguments (command names included) in one request, over all its commands; more gets 400.
-    #[arg(long, env = "UPSTASH_GATEWAY_MAX_REQUEST_ARGS", default_value_t = upstash_gateway::DEFAULT_MAX_REQUEST_ARGS)]
+    /// Most arguments (command names included) in one request, over all its commands; more gets
+    /// 400.
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_MAX_REQUEST_ARGS",
+        default_value_t = upstash_gateway::DEFAULT_MAX_REQUEST_ARGS
+    )]
     max_request_args: usize,
 
     /// Seconds a client has to send a request's whole body after its headers; then 408.
-    #[arg(long, env = "UPSTASH_GATEWAY_BODY_READ_TIMEOUT_SECS", default_value_t = upstash_gateway::DEFAULT_BODY_READ_TIMEOUT.as_secs())]
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_BODY_READ_TIMEOUT_SECS",
+        default_value_t = upstash_gateway::DEFAULT_BODY_READ_TIMEOUT.as_secs()
+    )]
     body_read_timeout_secs: u64,
 }
 
@@ -151,33 +167,34 @@ struct ResolvedTokens {
 
 impl Cli {
     fn tokens(&self) -> anyhow::Result<ResolvedTokens> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(path)) => read_token_file(path, "--token-file")?,
-            (None, None) => {
-                anyhow::bail!("a REST token is required: --token-file or UPSTASH_GATEWAY_TOKEN")
-            }
-        };
-        let either = |value: &Option<String>, file: &Option<std::path::PathBuf>, flag: &str| match (
-            value, file,
-        ) {
-            (Some(value), _) => Ok(Some(value.clone())),
-            (None, Some(path)) => read_token_file(path, flag).map(Some),
-            (None, None) => Ok(None),
-        };
+        let token = token_from(&self.token, &self.token_file, "--token-file")?
+            .context("a REST token is required: --token-file or UPSTASH_GATEWAY_TOKEN")?;
         Ok(ResolvedTokens {
             token,
-            read_only: either(
+            read_only: token_from(
                 &self.read_only_token,
                 &self.read_only_token_file,
                 "--read-only-token-file",
             )?,
-            admin: either(
+            admin: token_from(
                 &self.admin_token,
                 &self.admin_token_file,
                 "--admin-token-file",
             )?,
         })
+    }
+}
+
+/// A token given as a value, else read from its file (clap refuses both at once).
+fn token_from(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    flag: &str,
+) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(value.clone())),
+        (None, Some(path)) => read_token_file(path, flag).map(Some),
+        (None, None) => Ok(None),
     }
 }
 
@@ -196,7 +213,10 @@ fn read_token_file(path: &Path, flag: &str) -> anyhow::Result<String> {
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            tracing::warn!(file = %path.display(), "{flag}: the token file is readable by other users (chmod 600 it)");
+            tracing::warn!(
+                file = %path.display(),
+                "{flag}: the token file is readable by other users (chmod 600 it)"
+            );
         }
     }
     Ok(token.to_owned())
@@ -213,10 +233,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     for flag in ["token", "read_only_token", "admin_token"] {
         if matches.value_source(flag) == Some(ValueSource::CommandLine) {
+            let flag = flag.replace('_', "-");
             tracing::warn!(
-                "--{} was given on the command line, where other users can read it (ps); use its environment variable or --{}-file",
-                flag.replace('_', "-"),
-                flag.replace('_', "-")
+                "--{flag} was given on the command line, where other users can read it (ps); \
+                 use its environment variable or --{flag}-file"
             );
         }
     }

@@ -7,7 +7,10 @@
 //! percent-decodes each segment to raw bytes, so it can carry any binary value, and appends the raw
 //! body and then the query arguments.
 
-use std::{cell::RefCell, fmt};
+use std::{
+    cell::{Cell, RefCell},
+    fmt,
+};
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
@@ -80,7 +83,7 @@ pub(crate) fn parse_json_commands(
 struct Parser<'b> {
     body: &'b Bytes,
     limits: RequestLimits,
-    args_left: std::cell::Cell<usize>,
+    args_left: Cell<usize>,
     refusal: RefCell<Option<BadRequest>>,
 }
 
@@ -89,7 +92,7 @@ impl<'b> Parser<'b> {
         Parser {
             body,
             limits,
-            args_left: std::cell::Cell::new(limits.max_args),
+            args_left: Cell::new(limits.max_args),
             refusal: RefCell::new(None),
         }
     }
@@ -208,7 +211,7 @@ struct CommandSeed<'p, 'b> {
 }
 
 impl CommandSeed<'_, '_> {
-    fn where_(&self) -> String {
+    fn location(&self) -> String {
         self.index
             .map(|i| format!(" (command {i})"))
             .unwrap_or_default()
@@ -244,11 +247,11 @@ impl<'de> Visitor<'de> for CommandSeed<'_, '_> {
             parser.args_left.set(left - 1);
             match parser.arg(item) {
                 Ok(arg) => args.push(arg),
-                Err(BadRequest(e)) => return Err(parser.refuse(format!("{e}{}", self.where_()))),
+                Err(BadRequest(e)) => return Err(parser.refuse(format!("{e}{}", self.location()))),
             }
         }
         if args.is_empty() {
-            return Err(parser.refuse(format!("ERR empty command{}", self.where_())));
+            return Err(parser.refuse(format!("ERR empty command{}", self.location())));
         }
         Ok(args)
     }
