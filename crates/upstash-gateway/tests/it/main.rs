@@ -9,5 +9,5 @@ mod outage; // Redis killed or frozen under the gateway, and recovery
 mod pool; // pooled Redis connections: idle expiry, closed by Redis, Redis restarted
 mod probe; // direct looks at Redis; polling with a deadline
 mod protocol; // body form, path form, pipeline, multi-exec, encodings, status codes
-mod security; // tokens: missing, wrong, `_token`, read-only; refused commands; sync token
+mod security; // tokens, refused and admin commands, request limits, body timeout, health; sync token
 mod streaming; // SSE subscribe / psubscribe / monitor, and streams under load
