@@ -582,6 +582,34 @@ mod tests {
     }
 
     #[test]
+    fn refunds_take_back_one_request_of_the_same_window() {
+        let limiter = RateLimiter::shared();
+        let first = limiter.check("user:u", Bucket::Messages);
+        limiter.check("user:u", Bucket::Messages);
+        limiter.refund("user:u", Bucket::Messages, &first);
+        assert_eq!(limiter.used("user:u", Bucket::Messages), 1);
+        // Not shared with other instances either.
+        let counts: SharedCounts =
+            serde_json::from_slice(&limiter.take_unshared().unwrap()).unwrap();
+        assert_eq!(counts.rl, [("user:u".to_owned(), "messages".to_owned(), 1)]);
+        // A decision of another window, or a denial, takes nothing back.
+        let elsewhere = Decision {
+            window_started: Instant::now(),
+            ..first
+        };
+        limiter.refund("user:u", Bucket::Messages, &elsewhere);
+        let denied = Decision {
+            allowed: false,
+            ..first
+        };
+        limiter.refund("user:u", Bucket::Messages, &denied);
+        assert_eq!(limiter.used("user:u", Bucket::Messages), 1);
+        // Nothing to take back from a subject never seen.
+        limiter.refund("user:v", Bucket::Messages, &first);
+        assert_eq!(limiter.used("user:v", Bucket::Messages), 0);
+    }
+
+    #[test]
     fn shared_counts_fill_the_windows_of_other_instances() {
         let (here, there) = (RateLimiter::shared(), RateLimiter::shared());
         for _ in 0..15 {
