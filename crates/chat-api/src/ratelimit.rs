@@ -21,6 +21,9 @@
 //!   else's budget) and charges the address's route bucket instead, as for no token. So at most
 //!   [`Bucket::AuthFailures`]'s limit of failed (or in-flight) lookups per address and window, and
 //!   a legitimate client sees exactly its route's bucket in the `X-RateLimit-*` headers.
+//! - The token is the bearer header's, or on the WebSocket upgrade (which also accepts it as the
+//!   `token` query parameter) the query parameter's: both are limited alike, and a bad one on the
+//!   upgrade is answered 401 here, as the route's access rule says, without a second lookup.
 //! - Once an address's failure bucket is full, its well-formed tokens are still accepted if the
 //!   in-process cache alone can verify them (no remote lookup): many users behind one proxy
 //!   address keep working while someone behind the same address sprays bad tokens. Others get 429
@@ -45,7 +48,7 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Request, State},
+    extract::{ConnectInfo, MatchedPath, Query, Request, State},
     http::{HeaderValue, Method},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -57,7 +60,7 @@ use crate::{
     },
     error::AppError,
     model::UserRef,
-    routes::ApiRoute,
+    routes::{Access, ApiRoute},
     state::AppState,
 };
 
@@ -112,9 +115,10 @@ impl Bucket {
     }
 }
 
-/// The bucket of every route of the router table, by method and matched path. Cheap to clone.
+/// The bucket (and access rule) of every route of the router table, by method and matched path.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RouteBuckets(Arc<HashMap<(Method, &'static str), Bucket>>);
+pub struct RouteBuckets(Arc<HashMap<(Method, &'static str), (Bucket, Access)>>);
 
 impl RouteBuckets {
     /// The buckets declared in `table`.
@@ -122,7 +126,12 @@ impl RouteBuckets {
         RouteBuckets(Arc::new(
             table
                 .iter()
-                .map(|route| ((route.method.clone(), route.path), route.bucket))
+                .map(|route| {
+                    (
+                        (route.method.clone(), route.path),
+                        (route.bucket, route.access),
+                    )
+                })
                 .collect(),
         ))
     }
@@ -130,6 +139,10 @@ impl RouteBuckets {
     /// The bucket of a request to the route `path` (as matched, `/api/v1/channels/{cid}`).
     /// `HEAD` is served by the `GET` route, so it counts like `GET`.
     pub fn get(&self, method: &Method, path: &str) -> Option<Bucket> {
+        self.route(method, path).map(|(bucket, _)| bucket)
+    }
+
+    fn route(&self, method: &Method, path: &str) -> Option<(Bucket, Access)> {
         let method = if *method == Method::HEAD {
             &Method::GET
         } else {
@@ -137,6 +150,26 @@ impl RouteBuckets {
         };
         self.0.get(&(method.clone(), path)).copied()
     }
+}
+
+/// The `token` query parameter, which only the WebSocket upgrade accepts.
+#[derive(serde::Deserialize)]
+struct QueryToken {
+    token: Option<String>,
+}
+
+/// The token a request presents: the bearer header, or on the WebSocket upgrade the `token`
+/// query parameter (decoded as the handler decodes it), which then is limited like a header.
+fn presented_token(request: &Request, access: Access) -> Option<String> {
+    if let Some(token) = bearer_token(request.headers()) {
+        return Some(token.to_owned());
+    }
+    if access != Access::WebSocket {
+        return None;
+    }
+    Query::<QueryToken>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|Query(query)| query.token)
 }
 
 /// How often an instance publishes the request counts it allowed since the last time.
@@ -407,7 +440,9 @@ pub async fn rate_limit(
         return next.run(request).await;
     }
     let route = request.extensions().get::<MatchedPath>();
-    let Some(bucket) = route.and_then(|route| buckets.get(request.method(), route.as_str())) else {
+    let Some((bucket, access)) =
+        route.and_then(|route| buckets.route(request.method(), route.as_str()))
+    else {
         // Only routes of the table get this layer, so this is a bug: fail closed and loudly.
         tracing::error!(route = ?route.map(MatchedPath::as_str), "route without a rate-limit bucket");
         return AppError::Internal("route without a rate-limit bucket".into()).into_response();
@@ -419,7 +454,7 @@ pub async fn rate_limit(
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
     );
-    let token = bearer_token(request.headers()).map(str::to_owned);
+    let token = presented_token(&request, access);
     let claimed = token.as_deref().and_then(claimed_user);
     let (Some(token), Some(claimed)) = (token, claimed) else {
         // Nothing to look up: the address pays.
@@ -431,6 +466,12 @@ pub async fn rate_limit(
             let extensions = request.extensions_mut();
             if let Some(user) = user {
                 extensions.insert(CurrentUser(user));
+            } else if access == Access::WebSocket && decision.allowed {
+                // Its rule: a bad token is a 401. Answered here, since the upgrade handler would
+                // otherwise look the token up again.
+                let mut response = AppError::Unauthorized.into_response();
+                set_headers(&mut response, decision, bucket);
+                return response;
             } else {
                 extensions.insert(AuthFailed);
             }

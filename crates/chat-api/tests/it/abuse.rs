@@ -129,6 +129,45 @@ async fn a_bad_token_flood_costs_at_most_the_failure_budget() {
     );
 }
 
+/// The WebSocket upgrade also takes its token as a query parameter: made-up ones there are
+/// limited like header tokens (a 401 costs one lookup, the failure budget bounds them), and a
+/// good one still opens the way (426 here, since the request is not an upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_query_tokens_are_limited_like_header_tokens() {
+    let app = limited_app().await;
+    let ann = app.register("ann").await;
+    let ws = |token: &str| format!("/api/v1/ws?token={token}");
+    app.call(Method::GET, &ws(&ann.token), None, None)
+        .await
+        .expect_error(426, "upgrade_required");
+    let before = app.queries_of("user_auth");
+    let start = Instant::now();
+    let (mut unauthorized, mut limited) = (0, 0);
+    for _ in 0..60 {
+        let response = app
+            .call(Method::GET, &ws(&made_up_token()), None, None)
+            .await;
+        match response.status.as_u16() {
+            401 => unauthorized += 1,
+            429 => limited += 1,
+            other => panic!("a made-up token answered {other}"),
+        }
+    }
+    let lookups = app.queries_of("user_auth") - before;
+    assert_eq!(lookups, unauthorized, "one lookup per 401");
+    assert!(lookups <= failure_budget(start), "{lookups} lookups");
+    assert!(limited > 0);
+    // A percent-encoded token is the same token.
+    let encoded = made_up_token().replace('.', "%2E");
+    app.call(Method::GET, &ws(&encoded), None, None)
+        .await
+        .expect_error(429, "rate_limited");
+    assert_eq!(app.queries_of("user_auth") - before, lookups);
+    app.call(Method::GET, &ws(&ann.token), None, None)
+        .await
+        .expect_error(426, "upgrade_required");
+}
+
 /// The keys Redis holds whose name contains `auth-user`.
 fn auth_user_keys(gateway: &TestGateway) -> Vec<String> {
     let reply = gateway.redis().raw_command(&[b"KEYS", b"*auth-user*"]);
