@@ -118,7 +118,10 @@ impl Bucket {
 /// The bucket (and access rule) of every route of the router table, by method and matched path.
 /// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RouteBuckets(Arc<HashMap<(Method, &'static str), (Bucket, Access)>>);
+pub struct RouteBuckets(Arc<HashMap<RouteId, (Bucket, Access)>>);
+
+/// A route of the table: its method and path.
+type RouteId = (Method, &'static str);
 
 impl RouteBuckets {
     /// The buckets declared in `table`.
