@@ -51,8 +51,13 @@ fn length(field: &str, value: &str, max: usize) -> Result<(), AppError> {
 /// Whole-script look-alikes (all-Cyrillic `асе` beside Latin `ace`) pass this check; they are
 /// caught by uniqueness on [`user_name_key`].
 pub fn user_name(name: &str) -> Result<String, AppError> {
-    // Bounded before normalizing: NFKC can expand a character up to 18 times.
-    length("name", name, MAX_USER_NAME * 4)?;
+    // Bounded before normalizing, which can expand a character 18 times (or compose a few into
+    // one, so the limit applies after it).
+    if name.chars().nth(MAX_USER_NAME * 4).is_some() {
+        return Err(AppError::Validation(format!(
+            "name must be 1 to {MAX_USER_NAME} characters"
+        )));
+    }
     let name: String = name.nfkc().collect();
     length("name", &name, MAX_USER_NAME)?;
     if !name
@@ -205,6 +210,10 @@ mod tests {
         assert!(user_name(&"ａ".repeat(32)).is_ok());
         assert!(user_name(&"ａ".repeat(33)).is_err());
         assert!(user_name(&"\u{fdfa}".repeat(2)).is_err());
+        assert!(matches!(
+            user_name(&"x".repeat(1000)),
+            Err(AppError::Validation(m)) if m == "name must be 1 to 32 characters"
+        ));
     }
 
     #[test]
