@@ -482,17 +482,15 @@ pub async fn rate_limit(
         }
         Err((err, decision, bucket)) => {
             let mut response = err.into_response();
-            if let Some(decision) = decision {
-                set_headers(&mut response, decision, bucket);
-            }
+            set_headers(&mut response, decision, bucket);
             response
         }
     }
 }
 
 /// Why a request with a well-formed token stops before its handler: the error, and the bucket
-/// decision to report in the headers, if one was made.
-type Stopped = (AppError, Option<Decision>, Bucket);
+/// decision to report in the headers.
+type Stopped = (AppError, Decision, Bucket);
 
 /// Charges a request with a well-formed token claiming `claimed` and resolves the token. `Ok`
 /// with the caller (`None` for a bad token, then charged to `address` like no token) and the
@@ -532,7 +530,7 @@ async fn charge_and_authenticate(
         Err(err) => {
             // The cache or database failed, not the client: no failure on its address.
             limiter.refund(address, Bucket::AuthFailures, &attempt);
-            Err((err, Some(decision), bucket))
+            Err((err, decision, bucket))
         }
     }
 }
@@ -544,7 +542,7 @@ fn deny(state: &AppState, decision: Decision, bucket: Bucket) -> Stopped {
         AppError::RateLimited {
             retry_after: decision.reset_after,
         },
-        Some(decision),
+        decision,
         bucket,
     )
 }
