@@ -218,6 +218,26 @@ impl Cache {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
     {
+        self.get_or_load_if(key, policy, |_| true, loader).await
+    }
+
+    /// [`get_or_load`](Cache::get_or_load), except that a loaded value is written to the cache
+    /// only if `keep` accepts it. A refused value is still the answer of this call and of the
+    /// calls that joined its load, but reaches no tier. For answers that would cost storage
+    /// without saving loads, such as "no such row" for ids a client can choose at will.
+    pub async fn get_or_load_if<T, F, Fut, E>(
+        &self,
+        key: &Key,
+        policy: &TtlPolicy,
+        keep: fn(&T) -> bool,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
+    {
         let inner = &self.inner;
         let mut stale = None;
         let found = match inner.backend.get_now(key) {
@@ -251,7 +271,7 @@ impl Cache {
         if let Some(entry) = &stale {
             if let Ok(value) = self.decode::<T>(entry) {
                 if let Role::Leader(leader) = self.join(key) {
-                    self.spawn_load(leader, key.clone(), *policy, loader, stale.clone());
+                    self.spawn_load(leader, key.clone(), *policy, keep, loader, stale.clone());
                 }
                 inner.counters.stale_served.inc();
                 return Ok(value);
@@ -268,7 +288,7 @@ impl Cache {
                         inner.counters.coalesced.inc();
                         leader.publish(Ok(Arc::new(value) as Arc<dyn Any + Send + Sync>));
                     }
-                    None => self.spawn_load(leader, key.clone(), *policy, loader, stale),
+                    None => self.spawn_load(leader, key.clone(), *policy, keep, loader, stale),
                 }
                 rx
             }
@@ -284,6 +304,14 @@ impl Cache {
                 "key {key} was loaded concurrently as two different types"
             ))),
         }
+    }
+
+    /// The fresh value of `key` in the backend's in-process tier, if it has one: no I/O, no
+    /// load, nothing counted as a hit or miss of [`get_or_load`](Cache::get_or_load). For checks
+    /// that must not cost a remote round trip (a request that is refused unless it can be
+    /// answered from memory).
+    pub fn get_in_memory<T: CacheValue>(&self, key: &Key) -> Option<T> {
+        self.fresh_in_memory(key)
     }
 
     /// The fresh value of `key` in the backend's in-process tier, if it has one (no I/O).
@@ -346,6 +374,7 @@ impl Cache {
         leader: single_flight::Leader,
         key: Key,
         policy: TtlPolicy,
+        keep: fn(&T) -> bool,
         loader: F,
         stale: Option<Entry>,
     ) where
@@ -368,7 +397,9 @@ impl Cache {
                     // Waiters get the value before the (possibly remote) cache write, so a slow L2
                     // never delays an answer; the flight stays joinable until the write is done.
                     leader.publish(Ok(Arc::clone(&value) as Arc<dyn Any + Send + Sync>));
-                    cache.store(&key, value, &policy, created_at).await;
+                    if keep(&value) {
+                        cache.store(&key, value, &policy, created_at).await;
+                    }
                 }
                 Err(err) => {
                     inner.counters.load_errors.inc();

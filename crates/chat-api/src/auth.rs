@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use ulid::Ulid;
 
-use crate::{error::AppError, model::UserRef, state::AppState};
+use crate::{error::AppError, model::UserRef, state::AppState, store::UserAuth};
 
 /// Random bytes in a token's secret.
 const SECRET_BYTES: usize = 32;
@@ -68,18 +68,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// The user a token belongs to, or `Unauthorized`.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRef, AppError> {
-    let (id, secret) = token.split_once('.').ok_or(AppError::Unauthorized)?;
-    let id = Ulid::from_string(id).map_err(|_| AppError::Unauthorized)?;
-    if secret.len() != SECRET_BYTES * 2 {
-        return Err(AppError::Unauthorized);
-    }
-    let record = state
-        .cache()
-        .user_auth(id)
-        .await?
-        .ok_or(AppError::Unauthorized)?;
+/// A token's claimed user id and secret if it has the shape [`issue_token`] gives
+/// (`{ulid}.{64 lowercase hex digits}`); `None` for anything else, which can never be valid.
+fn parse_token(token: &str) -> Option<(Ulid, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let id = Ulid::from_string(id).ok()?;
+    let well_formed = secret.len() == SECRET_BYTES * 2
+        && secret
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    well_formed.then_some((id, secret))
+}
+
+/// The user id a well-formed token claims, without checking anything else: what the rate
+/// limiter charges a request to before the token is resolved. `None` for a malformed token,
+/// which [`authenticate`] refuses without a lookup.
+pub fn claimed_user(token: &str) -> Option<Ulid> {
+    parse_token(token).map(|(id, _)| id)
+}
+
+fn verify(record: UserAuth, secret: &str) -> Result<UserRef, AppError> {
     let presented = hash_secret(secret);
     if bool::from(presented.ct_eq(&record.token_hash)) {
         Ok(record.user)
@@ -88,12 +96,36 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRef, AppE
     }
 }
 
+/// The user a token belongs to, or `Unauthorized`. A malformed token costs no lookup.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRef, AppError> {
+    let (id, secret) = parse_token(token).ok_or(AppError::Unauthorized)?;
+    let record = state
+        .cache()
+        .user_auth(id)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
+    verify(record, secret)
+}
+
+/// The user a token belongs to if that can be told from the in-process cache alone (no remote
+/// cache, no database); `None` if it cannot, whether or not the token is valid.
+pub fn authenticate_in_memory(state: &AppState, token: &str) -> Option<UserRef> {
+    let (id, secret) = parse_token(token)?;
+    let record = state.cache().user_auth_in_memory(id)?;
+    verify(record, secret).ok()
+}
+
 /// The authenticated caller. Rejects with 401 `unauthorized`.
 ///
-/// The rate-limit middleware authenticates first and leaves the user in the request's
-/// extensions; the extractor reuses it instead of checking the token twice.
+/// The rate-limit middleware authenticates first and leaves the user (or [`AuthFailed`]) in the
+/// request's extensions; the extractor reuses the outcome instead of checking the token twice.
 #[derive(Debug, Clone)]
 pub struct CurrentUser(pub UserRef);
+
+/// Left in a request's extensions by the rate-limit middleware when its token was looked up and
+/// refused, so the handler does not look it up a second time.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailed;
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = AppError;
@@ -101,6 +133,9 @@ impl FromRequestParts<AppState> for CurrentUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         if let Some(user) = parts.extensions.get::<CurrentUser>() {
             return Ok(user.clone());
+        }
+        if parts.extensions.get::<AuthFailed>().is_some() {
+            return Err(AppError::Unauthorized);
         }
         let token = bearer_token(&parts.headers).ok_or(AppError::Unauthorized)?;
         let user = authenticate(state, token).await?;
@@ -124,6 +159,31 @@ mod tests {
         assert_eq!(secret.len(), 64, "256 bits, hex");
         assert_eq!(a.hash, hash_secret(secret));
         assert!(!format!("{a:?}").contains(secret));
+    }
+
+    #[test]
+    fn only_well_formed_tokens_claim_a_user() {
+        let user = Ulid::new();
+        let issued = issue_token(user).unwrap();
+        assert_eq!(claimed_user(&issued.token), Some(user));
+        let (_, secret) = issued.token.split_once('.').unwrap();
+        for bad in [
+            String::new(),
+            "garbage".to_owned(),
+            format!("{user}"),
+            format!("{user}."),
+            format!("{user}.{}", &secret[1..]),
+            format!("{user}.{secret}0"),
+            format!(
+                "{user}.{}",
+                secret.to_uppercase().replace(char::is_numeric, "A")
+            ),
+            format!("{user}.{}", "g".repeat(64)),
+            format!("not-a-ulid.{secret}"),
+            format!("{user}.{}", "é".repeat(32)),
+        ] {
+            assert_eq!(claimed_user(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

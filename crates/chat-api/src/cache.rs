@@ -10,7 +10,7 @@
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
 //! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `messages_changed` (post, edit, delete, reaction add/remove in `cid`) |
-//! | `auth-user:{uid}`                      | name + token hash      | `#auth-user:{uid}`          | `user_registered` |
+//! | `auth-user:{uid}`                      | name + token hash (existing users only) | `#auth-user:{uid}` | `user_registered` |
 //! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
 //! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
 //!
@@ -501,16 +501,29 @@ impl ChatCache {
     }
 
     /// A user's name and token hash.
+    ///
+    /// Only users that exist are cached. The id comes from the client's token, so "no such user"
+    /// for a made-up id would save no later load (the next made-up id differs) while costing a
+    /// key in every tier, Upstash included; the rate limiter bounds those loads instead.
     pub async fn user_auth(&self, user: Ulid) -> Result<Option<UserAuth>, AppError> {
         let store = Arc::clone(&self.store);
         self.cache
-            .get_or_load(
+            .get_or_load_if(
                 &self.keys.auth_user(user),
                 &self.policies.lookups,
+                Option::is_some,
                 move || async move { store.user_auth(user).await },
             )
             .await
             .map_err(load_error)
+    }
+
+    /// A user's name and token hash if the in-process tier holds them fresh: no remote cache, no
+    /// database. `None` also when they may exist but are not in memory.
+    pub fn user_auth_in_memory(&self, user: Ulid) -> Option<UserAuth> {
+        self.cache
+            .get_in_memory::<Option<UserAuth>>(&self.keys.auth_user(user))
+            .flatten()
     }
 
     /// A channel.

@@ -69,8 +69,8 @@ pub enum AppError {
     /// The route exists, the method does not.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// The user name is taken.
-    #[error("this name is taken")]
+    /// The user name is taken (by a name that is the same ignoring case and look-alikes).
+    #[error("this name, or one that looks the same, is taken")]
     NameTaken,
     /// Too many requests in this bucket.
     #[error("too many requests; retry later")]

@@ -5,9 +5,29 @@
 //! The bucket of a request is declared beside its route in the router table
 //! (`routes::api_route_table`, column `bucket`) and looked up here by method and matched route
 //! ([`RouteBuckets`]), so limits are one table, not attributes scattered over handlers or rules
-//! guessed from the path. Unauthenticated requests (registration, requests with a bad token) are
-//! limited by client IP. Windows live in a bounded moka cache and disappear when idle, so the
+//! guessed from the path. Windows live in a bounded moka cache and disappear when idle, so the
 //! limiter cannot grow without bound. `RATE_LIMIT=off` removes it.
+//!
+//! # Before authentication
+//!
+//! A request is charged before its token is resolved, so a flood costs no cache or database
+//! lookup once it is over its limit:
+//!
+//! - No token, or a token without the shape of one (`{ulid}.{64 hex}`): charged to the client
+//!   address (`ip:…`); the token is never looked up.
+//! - A well-formed token: charged to the user id it claims (`user:…`), then to the address's
+//!   [`Bucket::AuthFailures`] as an unverified attempt, and only then resolved. Success refunds the
+//!   attempt; failure refunds the claimed user's charge (a forged token must not spend someone
+//!   else's budget) and charges the address's route bucket instead, as for no token. So at most
+//!   [`Bucket::AuthFailures`]'s limit of failed (or in-flight) lookups per address and window, and
+//!   a legitimate client sees exactly its route's bucket in the `X-RateLimit-*` headers.
+//! - The token is the bearer header's, or on the WebSocket upgrade (which also accepts it as the
+//!   `token` query parameter) the query parameter's: both are limited alike, and a bad one on the
+//!   upgrade is answered 401 here, as the route's access rule says, without a second lookup.
+//! - Once an address's failure bucket is full, its well-formed tokens are still accepted if the
+//!   in-process cache alone can verify them (no remote lookup): many users behind one proxy
+//!   address keep working while someone behind the same address sprays bad tokens. Others get 429
+//!   with `X-RateLimit-Bucket: auth_failures`.
 //!
 //! # Several instances
 //!
@@ -28,16 +48,19 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Request, State},
+    extract::{ConnectInfo, MatchedPath, Query, Request, State},
     http::{HeaderValue, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
 use crate::{
-    auth::{CurrentUser, authenticate, bearer_token},
+    auth::{
+        AuthFailed, CurrentUser, authenticate, authenticate_in_memory, bearer_token, claimed_user,
+    },
     error::AppError,
-    routes::ApiRoute,
+    model::UserRef,
+    routes::{Access, ApiRoute},
     state::AppState,
 };
 
@@ -59,6 +82,9 @@ pub enum Bucket {
     Channels,
     /// Read markers.
     Acks,
+    /// Unverified tokens per client address: failed authentications, and lookups in flight. Not
+    /// a route's bucket; see the module docs.
+    AuthFailures,
 }
 
 impl Bucket {
@@ -71,6 +97,7 @@ impl Bucket {
             Bucket::Reactions => 30,
             Bucket::Channels => 20,
             Bucket::Acks => 120,
+            Bucket::AuthFailures => 20,
         }
     }
 
@@ -83,13 +110,18 @@ impl Bucket {
             Bucket::Reactions => "reactions",
             Bucket::Channels => "channels",
             Bucket::Acks => "acks",
+            Bucket::AuthFailures => "auth_failures",
         }
     }
 }
 
-/// The bucket of every route of the router table, by method and matched path. Cheap to clone.
+/// The bucket (and access rule) of every route of the router table, by method and matched path.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RouteBuckets(Arc<HashMap<(Method, &'static str), Bucket>>);
+pub struct RouteBuckets(Arc<HashMap<RouteId, (Bucket, Access)>>);
+
+/// A route of the table: its method and path.
+type RouteId = (Method, &'static str);
 
 impl RouteBuckets {
     /// The buckets declared in `table`.
@@ -97,7 +129,12 @@ impl RouteBuckets {
         RouteBuckets(Arc::new(
             table
                 .iter()
-                .map(|route| ((route.method.clone(), route.path), route.bucket))
+                .map(|route| {
+                    (
+                        (route.method.clone(), route.path),
+                        (route.bucket, route.access),
+                    )
+                })
                 .collect(),
         ))
     }
@@ -105,6 +142,10 @@ impl RouteBuckets {
     /// The bucket of a request to the route `path` (as matched, `/api/v1/channels/{cid}`).
     /// `HEAD` is served by the `GET` route, so it counts like `GET`.
     pub fn get(&self, method: &Method, path: &str) -> Option<Bucket> {
+        self.route(method, path).map(|(bucket, _)| bucket)
+    }
+
+    fn route(&self, method: &Method, path: &str) -> Option<(Bucket, Access)> {
         let method = if *method == Method::HEAD {
             &Method::GET
         } else {
@@ -112,6 +153,26 @@ impl RouteBuckets {
         };
         self.0.get(&(method.clone(), path)).copied()
     }
+}
+
+/// The `token` query parameter, which only the WebSocket upgrade accepts.
+#[derive(serde::Deserialize)]
+struct QueryToken {
+    token: Option<String>,
+}
+
+/// The token a request presents: the bearer header, or on the WebSocket upgrade the `token`
+/// query parameter (decoded as the handler decodes it), which then is limited like a header.
+fn presented_token(request: &Request, access: Access) -> Option<String> {
+    if let Some(token) = bearer_token(request.headers()) {
+        return Some(token.to_owned());
+    }
+    if access != Access::WebSocket {
+        return None;
+    }
+    Query::<QueryToken>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|Query(query)| query.token)
 }
 
 /// How often an instance publishes the request counts it allowed since the last time.
@@ -152,6 +213,8 @@ pub struct Decision {
     pub remaining: u32,
     /// When the window resets.
     pub reset_after: Duration,
+    // The start of the window the request was counted in, so a refund finds the same window.
+    window_started: Instant,
 }
 
 /// The limiter. Cheap to clone.
@@ -186,13 +249,14 @@ impl Default for RateLimiter {
 }
 
 impl Bucket {
-    const ALL: [Bucket; 6] = [
+    const ALL: [Bucket; 7] = [
         Bucket::Register,
         Bucket::Read,
         Bucket::Messages,
         Bucket::Reactions,
         Bucket::Channels,
         Bucket::Acks,
+        Bucket::AuthFailures,
     ];
 
     fn from_name(name: &str) -> Option<Bucket> {
@@ -241,9 +305,11 @@ impl RateLimiter {
                 limit,
                 remaining: 0,
                 reset_after,
+                window_started: window.started,
             };
         }
         window.used += 1;
+        let window_started = window.started;
         drop(window);
         if let Some(unshared) = &self.unshared {
             if subject.starts_with("user:") {
@@ -261,6 +327,35 @@ impl RateLimiter {
             limit,
             remaining: limit - used - 1,
             reset_after,
+            window_started,
+        }
+    }
+
+    /// Takes back one request of `subject` in `bucket` that [`check`](RateLimiter::check)
+    /// allowed with `charged`, unless its window has rolled since (the new window never held it).
+    pub fn refund(&self, subject: &str, bucket: Bucket, charged: &Decision) {
+        if !charged.allowed {
+            return;
+        }
+        let Some(window) = self.windows.get(&(subject.to_owned(), bucket)) else {
+            return;
+        };
+        let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+        window.roll(Instant::now());
+        if window.started != charged.window_started || window.used == 0 {
+            return;
+        }
+        window.used -= 1;
+        drop(window);
+        if let Some(unshared) = &self.unshared {
+            let mut unshared = unshared.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (subject.to_owned(), bucket);
+            if let Some(n) = unshared.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    unshared.remove(&key);
+                }
+            }
         }
     }
 
@@ -336,9 +431,9 @@ impl RateLimiter {
     }
 }
 
-/// Middleware (a route layer, so the matched route is known): authenticates the caller if it
-/// can, counts the request in the bucket its route declares, and answers 429 when the bucket is
-/// full.
+/// Middleware (a route layer, so the matched route is known): charges the request to the bucket
+/// its route declares before resolving its token (see the module docs), authenticates the caller
+/// if it can, and answers 429 when a bucket is full.
 pub async fn rate_limit(
     State((state, buckets)): State<(AppState, RouteBuckets)>,
     mut request: Request,
@@ -348,35 +443,128 @@ pub async fn rate_limit(
         return next.run(request).await;
     }
     let route = request.extensions().get::<MatchedPath>();
-    let Some(bucket) = route.and_then(|route| buckets.get(request.method(), route.as_str())) else {
+    let Some((bucket, access)) =
+        route.and_then(|route| buckets.route(request.method(), route.as_str()))
+    else {
         // Only routes of the table get this layer, so this is a bug: fail closed and loudly.
         tracing::error!(route = ?route.map(MatchedPath::as_str), "route without a rate-limit bucket");
         return AppError::Internal("route without a rate-limit bucket".into()).into_response();
     };
-    let mut subject = None;
-    if let Some(token) = bearer_token(request.headers()) {
-        if let Ok(user) = authenticate(&state, token).await {
-            subject = Some(format!("user:{}", user.id));
-            request.extensions_mut().insert(CurrentUser(user));
-        }
-    }
-    let subject = subject.unwrap_or_else(|| {
-        let ip = request
+    let address = format!(
+        "ip:{}",
+        request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
-        format!("ip:{ip}")
-    });
-    let decision = state.limiter().check(&subject, bucket);
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+    );
+    let token = presented_token(&request, access);
+    let claimed = token.as_deref().and_then(claimed_user);
+    let (Some(token), Some(claimed)) = (token, claimed) else {
+        // Nothing to look up: the address pays.
+        let decision = state.limiter().check(&address, bucket);
+        return finish(&state, decision, bucket, request, next).await;
+    };
+    match charge_and_authenticate(&state, &address, claimed, &token, bucket).await {
+        Ok((user, decision)) => {
+            let extensions = request.extensions_mut();
+            if let Some(user) = user {
+                extensions.insert(CurrentUser(user));
+            } else if access == Access::WebSocket && decision.allowed {
+                // Its rule: a bad token is a 401. Answered here, since the upgrade handler would
+                // otherwise look the token up again.
+                let mut response = AppError::Unauthorized.into_response();
+                set_headers(&mut response, decision, bucket);
+                return response;
+            } else {
+                extensions.insert(AuthFailed);
+            }
+            finish(&state, decision, bucket, request, next).await
+        }
+        Err((err, decision, bucket)) => {
+            let mut response = err.into_response();
+            set_headers(&mut response, decision, bucket);
+            response
+        }
+    }
+}
+
+/// Why a request with a well-formed token stops before its handler: the error, and the bucket
+/// decision to report in the headers.
+type Stopped = (AppError, Decision, Bucket);
+
+/// Charges a request with a well-formed token claiming `claimed` and resolves the token. `Ok`
+/// with the caller (`None` for a bad token, then charged to `address` like no token) and the
+/// decision of the route's bucket to report, which may deny.
+async fn charge_and_authenticate(
+    state: &AppState,
+    address: &str,
+    claimed: ulid::Ulid,
+    token: &str,
+    bucket: Bucket,
+) -> Result<(Option<UserRef>, Decision), Stopped> {
+    let limiter = state.limiter();
+    let user_subject = format!("user:{claimed}");
+    let decision = limiter.check(&user_subject, bucket);
+    if !decision.allowed {
+        // The claimed user's own limit: no lookup, whoever sent it.
+        return Err(deny(state, decision, bucket));
+    }
+    let attempt = limiter.check(address, Bucket::AuthFailures);
+    if !attempt.allowed {
+        if let Some(user) = authenticate_in_memory(state, token) {
+            return Ok((Some(user), decision));
+        }
+        limiter.refund(&user_subject, bucket, &decision);
+        return Err(deny(state, attempt, Bucket::AuthFailures));
+    }
+    match authenticate(state, token).await {
+        Ok(user) => {
+            limiter.refund(address, Bucket::AuthFailures, &attempt);
+            Ok((Some(user), decision))
+        }
+        Err(AppError::Unauthorized) => {
+            // The attempt stays charged to the address; the claimed user gets its request back.
+            limiter.refund(&user_subject, bucket, &decision);
+            Ok((None, limiter.check(address, bucket)))
+        }
+        Err(err) => {
+            // The cache or database failed, not the client: no failure on its address.
+            limiter.refund(address, Bucket::AuthFailures, &attempt);
+            Err((err, decision, bucket))
+        }
+    }
+}
+
+/// Counts a 429 of `bucket` and describes it.
+fn deny(state: &AppState, decision: Decision, bucket: Bucket) -> Stopped {
+    state.metrics().rate_limited(bucket);
+    (
+        AppError::RateLimited {
+            retry_after: decision.reset_after,
+        },
+        decision,
+        bucket,
+    )
+}
+
+/// Runs the handler if `decision` allows it (429 otherwise) and adds the rate-limit headers.
+async fn finish(
+    state: &AppState,
+    decision: Decision,
+    bucket: Bucket,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = if decision.allowed {
         next.run(request).await
     } else {
-        state.metrics().rate_limited(bucket);
-        AppError::RateLimited {
-            retry_after: decision.reset_after,
-        }
-        .into_response()
+        deny(state, decision, bucket).0.into_response()
     };
+    set_headers(&mut response, decision, bucket);
+    response
+}
+
+fn set_headers(response: &mut Response, decision: Decision, bucket: Bucket) {
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
     headers.insert(
@@ -391,7 +579,6 @@ pub async fn rate_limit(
         "x-ratelimit-bucket",
         HeaderValue::from_static(bucket.as_str()),
     );
-    response
 }
 
 #[cfg(test)]
@@ -434,6 +621,34 @@ mod tests {
         // Other subjects and buckets are independent.
         assert!(limiter.check("v", Bucket::Channels).allowed);
         assert!(limiter.check("u", Bucket::Read).allowed);
+    }
+
+    #[test]
+    fn refunds_take_back_one_request_of_the_same_window() {
+        let limiter = RateLimiter::shared();
+        let first = limiter.check("user:u", Bucket::Messages);
+        limiter.check("user:u", Bucket::Messages);
+        limiter.refund("user:u", Bucket::Messages, &first);
+        assert_eq!(limiter.used("user:u", Bucket::Messages), 1);
+        // Not shared with other instances either.
+        let counts: SharedCounts =
+            serde_json::from_slice(&limiter.take_unshared().unwrap()).unwrap();
+        assert_eq!(counts.rl, [("user:u".to_owned(), "messages".to_owned(), 1)]);
+        // A decision of another window, or a denial, takes nothing back.
+        let elsewhere = Decision {
+            window_started: Instant::now(),
+            ..first
+        };
+        limiter.refund("user:u", Bucket::Messages, &elsewhere);
+        let denied = Decision {
+            allowed: false,
+            ..first
+        };
+        limiter.refund("user:u", Bucket::Messages, &denied);
+        assert_eq!(limiter.used("user:u", Bucket::Messages), 1);
+        // Nothing to take back from a subject never seen.
+        limiter.refund("user:v", Bucket::Messages, &first);
+        assert_eq!(limiter.used("user:v", Bucket::Messages), 0);
     }
 
     #[test]

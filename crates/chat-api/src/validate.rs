@@ -3,6 +3,8 @@
 //! control characters (NUL would even make PostgreSQL fail the insert, a 500 instead of a 400).
 
 use ulid::Ulid;
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection as _};
 
 use crate::error::AppError;
 
@@ -31,9 +33,33 @@ fn length(field: &str, value: &str, max: usize) -> Result<(), AppError> {
     Ok(())
 }
 
-/// A user name: letters, digits, `_`, `-`, `.`.
-pub fn user_name(name: &str) -> Result<(), AppError> {
-    length("name", name, MAX_USER_NAME)?;
+/// A user name, as it is stored and shown: the NFKC form of what the client sent.
+///
+/// - NFKC first, so compatibility variants become their plain letters (full-width `ａｌｉｃｅ` is
+///   `alice`, `ﬁ` is `fi`); the length and every rule below apply to the normalized name.
+/// - Letters, digits, `_`, `-`, `.`, and only characters UTS 39's General Security Profile
+///   allows in identifiers (no obsolete or limited-use scripts, no invisible characters).
+/// - At UTS 39's "highly restrictive" level: one script (Latin, Cyrillic, Greek, Han, Arabic, …;
+///   digits and `_-.` go with any), or Latin with Han and Japanese kana, Bopomofo or Hangul, as
+///   people write those languages. So `аlice` with a Cyrillic `а` is refused: mixing Latin with
+///   Cyrillic or Greek is how look-alikes of Latin names are made.
+///
+/// Why the `unicode-security` crate rather than a hand-written "one script per name" rule: it
+/// carries the Unicode data the rule needs (script extensions, the identifier profile, the
+/// confusables behind [`user_name_key`]) and the standard's treatment of Japanese and Korean,
+/// which legitimately mix scripts; a simple rule would refuse those or need the same tables.
+/// Whole-script look-alikes (all-Cyrillic `асе` beside Latin `ace`) pass this check; they are
+/// caught by uniqueness on [`user_name_key`].
+pub fn user_name(name: &str) -> Result<String, AppError> {
+    // Bounded before normalizing, which can expand a character 18 times (or compose a few into
+    // one, so the limit applies after it).
+    if name.chars().nth(MAX_USER_NAME * 4).is_some() {
+        return Err(AppError::Validation(format!(
+            "name must be 1 to {MAX_USER_NAME} characters"
+        )));
+    }
+    let name: String = name.nfkc().collect();
+    length("name", &name, MAX_USER_NAME)?;
     if !name
         .chars()
         .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -42,7 +68,30 @@ pub fn user_name(name: &str) -> Result<(), AppError> {
             "name may contain only letters, digits, '_', '-' and '.'".into(),
         ));
     }
-    Ok(())
+    if !name.chars().all(GeneralSecurityProfile::identifier_allowed) {
+        return Err(AppError::Validation(
+            "name contains a character not allowed in names (an obsolete or special-use one)"
+                .into(),
+        ));
+    }
+    if !name
+        .as_str()
+        .check_restriction_level(RestrictionLevel::HighlyRestrictive)
+    {
+        return Err(AppError::Validation(
+            "name mixes scripts (letters of one alphabet only, such as Latin or Cyrillic)".into(),
+        ));
+    }
+    Ok(name)
+}
+
+/// What makes two user names the same name: the UTS 39 confusable skeleton of the lower-cased
+/// name, so names that differ only in case or in look-alike characters (`ann`/`Ann`,
+/// `alice`/`аlice`, `ace`/`асе`, `rn`/`m`, `l`/`1`) cannot both exist. Names are unique by this
+/// key, not by their spelling. Expects a name [`user_name`] returned.
+pub fn user_name_key(name: &str) -> String {
+    let lower = name.to_lowercase();
+    unicode_security::skeleton(&lower).collect()
 }
 
 /// A channel name: any printable text without leading or trailing spaces.
@@ -126,6 +175,58 @@ pub fn limit(value: Option<&str>, default: u32, max: u32) -> Result<u32, AppErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_are_normalized_and_single_script() {
+        for ok in [
+            "alice",
+            "Zoë",
+            "a-b.c_d9",
+            "иван",
+            "αλέξης",
+            "山田太郎",
+            "やまだ_taro",
+            "김민준",
+            "देवनागरी",
+        ] {
+            assert_eq!(user_name(ok).ok().as_deref(), Some(ok), "{ok}");
+        }
+        // Compatibility forms become their plain letters.
+        assert_eq!(user_name("ａｌｉｃｅ").unwrap(), "alice");
+        assert_eq!(user_name("ﬁle").unwrap(), "file");
+        // A decomposed accent is composed.
+        assert_eq!(user_name("Zoe\u{308}").unwrap(), "Zoë");
+        for bad in [
+            "\u{430}lice",  // Cyrillic а among Latin letters
+            "p\u{430}ypal", // the same inside
+            "\u{3b1}lpha",  // Greek α with Latin
+            "ann\u{200b}",  // zero-width space
+            "a\u{301}\u{301}\u{301}",
+            "ᚠᚢᚦ", // runic: not for identifiers
+        ] {
+            assert!(user_name(bad).is_err(), "{bad:?} accepted");
+        }
+        // The length is checked on the normalized name.
+        assert!(user_name(&"ａ".repeat(32)).is_ok());
+        assert!(user_name(&"ａ".repeat(33)).is_err());
+        assert!(user_name(&"\u{fdfa}".repeat(2)).is_err());
+        assert!(matches!(
+            user_name(&"x".repeat(1000)),
+            Err(AppError::Validation(m)) if m == "name must be 1 to 32 characters"
+        ));
+    }
+
+    #[test]
+    fn look_alike_names_have_one_key() {
+        let key = |n: &str| user_name_key(&user_name(n).unwrap());
+        assert_eq!(key("alice"), key("ａｌｉｃｅ"));
+        assert_eq!(key("alice"), key("Alice"));
+        assert_eq!(key("ace"), key("\u{430}\u{441}\u{435}"), "all-Cyrillic асе");
+        assert_eq!(key("modern"), key("rnodern"));
+        assert_eq!(key("bob1"), key("bobl"));
+        assert_ne!(key("alice"), key("alicia"));
+        assert_ne!(key("ann"), key("anna"));
+    }
 
     #[test]
     fn rules_hold() {

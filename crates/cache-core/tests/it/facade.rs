@@ -174,6 +174,44 @@ async fn read_your_writes_does_not_join_an_older_load() {
     );
 }
 
+/// `get_or_load_if`: a value `keep` refuses is returned but stored nowhere, so the next call
+/// loads again; an accepted one is cached as usual.
+#[tokio::test]
+async fn values_keep_refuses_are_returned_but_not_stored() {
+    let backend = Arc::new(MapBackend::new());
+    let cache = Cache::new(backend.clone());
+    let (key, _) = page_key();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |v: Option<&'static str>| {
+        let loads = Arc::clone(&loads);
+        move || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, DbError>(v.map(str::to_owned))
+        }
+    };
+    for _ in 0..2 {
+        let found = cache
+            .get_or_load_if(&key, &policy(), Option::is_some, load(None))
+            .await
+            .unwrap();
+        assert_eq!(found, None);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "nothing was cached");
+    assert!(backend.is_empty());
+    let found = cache
+        .get_or_load_if(&key, &policy(), Option::is_some, load(Some("v")))
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), Some("v"));
+    until(|| backend.len() == 1).await;
+    let cached: Option<String> = cache
+        .get_or_load_if(&key, &policy(), Option::is_some, load(None))
+        .await
+        .unwrap();
+    assert_eq!(cached.as_deref(), Some("v"));
+    assert_eq!(loads.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn a_write_is_visible_to_the_next_read() {
     let cache = Cache::new(Arc::new(MapBackend::new()));

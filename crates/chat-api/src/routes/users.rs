@@ -18,7 +18,8 @@ use crate::{
 /// `POST /api/v1/users` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// 1–32 letters, digits, `_`, `-`, `.`; unique.
+    /// 1–32 letters, digits, `_`, `-`, `.` of one script (after NFKC normalization, which is
+    /// what is stored); unique ignoring case and look-alike characters.
     #[schema(min_length = 1, max_length = 32)]
     pub name: String,
 }
@@ -67,10 +68,10 @@ pub(crate) async fn register(
     if !state.config().registration_open {
         return Err(AppError::RegistrationClosed);
     }
-    validate::user_name(&request.name)?;
+    let name = validate::user_name(&request.name)?;
     let user = User {
         id: Ulid::new(),
-        name: request.name,
+        name,
         created_at: Millis::now(),
     };
     let issued = issue_token(user.id)?;

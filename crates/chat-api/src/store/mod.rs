@@ -114,7 +114,8 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Stores a new user. `false` if the name is taken.
+    /// Stores a new user. `false` if the name is taken: another user's name has the same
+    /// [`user_name_key`](crate::validate::user_name_key) (differs only in case or look-alikes).
     async fn create_user(&self, user: &User, token_hash: &[u8]) -> StoreResult<bool>;
 
     /// The user and token hash for a token check.

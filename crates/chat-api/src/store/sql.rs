@@ -31,6 +31,7 @@ use crate::{
         Channel, ChannelKind, Member, Membership, Message, Millis, MyChannel, Reaction, Role, User,
         UserRef,
     },
+    validate,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -113,11 +114,42 @@ impl SqlStore {
                 Pool::Postgres(pool)
             }
         };
-        Ok(SqlStore {
+        let store = SqlStore {
             pool,
             total: AtomicU64::new(0),
             by_op: Mutex::new(BTreeMap::new()),
-        })
+        };
+        store.fill_name_keys().await?;
+        Ok(store)
+    }
+
+    /// Computes the name key of users registered before names had one, oldest first. A user whose
+    /// key another (older) user already has keeps none: both names stay, but neither can be
+    /// registered again. Not counted as queries: it runs once, before serving.
+    async fn fill_name_keys(&self) -> StoreResult<()> {
+        let rows: Vec<(String, String)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, name FROM users WHERE name_key IS NULL ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await)?;
+        for (id, name) in rows {
+            let result = on_pool!(self, pool => sqlx::query(
+                "UPDATE users SET name_key = $1 WHERE id = $2",
+            )
+            .bind(validate::user_name_key(&name))
+            .bind(&id)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+            match result {
+                Ok(()) => {}
+                Err(err) if is_unique_violation(&err) => {
+                    tracing::warn!(user_id = %id, "user name looks like an older user's; no name key");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Closes the pool (waits for connections in use).
@@ -312,10 +344,11 @@ impl Store for SqlStore {
     async fn create_user(&self, user: &User, token_hash: &[u8]) -> StoreResult<bool> {
         self.count("create_user");
         let result = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO users (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO users (id, name, name_key, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(user.id.to_string())
         .bind(&user.name)
+        .bind(validate::user_name_key(&user.name))
         .bind(token_hash)
         .bind(user.created_at.0)
         .execute(pool)

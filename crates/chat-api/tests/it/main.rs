@@ -14,6 +14,8 @@ mod support;
 mod backplane;
 // Endpoint behaviour: success and validation, per endpoint.
 mod api;
+// Abusive clients: bad-token floods limited before lookups, look-alike user names.
+mod abuse;
 // R3: SIGKILL under write load, restart, nothing acknowledged is lost or duplicated.
 mod crash;
 // The access matrix: route × (no token, bad token, non-member, member, author).
