@@ -30,3 +30,5 @@ mod upstash;
 mod secrets;
 // The WebSocket session.
 mod ws;
+// WebSocket limits: frame sizes, sessions per user, frame rate, slow readers.
+mod ws_limits;
