@@ -142,8 +142,9 @@ async fn oversized_frames_are_refused_from_their_header() {
     let addr = serve(&app).await;
     let ann = app.register("ann").await;
 
-    // Before identify: a frame announcing 40 MiB, of which only 64 KiB are ever sent. The
-    // close arrives although the rest never does, so the server refused it from the header.
+    // Before identify: a frame announcing 8 MiB (under the library's default limit of 16 MiB),
+    // of which only 64 KiB are ever sent. The close arrives although the rest never does, so
+    // the server refused it from the header.
     let mut raw = RawClient::connect(addr, "/api/v1/ws").await;
     let (opcode, hello) = raw.next_frame().await;
     assert_eq!(opcode, 0x1);
@@ -151,7 +152,7 @@ async fn oversized_frames_are_refused_from_their_header() {
         serde_json::from_slice::<Value>(&hello).unwrap()["op"],
         "hello"
     );
-    raw.write_header(true, 0x1, 40 << 20).await;
+    raw.write_header(true, 0x1, 8 << 20).await;
     raw.tcp.write_all(&[b' '; 64 * 1024]).await.unwrap();
     assert_eq!(raw.next_close_code().await, chat_api::CLOSE_TOO_BIG);
 
@@ -198,7 +199,7 @@ async fn oversized_frames_are_refused_from_their_header() {
 
     // The same announcement after authenticating (by token): refused too.
     let mut raw = RawClient::connect(addr, &format!("/api/v1/ws?token={}", ann.token)).await;
-    raw.write_header(true, 0x1, 40 << 20).await;
+    raw.write_header(true, 0x1, 8 << 20).await;
     raw.tcp.write_all(&[b' '; 64 * 1024]).await.unwrap();
     assert_eq!(raw.next_close_code().await, chat_api::CLOSE_TOO_BIG);
 
