@@ -192,12 +192,12 @@ impl Outbox {
             .await
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    async fn close(&mut self, code: u16, reason: &'static str) -> bool {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        self.send(WsMessage::Close(Some(frame))).await;
+        self.send(WsMessage::Close(Some(frame))).await
     }
 }
 
@@ -252,22 +252,81 @@ impl FrameBudget {
 /// The close for a frame the socket refused to read. tungstenite refuses a frame over the size
 /// limit from its header, before reading its payload, with a capacity error; axum hides the
 /// error type, so it is recognized by its text (a test pins the 1009).
-fn read_error_close(err: &axum::Error) -> (u16, &'static str) {
-    if err.to_string().contains("Space limit exceeded") {
+fn read_error_close(err: &axum::Error) -> Close {
+    let (code, reason) = if err.to_string().contains("Space limit exceeded") {
         (CLOSE_TOO_BIG, "frame too big")
     } else {
         (1002, "protocol error")
+    };
+    // Never read again after an error: the refused frame's payload would be.
+    Close {
+        code,
+        reason,
+        readable: false,
     }
 }
 
+/// A close frame to send when a session ends.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    code: u16,
+    reason: &'static str,
+    // False after a read error: the stream must not be read again (see `linger`).
+    readable: bool,
+}
+
+impl Close {
+    fn new(code: u16, reason: &'static str) -> Self {
+        Close {
+            code,
+            reason,
+            readable: true,
+        }
+    }
+}
+
+/// How long a session that sent its close frame waits for the client's (see `linger`).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Waits, at most [`CLOSE_LINGER`], for the client to answer the close frame, discarding what
+/// it still sends. Dropping a socket with unread input resets the connection, and a client that
+/// was still writing (a flood, an oversized frame) would lose the close frame to the reset and
+/// never learn why it was closed. After a read error the stream is not read (that would read the
+/// refused payload): the session just waits.
+async fn linger(stream: &mut Stream, readable: bool) {
+    let drain = async {
+        if readable {
+            while let Some(Ok(_)) = stream.next().await {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
 async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSessionGuard)>) {
-    let config = state.config();
-    let heartbeat = config.ws_heartbeat;
     let (sink, mut stream) = socket.split();
     let mut out = Outbox {
         sink,
-        timeout: config.ws_send_timeout,
+        timeout: state.config().ws_send_timeout,
     };
+    if let Some(close) = session(&state, &mut out, &mut stream, user).await {
+        if out.close(close.code, close.reason).await {
+            linger(&mut stream, close.readable).await;
+        }
+    }
+}
+
+/// The session until it ends: the close frame to send, or `None` when the client is gone or
+/// stopped reading.
+async fn session(
+    state: &AppState,
+    out: &mut Outbox,
+    stream: &mut Stream,
+    user: Option<(UserRef, UserSessionGuard)>,
+) -> Option<Close> {
+    let config = state.config();
+    let heartbeat = config.ws_heartbeat;
     let mut budget = FrameBudget::new(config.ws_max_frames_per_sec);
     let session_id = Ulid::new();
     let hello = json!({"op": "hello", "data": {
@@ -275,28 +334,21 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
         "session_id": session_id,
     }});
     if !out.send_json(hello).await {
-        return;
+        return None;
     }
     // The slot lives as long as this function: the user's session count drops when it ends.
     let (user, _slot) = match user {
         Some(user) => user,
-        None => match identify(&state, &mut stream, &mut budget, heartbeat).await {
+        None => match identify(state, stream, &mut budget, heartbeat).await {
             Identified::User(user) => {
                 let limit = config.ws_max_sessions_per_user;
                 match state.hub().user_session(user.id, limit) {
                     Some(slot) => (user, slot),
-                    None => {
-                        out.close(CLOSE_TOO_MANY_SESSIONS, "too many sessions")
-                            .await;
-                        return;
-                    }
+                    None => return Some(Close::new(CLOSE_TOO_MANY_SESSIONS, "too many sessions")),
                 }
             }
-            Identified::Refused(code, reason) => {
-                out.close(code, reason).await;
-                return;
-            }
-            Identified::Gone => return,
+            Identified::Refused(close) => return Some(close),
+            Identified::Gone => return None,
         },
     };
     // Subscribe before reading the channel list, so no event between the two is lost.
@@ -307,14 +359,13 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
         Ok(channels) => channels,
         Err(err) => {
             tracing::warn!(error = %err, "ready: channel list unavailable");
-            out.close(1011, "internal error").await;
-            return;
+            return Some(Close::new(1011, "internal error"));
         }
     };
     let mut member_of: HashSet<Ulid> = channels.iter().map(|c| c.id).collect();
     let ready = json!({"op": "ready", "data": {"user": &user, "channels": &*channels}});
     if !out.send_json(ready).await {
-        return;
+        return None;
     }
     tracing::debug!(user_id = %user.id, %session_id, "websocket session ready");
 
@@ -326,30 +377,22 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
             frame = stream.next() => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
-                    Some(Err(err)) => {
-                        // Never read again after an error: the refused frame's payload would be.
-                        let (code, reason) = read_error_close(&err);
-                        out.close(code, reason).await;
-                        break;
-                    }
-                    None => break,
+                    Some(Err(err)) => return Some(read_error_close(&err)),
+                    None => return None,
                 };
                 last_seen = Instant::now();
                 if let WsMessage::Close(_) = frame {
-                    break;
+                    return None;
                 }
                 match budget.take() {
                     Verdict::Handle => {}
                     Verdict::Ignore => continue,
-                    Verdict::Close => {
-                        out.close(CLOSE_RATE_LIMITED, "too many frames").await;
-                        break;
-                    }
+                    Verdict::Close => return Some(Close::new(CLOSE_RATE_LIMITED, "too many frames")),
                 }
                 if let WsMessage::Text(text) = frame {
                     if let Ok(ClientFrame::Ping { nonce }) = serde_json::from_str(text.as_str()) {
                         if !out.send_json(json!({"op": "pong", "data": {"nonce": nonce}})).await {
-                            break;
+                            return None;
                         }
                     }
                 }
@@ -358,10 +401,9 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
                 let event = match event {
                     Ok(event) => event,
                     Err(RecvError::Lagged(_)) => {
-                        out.close(CLOSE_LAGGED, "too far behind; reconnect").await;
-                        break;
+                        return Some(Close::new(CLOSE_LAGGED, "too far behind; reconnect"));
                     }
-                    Err(RecvError::Closed) => break,
+                    Err(RecvError::Closed) => return None,
                 };
                 if !event.is_for(user.id, |c| member_of.contains(&c)) {
                     continue;
@@ -382,25 +424,22 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
                     event.data
                 );
                 if !out.send(WsMessage::Text(Utf8Bytes::from(frame))).await {
-                    break;
+                    return None;
                 }
             }
             _ = ticker.tick() => {
                 if last_seen.elapsed() > heartbeat * 2 {
-                    out.close(CLOSE_HEARTBEAT, "heartbeat timeout").await;
-                    break;
+                    return Some(Close::new(CLOSE_HEARTBEAT, "heartbeat timeout"));
                 }
                 if !out.send(WsMessage::Ping(bytes::Bytes::new())).await {
-                    break;
+                    return None;
                 }
             }
             _ = resync.changed() => {
-                out.close(CLOSE_LAGGED, "events may have been lost; reconnect").await;
-                break;
+                return Some(Close::new(CLOSE_LAGGED, "events may have been lost; reconnect"));
             }
             _ = shutdown.changed() => {
-                out.close(CLOSE_GOING_AWAY, "server shutting down").await;
-                break;
+                return Some(Close::new(CLOSE_GOING_AWAY, "server shutting down"));
             }
         }
     }
@@ -427,8 +466,8 @@ fn event_channel(event: &crate::events::Event) -> Option<Ulid> {
 enum Identified {
     /// A good token.
     User(UserRef),
-    /// Close with this code.
-    Refused(u16, &'static str),
+    /// Close the session so.
+    Refused(Close),
     /// The client left (or the socket failed with nothing to say).
     Gone,
 }
@@ -441,20 +480,18 @@ async fn identify(
     budget: &mut FrameBudget,
     within: Duration,
 ) -> Identified {
-    let unauthorized = Identified::Refused(CLOSE_UNAUTHORIZED, "unauthorized");
+    let unauthorized = Identified::Refused(Close::new(CLOSE_UNAUTHORIZED, "unauthorized"));
     let frame = tokio::time::timeout(within, async {
         loop {
             let frame = match stream.next().await {
                 Some(Ok(WsMessage::Close(_))) | None => return Err(Identified::Gone),
                 Some(Ok(frame)) => frame,
-                Some(Err(err)) => {
-                    let (code, reason) = read_error_close(&err);
-                    return Err(Identified::Refused(code, reason));
-                }
+                Some(Err(err)) => return Err(Identified::Refused(read_error_close(&err))),
             };
             match (budget.take(), frame) {
                 (Verdict::Close, _) => {
-                    return Err(Identified::Refused(CLOSE_RATE_LIMITED, "too many frames"));
+                    let close = Close::new(CLOSE_RATE_LIMITED, "too many frames");
+                    return Err(Identified::Refused(close));
                 }
                 (Verdict::Handle, WsMessage::Text(text)) => return Ok(text),
                 _ => {}
