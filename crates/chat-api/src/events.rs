@@ -5,7 +5,8 @@
 //! the channels its user belongs to (plus events addressed to the user directly). That is
 //! O(sessions) per event. A session that falls more than [`HUB_CAPACITY`] events behind is closed
 //! and reconnects (its client then refetches what it missed), so a slow client cannot hold memory
-//! hostage.
+//! hostage; a client that stops reading altogether is dropped by the session's send timeout
+//! (its blocked write would otherwise keep the session from ever seeing its lag).
 //!
 //! # Across instances
 //!

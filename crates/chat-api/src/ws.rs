@@ -43,6 +43,11 @@
 //!   `WS_SEND_TIMEOUT_MS` (10 s); a client that stops reading is dropped then (with no close
 //!   frame, there being no room for one), so it holds at most its socket buffers and one frame,
 //!   and its session ends instead of waiting forever on a write.
+//!
+//! After sending a close frame the server waits up to 1 s for the client's, discarding what the
+//! client still sends, so that a client still writing (a flood, an oversized frame) receives the
+//! close code instead of a connection reset. A fragmented message counts against the size limit
+//! as a whole; a malformed frame closes the socket with 1002.
 
 use std::{collections::HashSet, time::Duration};
 
