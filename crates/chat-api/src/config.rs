@@ -179,9 +179,24 @@ pub struct Cli {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Seconds a request may take before it is answered 503 `timeout`.
+    /// Seconds a request may take before it is answered 503 `timeout`. Reading the request body
+    /// counts, so this also bounds a client that trickles its body.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
+
+    /// Seconds a connection has to send a complete request head (from connecting, or from the
+    /// first byte of its next request); a slower one is closed.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_read_timeout_secs: u64,
+
+    /// Seconds a kept-alive connection may stay idle between requests before it is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub http_idle_timeout_secs: u64,
+
+    /// Connections open at once, WebSocket sessions included; more wait to be accepted. Keep it
+    /// under the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 
     /// Seconds between WebSocket heartbeats; a client silent for two intervals is disconnected.
     #[arg(long, env = "WS_HEARTBEAT_SECS", default_value_t = 30)]
@@ -252,6 +267,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Connection limits: header-read and idle timeouts, connection cap.
+    pub server: serve_limits::ServerLimits,
     /// WebSocket heartbeat interval.
     pub ws_heartbeat: Duration,
     /// WebSocket sessions per user and instance.
@@ -311,6 +328,7 @@ impl Default for Config {
             registration_open: true,
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
+            server: serve_limits::ServerLimits::default(),
             ws_heartbeat: Duration::from_secs(30),
             ws_max_sessions_per_user: 16,
             ws_max_frames_per_sec: 20,
@@ -395,6 +413,19 @@ impl Cli {
                 "REQUEST_TIMEOUT_SECS",
                 self.request_timeout_secs,
             )?),
+            server: serve_limits::ServerLimits::default()
+                .header_read_timeout(Duration::from_secs(positive(
+                    "HTTP_HEADER_READ_TIMEOUT_SECS",
+                    self.http_header_read_timeout_secs,
+                )?))
+                .idle_timeout(Duration::from_secs(positive(
+                    "HTTP_IDLE_TIMEOUT_SECS",
+                    self.http_idle_timeout_secs,
+                )?))
+                .max_connections(
+                    usize::try_from(positive("MAX_CONNECTIONS", self.max_connections as u64)?)
+                        .unwrap_or(usize::MAX),
+                ),
             ws_heartbeat: Duration::from_secs(positive(
                 "WS_HEARTBEAT_SECS",
                 self.ws_heartbeat_secs,
@@ -530,6 +561,9 @@ mod tests {
             (config.l2_timeout, config.l1_max_ttl, config.messages_ttl),
             (default.l2_timeout, default.l1_max_ttl, default.messages_ttl)
         );
+        // The connection limits of the command line are the library's defaults.
+        assert_eq!(config.server, serve_limits::ServerLimits::default());
+        assert_eq!(config.server, default.server);
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! let config = chat_api::Config::default();
 //! let state = chat_api::AppState::from_config(config).await?;
 //! let listener = tokio::net::TcpListener::bind(state.config().addr).await?;
-//! chat_api::serve(listener, chat_api::app(state), chat_api::shutdown_signal()).await?;
+//! let limits = state.config().server;
+//! chat_api::serve(listener, chat_api::app(state), limits, chat_api::shutdown_signal()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -43,7 +44,7 @@ pub mod store;
 pub mod validate;
 mod ws;
 
-use std::{any::Any, future::Future, net::SocketAddr, time::Duration};
+use std::{any::Any, future::Future, time::Duration};
 
 use axum::{
     Router,
@@ -66,6 +67,7 @@ pub use config::{Cli, Config};
 pub use error::AppError;
 pub use openapi::document as openapi_document;
 pub use routes::api_route_table;
+pub use serve_limits::ServerLimits;
 pub use state::AppState;
 pub use ws::{
     CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG,
@@ -110,18 +112,16 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `app` on `listener` under `limits` (header-read and idle timeouts, a connection cap;
+/// `Config::server` holds the configured ones) until `shutdown` resolves, then drains in-flight
+/// requests. Handlers get the peer address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_limits::serve(listener, app, limits, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

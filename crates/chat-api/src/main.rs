@@ -48,7 +48,8 @@ async fn run(config: chat_api::Config) -> anyhow::Result<()> {
     );
     let hub = state.hub().clone();
     let app = chat_api::app(state.clone());
-    chat_api::serve(listener, app, async move {
+    let limits = state.config().server;
+    chat_api::serve(listener, app, limits, async move {
         chat_api::shutdown_signal().await;
         tracing::info!("shutting down: draining requests and closing WebSocket sessions");
         hub.close_all();

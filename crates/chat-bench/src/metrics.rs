@@ -262,6 +262,7 @@ mod tests {
         let server = tokio::spawn(chat_api::serve(
             listener,
             chat_api::app(state.clone()),
+            chat_api::ServerLimits::default(),
             async move {
                 let _ = stopped.await;
             },

@@ -1,7 +1,9 @@
 //! The gateway's own endpoints under `/__gateway/` (not part of Upstash's protocol).
 //!
 //! - `GET /__gateway/health` — no auth; `200 {"status":"ok","redis":"ok"}` when a PING through the
-//!   pool succeeds, else `503 {"status":"degraded","redis":"<why>"}`. For scripts waiting on start.
+//!   pool succeeds, else `503 {"status":"degraded","redis":"unavailable"}`. For scripts waiting on
+//!   start. Anyone who can reach the port may ask, so the answer never says why (Redis's address
+//!   and errors are logged at warn instead).
 //! - `GET|POST|DELETE /__gateway/fault` — fault injection at run time. Exists only when the gateway
 //!   was given an admin token (a token distinct from the REST tokens, so a client holding the
 //!   REST token cannot switch failures on); `Authorization: Bearer <admin token>`.
@@ -22,7 +24,9 @@ use serde_json::json;
 
 use crate::{
     auth::bearer_token,
-    http::{AppState, error_response, json_response, ping},
+    http::{
+        AppState, BodyError, body_timeout_response, error_response, json_response, ping, read_body,
+    },
 };
 
 pub(crate) async fn handle(state: &AppState, request: Request) -> axum::response::Response {
@@ -34,17 +38,18 @@ pub(crate) async fn handle(state: &AppState, request: Request) -> axum::response
 }
 
 async fn health(state: &AppState) -> axum::response::Response {
-    match ping(state).await {
-        Ok(()) => json_response(
+    if ping(state).await {
+        json_response(
             StatusCode::OK,
             &json!({"status": "ok", "redis": "ok"}),
             state,
-        ),
-        Err(why) => json_response(
+        )
+    } else {
+        json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "degraded", "redis": why}),
+            &json!({"status": "degraded", "redis": "unavailable"}),
             state,
-        ),
+        )
     }
 }
 
@@ -83,8 +88,12 @@ async fn fault(state: &AppState, request: Request) -> axum::response::Response {
         Method::GET => {}
         Method::DELETE => faults.clear(),
         Method::POST | Method::PUT => {
-            let Ok(body) = axum::body::to_bytes(request.into_body(), 64 * 1024).await else {
-                return error_response(StatusCode::BAD_REQUEST, "ERR body too large", state);
+            let body = match read_body(state, request.into_body(), 64 * 1024).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => {
+                    return error_response(StatusCode::BAD_REQUEST, "ERR body too large", state);
+                }
+                Err(BodyError::TimedOut) => return body_timeout_response(state),
             };
             let update: FaultUpdate = match serde_json::from_slice(&body) {
                 Ok(update) => update,

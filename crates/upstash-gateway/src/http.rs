@@ -2,11 +2,12 @@
 //!
 //! Order of checks, each with Upstash's status: method (405), the gateway's own `/__gateway/*`
 //! endpoints (their own auth), fault injection (503), token (401), response-format headers (400),
-//! body size (400), then the command forms. Redis errors are 400 `{"error": …}`; the gateway's own
-//! trouble reaching Redis is 503 (unreachable, connection lost, overloaded), 504 (Redis did not
-//! answer in time) or 502 (Redis spoke garbage) — Upstash documents no 5xx for Redis REST, but
-//! a 4xx would tell clients the command was wrong when it was the server that failed, and SDKs
-//! treat any non-2xx alike.
+//! body size (400) and body read time (408, then the connection is closed), then the command
+//! forms, whose parsers stop at the first command or argument past the request limits (400).
+//! Redis errors are 400 `{"error": …}`; the gateway's own trouble reaching Redis is 503
+//! (unreachable, connection lost, overloaded), 504 (Redis did not answer in time) or 502 (Redis
+//! spoke garbage) — Upstash documents no 5xx for Redis REST, but a 4xx would tell clients the
+//! command was wrong when it was the server that failed, and SDKs treat any non-2xx alike.
 
 use std::{
     sync::{
@@ -29,11 +30,11 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     admin,
     auth::{Access, Secret, Tokens, bearer_token},
-    command::{self, Args},
+    command::{self, Args, CommandPolicy},
     error::Error,
     fault::{FaultHandle, Verdict},
     redis::RedisPool,
-    request::{self, BadRequest},
+    request::{self, BadRequest, RequestLimits},
     resp::Reply,
     response::{self, Encoding},
     sse,
@@ -47,6 +48,9 @@ pub(crate) struct AppState {
     pub(crate) admin_token: Option<Secret>,
     pub(crate) faults: FaultHandle,
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) limits: RequestLimits,
+    pub(crate) commands: CommandPolicy,
     pub(crate) request_slots: Semaphore,
     pub(crate) stream_slots: Arc<Semaphore>,
     pub(crate) max_streams: usize,
@@ -151,18 +155,20 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
             &state,
         );
     };
-    // A read error here is almost always the size limit (a client that hangs up mid-body never
-    // sees the answer anyway), so it gets Upstash's size-limit text.
-    let Ok(body) = axum::body::to_bytes(request.into_body(), state.max_body_bytes).await else {
-        let message = format!(
-            "ERR max request size exceeded. Limit: {} bytes",
-            state.max_body_bytes
-        );
-        return error_response(StatusCode::BAD_REQUEST, &message, &state);
+    let body = match read_body(&state, request.into_body(), state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let message = format!(
+                "ERR max request size exceeded. Limit: {} bytes",
+                state.max_body_bytes
+            );
+            return error_response(StatusCode::BAD_REQUEST, &message, &state);
+        }
+        Err(BodyError::TimedOut) => return body_timeout_response(&state),
     };
 
     let outcome = match route {
-        Route::Root => match request::parse_json_command(&body) {
+        Route::Root => match request::parse_json_command(&body, state.limits) {
             Ok(args) => run_single(&state, access, format, args).await,
             Err(BadRequest(message)) => Err(Failure::bad_request(message)),
         },
@@ -178,6 +184,44 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
         Ok(response) => response,
         Err(failure) => error_response(failure.status, &failure.message, &state),
     }
+}
+
+/// Why a request body could not be read.
+pub(crate) enum BodyError {
+    /// Over the size limit — or a read error, almost always the same thing (a client that hangs
+    /// up mid-body never sees the answer anyway), so it gets Upstash's size-limit text.
+    TooLarge,
+    /// Not all there within the body read timeout.
+    TimedOut,
+}
+
+/// Reads the whole body, at most `limit` bytes and within the body read timeout: a client that
+/// sends its headers and then trickles (or stalls) the body would otherwise hold a request slot,
+/// and its connection, for as long as it likes.
+pub(crate) async fn read_body(
+    state: &AppState,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(state.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::TimedOut),
+    }
+}
+
+/// 408 with `Connection: close`: the rest of the body may still be on its way, so the connection
+/// cannot carry another request and is closed once this answer is sent.
+pub(crate) fn body_timeout_response(state: &AppState) -> Response {
+    let message = format!(
+        "ERR request body not received within {} ms",
+        state.body_read_timeout.as_millis()
+    );
+    let mut response = error_response(StatusCode::REQUEST_TIMEOUT, &message, state);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The token from `Authorization: Bearer …`, or else from `?_token=`.
@@ -286,8 +330,8 @@ impl From<Error> for Failure {
 }
 
 /// Why the gateway will not run `args` for this token, if it will not.
-fn refuse(args: &[Bytes], access: Access) -> Option<String> {
-    command::refusal(args).or_else(|| match access {
+fn refuse(args: &[Bytes], access: Access, policy: CommandPolicy) -> Option<String> {
+    command::refusal(args, policy).or_else(|| match access {
         Access::Full => None,
         Access::ReadOnly => command::read_only_refusal(args),
     })
@@ -299,7 +343,7 @@ async fn run_single(
     format: ResponseFormat,
     args: Args,
 ) -> Result<Response, Failure> {
-    if let Some(message) = refuse(&args, access) {
+    if let Some(message) = refuse(&args, access, state.commands) {
         return Err(Failure::bad_request(message));
     }
     let mut conn = state.pool.get().await?;
@@ -345,22 +389,27 @@ fn json_only(format: ResponseFormat, endpoint: &str) -> Result<Encoding, Failure
 
 /// `/pipeline`: every command runs, in order, on one connection; refused commands get their error
 /// in place without being sent. Not atomic (Upstash's pipelines are not either).
+///
+/// The request side is bounded (body size, command and argument counts); the answer is not: it
+/// holds every reply at once, so a pipeline of `GET`s of big values makes a big response.
 async fn run_pipeline(
     state: &AppState,
     access: Access,
     format: ResponseFormat,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<Response, Failure> {
     let encoding = json_only(format, "/pipeline")?;
-    let commands =
-        request::parse_json_commands(body).map_err(|BadRequest(m)| Failure::bad_request(m))?;
-    let refusals: Vec<Option<String>> = commands.iter().map(|args| refuse(args, access)).collect();
-    let allowed: Vec<Args> = commands
-        .iter()
-        .zip(&refusals)
-        .filter(|(_, refusal)| refusal.is_none())
-        .map(|(args, _)| args.clone())
-        .collect();
+    let commands = request::parse_json_commands(body, state.limits)
+        .map_err(|BadRequest(m)| Failure::bad_request(m))?;
+    let mut refusals: Vec<Option<String>> = Vec::with_capacity(commands.len());
+    let mut allowed: Vec<Args> = Vec::with_capacity(commands.len());
+    for args in commands {
+        let refusal = refuse(&args, access, state.commands);
+        if refusal.is_none() {
+            allowed.push(args);
+        }
+        refusals.push(refusal);
+    }
     let mut replies = if allowed.is_empty() {
         Vec::new()
     } else {
@@ -394,13 +443,13 @@ async fn run_transaction(
     state: &AppState,
     access: Access,
     format: ResponseFormat,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<Response, Failure> {
     let encoding = json_only(format, "/multi-exec")?;
-    let commands =
-        request::parse_json_commands(body).map_err(|BadRequest(m)| Failure::bad_request(m))?;
+    let commands = request::parse_json_commands(body, state.limits)
+        .map_err(|BadRequest(m)| Failure::bad_request(m))?;
     for (index, args) in commands.iter().enumerate() {
-        if let Some(message) = refuse(args, access) {
+        if let Some(message) = refuse(args, access, state.commands) {
             return Err(Failure::bad_request(format!(
                 "{message} (command {index}); transaction discarded"
             )));
@@ -476,20 +525,30 @@ pub(crate) fn with_sync_header(mut response: Response, sync: u64) -> Response {
     response
 }
 
-/// Used by the health endpoint: one PING through the pool.
-pub(crate) async fn ping(state: &AppState) -> Result<(), String> {
+/// Used by the health endpoint: one PING through the pool. The reason for a failure is logged
+/// (warn), not returned: the endpoint needs no token, so what it says must not describe the
+/// network behind the gateway (Redis's address, its error texts).
+pub(crate) async fn ping(state: &AppState) -> bool {
     let attempt = async {
         let mut conn = state.pool.get().await?;
         conn.exchange(&[vec![Bytes::from_static(b"PING")]]).await
     };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+    let why = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok(replies)) if replies.first() == Some(&Reply::Status(Bytes::from_static(b"PONG"))) => {
-            Ok(())
+            return true;
         }
-        Ok(Ok(replies)) => Err(format!("unexpected reply to PING: {replies:?}")),
-        Ok(Err(err)) => Err(Failure::from(err).message),
-        Err(_) => Err("PING timed out".into()),
-    }
+        Ok(Ok(replies)) => format!("unexpected reply to PING: {replies:?}"),
+        Ok(Err(err)) => {
+            let mut why = err.to_string();
+            if let Some(source) = std::error::Error::source(&err) {
+                why.push_str(&format!(": {source}"));
+            }
+            why
+        }
+        Err(_) => "PING timed out".into(),
+    };
+    tracing::warn!(error = %why, "health check: redis unavailable");
+    false
 }
 
 #[cfg(test)]

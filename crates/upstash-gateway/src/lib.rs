@@ -82,6 +82,19 @@ pub const DEFAULT_STREAM_BUFFER_BYTES: usize = 1024 * 1024;
 /// Default time after which an unused pooled Redis connection is closed.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default most commands in one `/pipeline` or `/multi-exec` request. Upstash documents no such
+/// count (only the 10 MB body limit); clients batch far fewer (`cache-upstash`'s auto-pipeline
+/// sends at most 1,000).
+pub const DEFAULT_MAX_PIPELINE_COMMANDS: usize = 10_000;
+
+/// Default most arguments (command names included) in one request, over all its commands. Each
+/// is a 32-byte handle into the body, so this bounds a request's parsed form to about 32 MB
+/// however small its arguments are.
+pub const DEFAULT_MAX_REQUEST_ARGS: usize = 1_000_000;
+
+/// Default time a client has to send a request's whole body once its headers are in.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Entry point: [`Gateway::builder`].
 #[derive(Debug)]
 pub struct Gateway;
@@ -112,7 +125,13 @@ pub struct GatewayBuilder {
     connect_timeout: Duration,
     redis_timeout: Duration,
     pool_wait: Duration,
+    connections: serve_limits::ServerLimits,
     faults: FaultConfig,
+    // Command policy and request bounds.
+    allow_admin_commands: bool,
+    max_pipeline_commands: usize,
+    max_request_args: usize,
+    body_read_timeout: Duration,
 }
 
 impl Default for GatewayBuilder {
@@ -133,7 +152,12 @@ impl Default for GatewayBuilder {
             connect_timeout: Duration::from_secs(2),
             redis_timeout: Duration::from_secs(10),
             pool_wait: Duration::from_secs(5),
+            connections: serve_limits::ServerLimits::default(),
             faults: FaultConfig::default(),
+            allow_admin_commands: false,
+            max_pipeline_commands: DEFAULT_MAX_PIPELINE_COMMANDS,
+            max_request_args: DEFAULT_MAX_REQUEST_ARGS,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
@@ -161,7 +185,12 @@ impl fmt::Debug for GatewayBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("redis_timeout", &self.redis_timeout)
             .field("pool_wait", &self.pool_wait)
+            .field("connections", &self.connections)
             .field("faults", &self.faults)
+            .field("allow_admin_commands", &self.allow_admin_commands)
+            .field("max_pipeline_commands", &self.max_pipeline_commands)
+            .field("max_request_args", &self.max_request_args)
+            .field("body_read_timeout", &self.body_read_timeout)
             .finish()
     }
 }
@@ -262,10 +291,65 @@ impl GatewayBuilder {
         self
     }
 
+    /// Time a client connection has to send a complete request head (from connecting, or from
+    /// the first byte of its next request) before it is closed (default 10 s): the slowloris
+    /// defence.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.connections = self.connections.header_read_timeout(timeout);
+        self
+    }
+
+    /// Time a kept-alive client connection may sit idle between requests before it is closed
+    /// (default 75 s, longer than cache-upstash's 60 s pool idle time so a client does not reuse
+    /// a connection the gateway is closing).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.connections = self.connections.idle_timeout(timeout);
+        self
+    }
+
+    /// Client connections open at once (default 10,000); more wait in the accept backlog.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.connections = self.connections.max_connections(n);
+        self
+    }
+
     /// Initial fault and latency injection (default: none). Changeable later through
     /// [`RunningGateway::faults`].
     pub fn faults(mut self, faults: FaultConfig) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Forwards the administration commands — `CONFIG`, `ACL`, `SAVE`, `BGSAVE`, `BGREWRITEAOF`,
+    /// `SWAPDB`, `MODULE`, `MIGRATE`, `LATENCY`, `SLOWLOG`, `MEMORY` (but `USAGE`), `PFDEBUG`,
+    /// `PFSELFTEST` — for the standard token (default off: they are refused with 400). They manage
+    /// the Redis server the gateway depends on: `CONFIG SET requirepass` or `ACL SETUSER` would
+    /// lock the gateway out of it. The read-only token never gets them.
+    pub fn allow_admin_commands(mut self, allow: bool) -> Self {
+        self.allow_admin_commands = allow;
+        self
+    }
+
+    /// Most commands in one `/pipeline` or `/multi-exec` request (default 10,000); more is
+    /// refused with 400 as soon as the parser reaches the first one too many.
+    pub fn max_pipeline_commands(mut self, n: usize) -> Self {
+        self.max_pipeline_commands = n;
+        self
+    }
+
+    /// Most arguments, command names included, in one request over all its commands (default
+    /// 1,000,000); more is refused with 400 while parsing. With the body limit this bounds the
+    /// memory a request's commands take, however small each argument is. (Replies are not
+    /// bounded: a pipeline of `GET`s of big values makes a big response.)
+    pub fn max_request_args(mut self, n: usize) -> Self {
+        self.max_request_args = n;
+        self
+    }
+
+    /// Time a client has to send a request's whole body once its headers are in (default 10 s);
+    /// then it gets 408 and the connection is closed.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
         self
     }
 
@@ -302,14 +386,18 @@ impl GatewayBuilder {
             ("max concurrent requests", self.max_concurrent_requests),
             ("max streams", self.max_streams),
             ("stream buffer bytes", self.stream_buffer_bytes),
+            ("max pipeline commands", self.max_pipeline_commands),
+            ("max request args", self.max_request_args),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{name} must be at least 1")));
             }
         }
+        self.connections.check().map_err(Error::Config)?;
         for (name, value) in [
             ("stream keep-alive interval", self.stream_keepalive),
             ("pool idle timeout", self.pool_idle_timeout),
+            ("body read timeout", self.body_read_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::Config(format!("{name} must be more than zero")));
@@ -343,6 +431,14 @@ impl GatewayBuilder {
             admin_token,
             faults: faults.clone(),
             max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
+            limits: request::RequestLimits {
+                max_commands: self.max_pipeline_commands,
+                max_args: self.max_request_args,
+            },
+            commands: command::CommandPolicy {
+                allow_admin: self.allow_admin_commands,
+            },
             request_slots: Semaphore::new(self.max_concurrent_requests),
             stream_slots: Arc::new(Semaphore::new(self.max_streams)),
             max_streams: self.max_streams,
@@ -361,14 +457,15 @@ impl GatewayBuilder {
         ));
         let app = axum::Router::new().fallback(http::handle).with_state(state);
         let mut stop = shutdown_rx;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Either an explicit shutdown or the handle being dropped ends the server.
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        });
+        let task = tokio::spawn(serve_limits::serve(
+            listener,
+            app,
+            self.connections,
+            async move {
+                // Either an explicit shutdown or the handle being dropped ends the server.
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
         Ok(RunningGateway {
             addr,
             shutdown: shutdown_tx,

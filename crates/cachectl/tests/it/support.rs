@@ -127,6 +127,7 @@ impl Env {
         tokio::spawn(chat_api::serve(
             listener,
             chat_api::app(state.clone()),
+            chat_api::ServerLimits::default(),
             async move {
                 let _ = stopped.await;
             },

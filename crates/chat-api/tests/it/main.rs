@@ -32,3 +32,5 @@ mod secrets;
 mod ws;
 // WebSocket limits: frame sizes, sessions per user, frame rate, slow readers.
 mod ws_limits;
+// Connection limits of the real binary: header-read and idle timeouts, the connection cap.
+mod connections;

@@ -19,7 +19,12 @@ pub(crate) async fn serve(app: &TestApp) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.router.clone();
-    tokio::spawn(chat_api::serve(listener, router, std::future::pending()));
+    tokio::spawn(chat_api::serve(
+        listener,
+        router,
+        chat_api::ServerLimits::default(),
+        std::future::pending(),
+    ));
     addr
 }
 

@@ -1435,6 +1435,7 @@ mod tests {
         tokio::spawn(chat_api::serve(
             listener,
             chat_api::app(state),
+            chat_api::ServerLimits::default(),
             async move {
                 let _ = stopped.await;
             },

@@ -1,4 +1,5 @@
-//! Tokens, refused commands and the sync token.
+//! Tokens, refused and admin commands, request limits, the body read timeout, what health tells,
+//! and the sync token.
 
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,228 @@ async fn blocking_and_connection_state_commands_are_refused_without_waiting() {
     assert_eq!(
         env.redis().raw_command(&[b"GET", b"still"]),
         b"$3\r\ndb0\r\n"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn read_only_token_cannot_run_scripts_or_functions() {
+    let env = TestGateway::start_with(|builder| builder.read_only_token("read-only-secret")).await;
+    let reader = Client {
+        addr: env.gateway().addr(),
+        token: "read-only-secret".into(),
+    };
+    // A read-only script cannot write, but it can loop: the server would answer BUSY to everyone.
+    for script in [
+        json!(["EVAL_RO", "while true do end", 0]),
+        json!(["EVALSHA_RO", "0000000000000000000000000000000000000000", 0]),
+        json!(["FCALL_RO", "f", 0]),
+    ] {
+        let response = reader.cmd(script.clone()).await;
+        assert_eq!(response.status, 400, "{script}");
+        assert!(
+            response.error().starts_with("NOPERM") && response.error().contains("read-only"),
+            "{script}: {}",
+            response.error()
+        );
+    }
+    let pipeline = reader
+        .post_json("/pipeline", &json!([["EVAL_RO", "return 1", 0]]), &[])
+        .await;
+    assert!(
+        pipeline.json()[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("NOPERM")
+    );
+    // Nothing reached Redis: it is not busy, and the full token works at once.
+    let writer = Client::new(&env);
+    assert_eq!(writer.ok(json!(["PING"])).await, json!("PONG"));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_commands_are_refused_unless_the_gateway_allows_them() {
+    let env = TestGateway::start().await;
+    let client = Client::new(&env);
+    for (command, shown) in [
+        (
+            json!(["CONFIG", "SET", "requirepass", "locked-out"]),
+            "config",
+        ),
+        (json!(["config", "get", "*"]), "config"),
+        (json!(["ACL", "SETUSER", "default", "off"]), "acl"),
+        (json!(["SAVE"]), "save"),
+        (json!(["BGREWRITEAOF"]), "bgrewriteaof"),
+        (json!(["SWAPDB", 0, 1]), "swapdb"),
+        (json!(["MODULE", "LIST"]), "module"),
+        (json!(["SLOWLOG", "GET"]), "slowlog"),
+        (json!(["MEMORY", "PURGE"]), "memory purge"),
+    ] {
+        let response = client.cmd(command.clone()).await;
+        assert_eq!(response.status, 400, "{command}");
+        assert_eq!(
+            response.error(),
+            format!(
+                "ERR command '{shown}' is disabled on this gateway; start it with --allow-admin-commands"
+            ),
+            "{command}"
+        );
+    }
+    // In a transaction the refusal discards everything, so the SET did not run either.
+    let multi = client
+        .post_json(
+            "/multi-exec",
+            &json!([["SET", "k", "v"], ["CONFIG", "SET", "requirepass", "x"]]),
+            &[],
+        )
+        .await;
+    assert_eq!(multi.status, 400);
+    assert!(multi.error().contains("disabled on this gateway"));
+    // Redis still takes connections without a password, and nothing was written.
+    assert_eq!(env.redis().raw_command(&[b"EXISTS", b"k"]), b":0\r\n");
+    // What Upstash also runs for the standard token stays available.
+    for command in [
+        json!(["FLUSHDB"]),
+        json!(["SCRIPT", "FLUSH"]),
+        json!(["MEMORY", "USAGE", "k"]),
+        json!(["INFO", "server"]),
+    ] {
+        assert_eq!(client.cmd(command.clone()).await.status, 200, "{command}");
+    }
+    env.shutdown().await;
+
+    let env = TestGateway::start_with(|builder| builder.allow_admin_commands(true)).await;
+    let client = Client::new(&env);
+    assert_eq!(
+        client
+            .ok(json!(["CONFIG", "SET", "slowlog-max-len", 200]))
+            .await,
+        json!("OK")
+    );
+    assert_eq!(
+        client
+            .ok(json!(["ACL", "SETUSER", "probe", "on", ">probe-password"]))
+            .await,
+        json!("OK")
+    );
+    assert_eq!(
+        client.ok(json!(["ACL", "DELUSER", "probe"])).await,
+        json!(1)
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipelines_over_the_command_limit_are_refused_with_400() {
+    let env = TestGateway::start_with(|builder| builder.max_pipeline_commands(100)).await;
+    let client = Client::new(&env);
+    let commands = |n: usize| json!(vec![json!(["INCR", "counter"]); n]);
+    let at_limit = client.post_json("/pipeline", &commands(100), &[]).await;
+    assert_eq!(at_limit.status, 200);
+    assert_eq!(at_limit.json()[99], json!({"result": 100}));
+    for endpoint in ["/pipeline", "/multi-exec"] {
+        let over = client.post_json(endpoint, &commands(101), &[]).await;
+        assert_eq!(over.status, 400, "{endpoint}");
+        assert_eq!(
+            over.error(),
+            "ERR too many commands in one request: at most 100 per /pipeline or /multi-exec"
+        );
+    }
+    // Refused before anything ran.
+    assert_eq!(client.ok(json!(["GET", "counter"])).await, json!("100"));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_argument_limit_are_refused_with_400() {
+    let env = TestGateway::start_with(|builder| builder.max_request_args(10)).await;
+    let client = Client::new(&env);
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let mut mget = vec!["MGET".to_owned()];
+    mget.extend(keys);
+    let response = client.cmd(json!(mget)).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.error(),
+        "ERR too many arguments in one request: at most 10 in all"
+    );
+    let pipeline = client
+        .post_json("/pipeline", &json!(vec![json!(["GET", "k"]); 6]), &[])
+        .await;
+    assert_eq!(pipeline.status, 400);
+    assert_eq!(
+        client.ok(json!(["MGET", "a", "b"])).await,
+        json!([null, null])
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_and_the_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let timeout = Duration::from_millis(500);
+    let env = TestGateway::start_with(|builder| builder.body_read_timeout(timeout)).await;
+    let mut stream = tokio::net::TcpStream::connect(env.gateway().addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n[",
+        env.token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 100 ms: never idle for long, never done.
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut raw)).await;
+    trickle.abort();
+    assert!(
+        read.is_ok(),
+        "the connection was still open after 10 s; got {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("request body not received within 500 ms"),
+        "{text}"
+    );
+    assert!(elapsed >= timeout / 2, "answered after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+
+    // Other clients were not held up meanwhile, and a prompt body still works.
+    let client = Client::new(&env);
+    assert_eq!(client.ok(json!(["PING"])).await, json!("PONG"));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_does_not_tell_where_redis_is() {
+    let env = TestGateway::start().await;
+    let addr = env.gateway().addr();
+    let port = env.redis().port().to_string();
+    env.redis().kill();
+    let health = send(addr, "GET", "/__gateway/health", &[], b"").await;
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        health.json(),
+        json!({"status": "degraded", "redis": "unavailable"})
+    );
+    let body = String::from_utf8_lossy(&health.body);
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains(&port),
+        "{body}"
     );
     env.shutdown().await;
 }
