@@ -201,6 +201,21 @@ pub struct Cli {
     /// Seconds between WebSocket heartbeats; a client silent for two intervals is disconnected.
     #[arg(long, env = "WS_HEARTBEAT_SECS", default_value_t = 30)]
     pub ws_heartbeat_secs: u64,
+
+    /// Most WebSocket sessions one user may hold on this instance; the next is refused (429
+    /// `too_many_sessions`, or close code 4030 after an `identify` frame).
+    #[arg(long, env = "WS_MAX_SESSIONS_PER_USER", default_value_t = 16)]
+    pub ws_max_sessions_per_user: usize,
+
+    /// Frames a second a WebSocket client may send (bursts of as many); excess frames are
+    /// ignored, and a client that keeps on is closed with 4029.
+    #[arg(long, env = "WS_MAX_FRAMES_PER_SEC", default_value_t = 20)]
+    pub ws_max_frames_per_sec: u32,
+
+    /// Milliseconds a WebSocket frame may wait for the client to read before the session is
+    /// dropped (bounds what a client that stops reading holds).
+    #[arg(long, env = "WS_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_send_timeout_ms: u64,
 }
 
 /// An invalid setting, found when the configuration is checked or a backend is built.
@@ -256,6 +271,12 @@ pub struct Config {
     pub server: serve_limits::ServerLimits,
     /// WebSocket heartbeat interval.
     pub ws_heartbeat: Duration,
+    /// WebSocket sessions per user and instance.
+    pub ws_max_sessions_per_user: usize,
+    /// Frames a second a WebSocket client may send.
+    pub ws_max_frames_per_sec: u32,
+    /// How long a WebSocket frame may wait for a client that does not read.
+    pub ws_send_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -309,6 +330,9 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             server: serve_limits::ServerLimits::default(),
             ws_heartbeat: Duration::from_secs(30),
+            ws_max_sessions_per_user: 16,
+            ws_max_frames_per_sec: 20,
+            ws_send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -405,6 +429,19 @@ impl Cli {
             ws_heartbeat: Duration::from_secs(positive(
                 "WS_HEARTBEAT_SECS",
                 self.ws_heartbeat_secs,
+            )?),
+            ws_max_sessions_per_user: usize::try_from(positive(
+                "WS_MAX_SESSIONS_PER_USER",
+                self.ws_max_sessions_per_user as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            ws_max_frames_per_sec: positive(
+                "WS_MAX_FRAMES_PER_SEC",
+                self.ws_max_frames_per_sec.into(),
+            )? as u32,
+            ws_send_timeout: Duration::from_millis(positive(
+                "WS_SEND_TIMEOUT_MS",
+                self.ws_send_timeout_ms,
             )?),
         };
         config.database_kind()?;
@@ -594,6 +631,40 @@ mod tests {
             "no credentials: memory"
         );
         assert!(parse(&[], &[("CACHE_BACKPLANE", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn websocket_limits_default_and_refuse_zero() {
+        let config = parse(&[], &[]).unwrap().into_config(|_| None).unwrap();
+        let default = Config::default();
+        assert_eq!(
+            (
+                config.ws_max_sessions_per_user,
+                config.ws_max_frames_per_sec,
+                config.ws_send_timeout
+            ),
+            (
+                default.ws_max_sessions_per_user,
+                default.ws_max_frames_per_sec,
+                default.ws_send_timeout
+            )
+        );
+        let env = [
+            ("WS_MAX_SESSIONS_PER_USER", "3"),
+            ("WS_MAX_FRAMES_PER_SEC", "5"),
+            ("WS_SEND_TIMEOUT_MS", "250"),
+        ];
+        let config = parse(&[], &env).unwrap().into_config(|_| None).unwrap();
+        assert_eq!(config.ws_max_sessions_per_user, 3);
+        assert_eq!(config.ws_max_frames_per_sec, 5);
+        assert_eq!(config.ws_send_timeout, Duration::from_millis(250));
+        for (name, _) in env {
+            let err = parse(&[], &[(name, "0")])
+                .unwrap()
+                .into_config(|_| None)
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub enum AppError {
         /// When the bucket has room again.
         retry_after: Duration,
     },
+    /// The user already holds the most WebSocket sessions allowed.
+    #[error("too many WebSocket sessions for this user (at most {limit}); close one first")]
+    TooManySessions {
+        /// The per-user cap.
+        limit: usize,
+    },
     /// The request took longer than the configured timeout.
     #[error("the request took too long")]
     Timeout,
@@ -109,7 +115,7 @@ pub struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `unauthorized`, `registration_closed`,
     /// `not_a_member`, `not_author`, `not_owner`, `channel_not_found`, `message_not_found`,
     /// `user_not_found`, `not_found`, `method_not_allowed`, `name_taken`, `rate_limited`,
-    /// `timeout`, `unavailable`, `upgrade_required`, `internal`.
+    /// `too_many_sessions`, `timeout`, `unavailable`, `upgrade_required`, `internal`.
     pub code: &'static str,
     /// A human-readable explanation.
     pub message: String,
@@ -135,7 +141,9 @@ impl AppError {
             | AppError::RouteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NameTaken => StatusCode::CONFLICT,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RateLimited { .. } | AppError::TooManySessions { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::Timeout | AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             AppError::Store(err) if err.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +171,7 @@ impl AppError {
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::NameTaken => "name_taken",
             AppError::RateLimited { .. } => "rate_limited",
+            AppError::TooManySessions { .. } => "too_many_sessions",
             AppError::Timeout => "timeout",
             AppError::Unavailable(_) => "unavailable",
             AppError::UpgradeRequired => "upgrade_required",

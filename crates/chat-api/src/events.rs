@@ -5,7 +5,8 @@
 //! the channels its user belongs to (plus events addressed to the user directly). That is
 //! O(sessions) per event. A session that falls more than [`HUB_CAPACITY`] events behind is closed
 //! and reconnects (its client then refetches what it missed), so a slow client cannot hold memory
-//! hostage.
+//! hostage; a client that stops reading altogether is dropped by the session's send timeout
+//! (its blocked write would otherwise keep the session from ever seeing its lag).
 //!
 //! # Across instances
 //!
@@ -24,10 +25,19 @@
 //! When the bus was interrupted or lost a message, events may be missing, and a session cannot
 //! know which: the hub raises its resync signal and every session closes with the lag code
 //! (4008), so clients reconnect and refetch, exactly as after a local lag.
+//!
+//! # Sessions
+//!
+//! The hub counts the sessions of the instance ([`Hub::session_guard`]) and, per user, the
+//! authenticated ones ([`Hub::user_session`]), which is how the per-user session cap is kept:
+//! a user at the cap gets no new slot until one of their sessions ends. The cap is per instance.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -186,6 +196,8 @@ pub struct Hub {
     // The generation of resync signals: a session that sees it change closes with 4008.
     resync: Arc<watch::Sender<u64>>,
     sessions: Arc<AtomicUsize>,
+    // Authenticated sessions per user; users with none have no entry.
+    user_sessions: Arc<Mutex<HashMap<Ulid, usize>>>,
     backplane: Option<Backplane>,
     bus: Arc<BusCounters>,
 }
@@ -207,6 +219,7 @@ impl Hub {
             shutdown: Arc::new(shutdown),
             resync: Arc::new(resync),
             sessions: Arc::new(AtomicUsize::new(0)),
+            user_sessions: Arc::default(),
             backplane: None,
             bus: Arc::default(),
         }
@@ -348,6 +361,30 @@ impl Hub {
         self.sessions.load(Ordering::Relaxed)
     }
 
+    /// A slot for one more session of `user`, held for as long as the guard lives; `None` when
+    /// the user already has `max` sessions on this instance.
+    pub fn user_session(&self, user: Ulid, max: usize) -> Option<UserSessionGuard> {
+        let mut counts = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user).or_default();
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(&user);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(UserSessionGuard {
+            counts: Arc::clone(&self.user_sessions),
+            user,
+        })
+    }
+
+    /// Authenticated sessions `user` has on this instance now.
+    pub fn user_sessions(&self, user: Ulid) -> usize {
+        let counts = self.user_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&user).copied().unwrap_or(0)
+    }
+
     /// The backplane the hub publishes on, if any.
     pub fn backplane(&self) -> Option<&Backplane> {
         self.backplane.as_ref()
@@ -374,9 +411,50 @@ impl Drop for SessionGuard {
     }
 }
 
+/// See [`Hub::user_session`].
+#[derive(Debug)]
+pub struct UserSessionGuard {
+    counts: Arc<Mutex<HashMap<Ulid, usize>>>,
+    user: Ulid,
+}
+
+impl Drop for UserSessionGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            // Users without sessions leave the map, so it holds connected users only.
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_sessions_are_capped_and_released() {
+        let hub = Hub::new();
+        let (ann, bob) = (Ulid::from_parts(1, 1), Ulid::from_parts(1, 2));
+        let first = hub.user_session(ann, 2).unwrap();
+        let second = hub.user_session(ann, 2).unwrap();
+        assert!(
+            hub.user_session(ann, 2).is_none(),
+            "the third is over the cap"
+        );
+        assert!(hub.user_session(bob, 2).is_some(), "the cap is per user");
+        assert_eq!(hub.user_sessions(ann), 2);
+        drop(first);
+        let third = hub.user_session(ann, 2).expect("a slot was released");
+        drop((second, third));
+        assert_eq!(hub.user_sessions(ann), 0);
+        assert!(hub.user_session(ann, 0).is_none());
+        let counts = hub.user_sessions.lock().unwrap();
+        assert!(counts.is_empty(), "users without sessions leave no entry");
+    }
 
     #[test]
     fn envelopes_carry_the_event_verbatim() {

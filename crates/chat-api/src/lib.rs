@@ -69,7 +69,10 @@ pub use openapi::document as openapi_document;
 pub use routes::api_route_table;
 pub use serve_limits::ServerLimits;
 pub use state::AppState;
-pub use ws::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_UNAUTHORIZED};
+pub use ws::{
+    CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_LAGGED, CLOSE_RATE_LIMITED, CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_SESSIONS, CLOSE_UNAUTHORIZED,
+};
 
 /// The whole HTTP application: `/api/v1`, `/health`, `/stats` (JSON), `/metrics` (Prometheus), with request ids, tracing,
 /// panics turned into 500s, request timeouts, body limits, metrics and rate limits.

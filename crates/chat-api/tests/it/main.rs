@@ -32,5 +32,7 @@ mod upstash;
 mod secrets;
 // The WebSocket session.
 mod ws;
+// WebSocket limits: frame sizes, sessions per user, frame rate, slow readers.
+mod ws_limits;
 // Connection limits of the real binary: header-read and idle timeouts, the connection cap.
 mod connections;
