@@ -450,13 +450,7 @@ pub async fn rate_limit(
         tracing::error!(route = ?route.map(MatchedPath::as_str), "route without a rate-limit bucket");
         return AppError::Internal("route without a rate-limit bucket".into()).into_response();
     };
-    let address = format!(
-        "ip:{}",
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
-    );
+    let address = address_subject(request.extensions().get::<ConnectInfo<SocketAddr>>());
     let token = presented_token(&request, access);
     let claimed = token.as_deref().and_then(claimed_user);
     let (Some(token), Some(claimed)) = (token, claimed) else {
@@ -495,6 +489,46 @@ type Stopped = (AppError, Decision, Bucket);
 /// Charges a request with a well-formed token claiming `claimed` and resolves the token. `Ok`
 /// with the caller (`None` for a bad token, then charged to `address` like no token) and the
 /// decision of the route's bucket to report, which may deny.
+/// The subject a client address is limited as: `ip:<address>` (`ip:unknown` when the server
+/// recorded no peer address, as in-process tests).
+pub(crate) fn address_subject(peer: Option<&ConnectInfo<SocketAddr>>) -> String {
+    peer.map_or_else(|| "ip:unknown".to_owned(), |c| format!("ip:{}", c.0.ip()))
+}
+
+/// Resolves a token this middleware never saw (the `identify` frame of a WebSocket session) as
+/// it resolves one in a header: a malformed token costs no lookup, and a well-formed one is an
+/// attempt of `address`'s [`Bucket::AuthFailures`], refunded on success; once the bucket is full,
+/// only a token the in-process cache alone can verify passes (429 `rate_limited` otherwise). With
+/// rate limits off it is plain [`authenticate`].
+pub(crate) async fn authenticate_charged(
+    state: &AppState,
+    address: &str,
+    token: &str,
+) -> Result<UserRef, AppError> {
+    if !state.config().rate_limit {
+        return authenticate(state, token).await;
+    }
+    if claimed_user(token).is_none() {
+        return Err(AppError::Unauthorized);
+    }
+    let limiter = state.limiter();
+    let attempt = limiter.check(address, Bucket::AuthFailures);
+    if !attempt.allowed {
+        return authenticate_in_memory(state, token).ok_or_else(|| {
+            state.metrics().rate_limited(Bucket::AuthFailures);
+            AppError::RateLimited {
+                retry_after: attempt.reset_after,
+            }
+        });
+    }
+    let result = authenticate(state, token).await;
+    if !matches!(result, Err(AppError::Unauthorized)) {
+        // A success, or a cache or database failure (not the client's): no failure charged.
+        limiter.refund(address, Bucket::AuthFailures, &attempt);
+    }
+    result
+}
+
 async fn charge_and_authenticate(
     state: &AppState,
     address: &str,

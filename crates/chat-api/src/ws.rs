@@ -39,6 +39,9 @@
 //! - Frame rate: `WS_MAX_FRAMES_PER_SEC` (20) per session, in bursts of as many, counting every
 //!   frame (pings, pongs, binary). A frame over the rate is not answered; a client whose excess
 //!   reaches another second's worth is closed with 4029.
+//! - Failed authentications: an `identify` token is charged to the client's address like a token
+//!   in a header (the `auth_failures` bucket, see `ratelimit`): once the address has failed too
+//!   often in a window, further `identify` frames are closed with 4029 without a lookup.
 //! - Slow readers: every frame the server sends must be taken by the client within
 //!   `WS_SEND_TIMEOUT_MS` (10 s); a client that stops reading is dropped then (with no close
 //!   frame, there being no room for one), so it holds at most its socket buffers and one frame,
@@ -49,11 +52,11 @@
 //! close code instead of a connection reset. A fragmented message counts against the size limit
 //! as a whole; a malformed frame closes the socket with 1002.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use axum::{
     extract::{
-        State,
+        ConnectInfo, State,
         ws::{
             CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
             rejection::WebSocketUpgradeRejection,
@@ -76,6 +79,7 @@ use crate::{
     error::{AppError, ErrorBody, Query},
     events::{EventKind, UserSessionGuard},
     model::UserRef,
+    ratelimit::authenticate_charged,
     state::AppState,
 };
 
@@ -132,8 +136,10 @@ pub(crate) async fn upgrade(
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     known: Option<axum::Extension<CurrentUser>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    let address = crate::ratelimit::address_subject(peer.as_ref().map(|p| &p.0));
     // A bad token is a 401 whether or not the request is a proper upgrade.
     let user = match (known, bearer_token(&headers).or(query.token.as_deref())) {
         (Some(axum::Extension(CurrentUser(user))), _) => Some(user),
@@ -169,7 +175,7 @@ pub(crate) async fn upgrade(
         .max_message_size(max_frame);
     Ok(ws.on_upgrade(move |socket| async move {
         let _guard = state.hub().session_guard();
-        run(socket, state, user).await;
+        run(socket, state, user, address).await;
     }))
 }
 
@@ -309,13 +315,18 @@ async fn linger(stream: &mut Stream, readable: bool) {
     let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
-async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSessionGuard)>) {
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    user: Option<(UserRef, UserSessionGuard)>,
+    address: String,
+) {
     let (sink, mut stream) = socket.split();
     let mut out = Outbox {
         sink,
         timeout: state.config().ws_send_timeout,
     };
-    if let Some(close) = session(&state, &mut out, &mut stream, user).await {
+    if let Some(close) = session(&state, &address, &mut out, &mut stream, user).await {
         if out.close(close.code, close.reason).await {
             linger(&mut stream, close.readable).await;
         }
@@ -326,6 +337,7 @@ async fn run(socket: WebSocket, state: AppState, user: Option<(UserRef, UserSess
 /// stopped reading.
 async fn session(
     state: &AppState,
+    address: &str,
     out: &mut Outbox,
     stream: &mut Stream,
     user: Option<(UserRef, UserSessionGuard)>,
@@ -344,7 +356,7 @@ async fn session(
     // The slot lives as long as this function: the user's session count drops when it ends.
     let (user, _slot) = match user {
         Some(user) => user,
-        None => match identify(state, stream, &mut budget, heartbeat).await {
+        None => match identify(state, address, stream, &mut budget, heartbeat).await {
             Identified::User(user) => {
                 let limit = config.ws_max_sessions_per_user;
                 match state.hub().user_session(user.id, limit) {
@@ -481,6 +493,7 @@ enum Identified {
 /// session's frame budget like any other.
 async fn identify(
     state: &AppState,
+    address: &str,
     stream: &mut Stream,
     budget: &mut FrameBudget,
     within: Duration,
@@ -510,10 +523,18 @@ async fn identify(
         Err(_elapsed) => return unauthorized,
     };
     match serde_json::from_str(text.as_str()) {
-        Ok(ClientFrame::Identify { token }) => match authenticate(state, &token).await {
-            Ok(user) => Identified::User(user),
-            Err(_) => unauthorized,
-        },
+        // Charged to the client's address like a token in a header, so a flood of sessions with
+        // made-up tokens costs at most the address's failure budget in lookups.
+        Ok(ClientFrame::Identify { token }) => {
+            match authenticate_charged(state, address, &token).await {
+                Ok(user) => Identified::User(user),
+                Err(AppError::RateLimited { .. }) => Identified::Refused(Close::new(
+                    CLOSE_RATE_LIMITED,
+                    "too many failed authentications; retry later",
+                )),
+                Err(_) => unauthorized,
+            }
+        }
         _ => unauthorized,
     }
 }

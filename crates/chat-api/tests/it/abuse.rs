@@ -324,3 +324,44 @@ async fn names_registered_before_keys_get_one_at_startup() {
     .expect_error(409, "name_taken");
     pool.close().await;
 }
+
+/// `identify` frames are charged like tokens in a header: 40 WebSocket sessions from one address,
+/// each identifying with a made-up token, cost at most the failure budget in lookups; the rest
+/// are closed with 4029 without one, while the real user, verified from memory, still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_frames_are_charged_like_header_tokens() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::ws::{connect, hello_and_ready, next_close_code, next_json, serve};
+
+    let app = limited_app().await;
+    let addr = serve(&app).await;
+    let ann = app.register("ann").await;
+    // Ann's token is in the in-process cache from here on.
+    app.get("/api/v1/users/me", &ann.token).await.expect(200);
+    let before = app.queries_of("user_auth");
+    let start = Instant::now();
+    let (mut unauthorized, mut limited) = (0u64, 0u64);
+    for _ in 0..40 {
+        let mut socket = connect(addr, None, "").await;
+        assert_eq!(next_json(&mut socket).await["op"], "hello");
+        let identify = json!({"op": "identify", "token": made_up_token()}).to_string();
+        socket.send(Message::text(identify)).await.unwrap();
+        match next_close_code(&mut socket).await {
+            chat_api::CLOSE_UNAUTHORIZED => unauthorized += 1,
+            chat_api::CLOSE_RATE_LIMITED => limited += 1,
+            other => panic!("closed with {other}"),
+        }
+    }
+    let lookups = app.queries_of("user_auth") - before;
+    assert_eq!(lookups, unauthorized, "one lookup per 4001, none per 4029");
+    assert!(lookups <= failure_budget(start), "{lookups} lookups");
+    assert!(limited >= 40 - failure_budget(start), "{limited} closed 4029");
+
+    let mut socket = connect(addr, None, "").await;
+    let identify = json!({"op": "identify", "token": ann.token}).to_string();
+    socket.send(Message::text(identify)).await.unwrap();
+    hello_and_ready(&mut socket).await;
+    assert_eq!(app.queries_of("user_auth") - before, lookups);
+}
