@@ -167,6 +167,12 @@ pub struct Cli {
     #[arg(long, env = "CACHE_BACKPLANE", value_enum, default_value = "auto")]
     pub cache_backplane: BackplaneMode,
 
+    /// Reverse proxies whose `X-Forwarded-For` names the client for per-address rate limits:
+    /// comma-separated addresses and CIDR networks (e.g. `127.0.0.1,10.0.0.0/8`). Empty (the
+    /// default) trusts no one: the peer address is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
+
     /// Per-user rate limits (off for benchmarks).
     #[arg(long, env = "RATE_LIMIT", value_enum, default_value = "on")]
     pub rate_limit: Switch,
@@ -259,6 +265,8 @@ pub struct Config {
     pub breaker: cache_core::BreakerConfig,
     /// The backplane setting (see [`Config::backplane_enabled`]).
     pub backplane: BackplaneMode,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
     /// Rate limiting on.
     pub rate_limit: bool,
     /// Registration open.
@@ -288,6 +296,7 @@ impl fmt::Debug for Config {
             .field("upstash_url", &self.upstash_url.as_deref().map(redact_url))
             .field("upstash_token", &self.upstash_token)
             .field("backplane", &self.backplane)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("rate_limit", &self.rate_limit)
             .field("registration_open", &self.registration_open)
             .finish_non_exhaustive()
@@ -324,6 +333,7 @@ impl Default for Config {
             l1_max_ttl: Duration::from_secs(5),
             breaker: cache_core::BreakerConfig::default(),
             backplane: BackplaneMode::Auto,
+            trusted_proxies: crate::client_ip::TrustedProxies::default(),
             rate_limit: true,
             registration_open: true,
             max_body_bytes: 64 * 1024,
@@ -402,6 +412,7 @@ impl Cli {
                 )?),
             },
             backplane: self.cache_backplane,
+            trusted_proxies: self.trusted_proxies,
             rate_limit: self.rate_limit == Switch::On,
             registration_open: self.registration == Registration::Open,
             max_body_bytes: usize::try_from(positive(

@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -37,8 +37,10 @@
 //! billed `PUBLISH` per second per instance, however many requests), and adds the sums it hears
 //! from the others to its own windows. A user spreading requests over N instances is therefore
 //! held to the limit, give or take what the others allowed in the last second before they heard of
-//! it. Per-IP limits (unauthenticated requests) are not shared: behind a reverse proxy the peer
-//! address is the proxy's, and sharing it would make one bucket of every anonymous client.
+//! it. Per-address limits (unauthenticated requests, failed authentications) are not shared. The
+//! address is the peer's, or behind a reverse proxy listed in `TRUSTED_PROXIES`, the client
+//! address the proxy reports in `X-Forwarded-For` (without that setting every client behind the
+//! proxy is one address).
 
 use std::{
     collections::HashMap,
@@ -450,7 +452,11 @@ pub async fn rate_limit(
         tracing::error!(route = ?route.map(MatchedPath::as_str), "route without a rate-limit bucket");
         return AppError::Internal("route without a rate-limit bucket".into()).into_response();
     };
-    let address = address_subject(request.extensions().get::<ConnectInfo<SocketAddr>>());
+    let address = address_subject(
+        &state,
+        request.extensions().get::<ConnectInfo<SocketAddr>>(),
+        request.headers(),
+    );
     let token = presented_token(&request, access);
     let claimed = token.as_deref().and_then(claimed_user);
     let (Some(token), Some(claimed)) = (token, claimed) else {
@@ -482,6 +488,21 @@ pub async fn rate_limit(
     }
 }
 
+/// The subject a client is limited as: `ip:<address>`, the address being the peer's or, behind a
+/// trusted proxy, the one it forwards (`TRUSTED_PROXIES`, see `client_ip`); `ip:unknown` when the
+/// server recorded no peer address (in-process tests).
+pub(crate) fn address_subject(
+    state: &AppState,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    headers: &axum::http::HeaderMap,
+) -> String {
+    state
+        .config()
+        .trusted_proxies
+        .client_ip(peer.map(|c| c.0.ip()), headers)
+        .map_or_else(|| "ip:unknown".to_owned(), |ip| format!("ip:{ip}"))
+}
+
 /// Why a request with a well-formed token stops before its handler: the error, and the bucket
 /// decision to report in the headers.
 type Stopped = (AppError, Decision, Bucket);
@@ -489,12 +510,6 @@ type Stopped = (AppError, Decision, Bucket);
 /// Charges a request with a well-formed token claiming `claimed` and resolves the token. `Ok`
 /// with the caller (`None` for a bad token, then charged to `address` like no token) and the
 /// decision of the route's bucket to report, which may deny.
-/// The subject a client address is limited as: `ip:<address>` (`ip:unknown` when the server
-/// recorded no peer address, as in-process tests).
-pub(crate) fn address_subject(peer: Option<&ConnectInfo<SocketAddr>>) -> String {
-    peer.map_or_else(|| "ip:unknown".to_owned(), |c| format!("ip:{}", c.0.ip()))
-}
-
 /// Resolves a token this middleware never saw (the `identify` frame of a WebSocket session) as
 /// it resolves one in a header: a malformed token costs no lookup, and a well-formed one is an
 /// attempt of `address`'s [`Bucket::AuthFailures`], refunded on success; once the bucket is full,

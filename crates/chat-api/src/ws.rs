@@ -139,7 +139,7 @@ pub(crate) async fn upgrade(
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let address = crate::ratelimit::address_subject(peer.as_ref().map(|p| &p.0));
+    let address = crate::ratelimit::address_subject(&state, peer.as_ref().map(|p| &p.0), &headers);
     // A bad token is a 401 whether or not the request is a proper upgrade.
     let user = match (known, bearer_token(&headers).or(query.token.as_deref())) {
         (Some(axum::Extension(CurrentUser(user))), _) => Some(user),

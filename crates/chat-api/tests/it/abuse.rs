@@ -357,11 +357,83 @@ async fn identify_frames_are_charged_like_header_tokens() {
     let lookups = app.queries_of("user_auth") - before;
     assert_eq!(lookups, unauthorized, "one lookup per 4001, none per 4029");
     assert!(lookups <= failure_budget(start), "{lookups} lookups");
-    assert!(limited >= 40 - failure_budget(start), "{limited} closed 4029");
+    assert!(
+        limited >= 40 - failure_budget(start),
+        "{limited} closed 4029"
+    );
 
     let mut socket = connect(addr, None, "").await;
     let identify = json!({"op": "identify", "token": ann.token}).to_string();
     socket.send(Message::text(identify)).await.unwrap();
     hello_and_ready(&mut socket).await;
     assert_eq!(app.queries_of("user_auth") - before, lookups);
+}
+
+/// Per-address limits key on the client a trusted proxy names in `X-Forwarded-For`, and on the
+/// peer when the peer is not trusted (a client cannot escape its limit by sending the header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    use crate::support::{Server, TestDb};
+
+    let limit = Bucket::Register.limit();
+    let client = reqwest::Client::new();
+    let register = |server: &Server, name: String, forwarded: &'static str| {
+        client
+            .post(server.api("/users"))
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let trusting = Server::start(
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("RATE_LIMIT", "on"),
+            ("TRUSTED_PROXIES", "127.0.0.1, ::1"),
+        ],
+        None,
+    )
+    .await;
+    let start = Instant::now();
+    for i in 0..limit {
+        let response = register(&trusting, format!("a{i}"), "1.1.1.1")
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let response = register(&trusting, "a-over".into(), "1.1.1.1")
+        .await
+        .unwrap();
+    if start.elapsed() < WINDOW {
+        assert_eq!(
+            response.status(),
+            429,
+            "the forwarded client's bucket is full"
+        );
+    }
+    let response = register(&trusting, "b0".into(), "2.2.2.2").await.unwrap();
+    assert_eq!(response.status(), 201, "another client behind the proxy");
+
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let untrusting = Server::start(
+        &[("DATABASE_URL", db.url.as_str()), ("RATE_LIMIT", "on")],
+        None,
+    )
+    .await;
+    let start = Instant::now();
+    let spoofed = ["1.0.0.1", "1.0.0.2", "1.0.0.3", "1.0.0.4", "1.0.0.5"];
+    for i in 0..limit {
+        let forwarded = spoofed[usize::try_from(i).unwrap() % spoofed.len()];
+        let response = register(&untrusting, format!("c{i}"), forwarded)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let response = register(&untrusting, "c-over".into(), "9.9.9.9")
+        .await
+        .unwrap();
+    if start.elapsed() < WINDOW {
+        assert_eq!(response.status(), 429, "a spoofed header escapes nothing");
+    }
 }
