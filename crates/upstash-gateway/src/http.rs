@@ -317,14 +317,19 @@ impl From<Error> for Failure {
             Error::RedisHandshake(_) | Error::Protocol(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut message = format!("ERR gateway: {err}");
+        // The client is told what failed, never where Redis is: the address goes to the log only.
+        let what = match &err {
+            Error::RedisUnavailable { .. } => "redis is unavailable".to_owned(),
+            other => other.to_string(),
+        };
+        let mut message = format!("ERR gateway: {what}");
         if let Some(source) = std::error::Error::source(&err) {
             message.push_str(&format!(": {source}"));
         }
         if matches!(err, Error::RedisConnectionLost(_) | Error::RedisTimeout(_)) {
             message.push_str(" (the command may or may not have run)");
         }
-        tracing::warn!(error = %message, "request failed reaching redis");
+        tracing::warn!(error = %err, detail = %message, "request failed reaching redis");
         Failure { status, message }
     }
 }

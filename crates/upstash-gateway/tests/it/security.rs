@@ -409,5 +409,18 @@ async fn health_does_not_tell_where_redis_is() {
         !body.contains("127.0.0.1") && !body.contains(&port),
         "{body}"
     );
+    // Nor does a command's error, even for a holder of the token.
+    let client = Client::new(&env);
+    let failed = client.cmd(json!(["GET", "k"])).await;
+    assert_eq!(failed.status, 503);
+    let error = failed.error();
+    assert!(
+        error.starts_with("ERR gateway: redis is unavailable"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains(&port),
+        "{error}"
+    );
     env.shutdown().await;
 }
