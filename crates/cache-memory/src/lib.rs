@@ -1,27 +1,4 @@
-//! The in-process `cache-core` backend, on moka.
-//!
-//! - Capacity in bytes (default 64 MiB), measured by a weigher on the stored JSON plus a fixed
-//!   per-entry overhead; moka evicts by TinyLFU admission and LRU eviction.
-//! - Per-entry expiry from [`Entry::expires_at`](cache_core::Entry), so grace periods work.
-//! - Tags by invalidation stamps: an entry is visible only if it was created after every stamp of
-//!   its key's tags. A global generation counter lets a hit skip the stamp lookups when nothing was
-//!   invalidated since the entry was last checked, which keeps the hit path close to a raw moka get.
-//! - Stamps are kept only as long as an entry they could hide may live, so they cannot pile up.
-//! - Decoded values stay attached to their entry, so a hit through `cache_core::Cache` does not
-//!   deserialize.
-//! - moka's `sync::Cache`, not its `future::Cache`: nothing in this backend awaits inside the cache
-//!   (loads are coalesced by `cache_core::Cache`), and the synchronous get lets a hit skip the
-//!   boxed future of the async trait (`CacheBackend::get_now`), which is what keeps a hit within
-//!   1.5× of a raw moka get (the P1 target of `docs/benchmarks.md`).
-//!
-//! ```
-//! use std::sync::Arc;
-//! use cache_core::Cache;
-//! use cache_memory::{MemoryBackend, MemoryConfig};
-//!
-//! let cache = Cache::new(Arc::new(MemoryBackend::new(MemoryConfig::default())));
-//! ```
-
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 use std::{

@@ -1,36 +1,4 @@
-//! Serves an axum [`Router`] over HTTP/1.1 with the limits a server facing the open network needs,
-//! which `axum::serve` leaves out: it installs no timer, so a connection that sends half a request
-//! head, or nothing at all, or goes quiet after a response, stays open for as long as the peer
-//! likes, and it accepts every connection the kernel hands it.
-//!
-//! [`serve`] adds, per [`ServerLimits`]:
-//! - **a header-read timeout**: a new connection must deliver a complete request head within it,
-//!   and so must a kept-alive one once the first byte of its next request has arrived (the
-//!   slowloris defence);
-//! - **an idle timeout**: a kept-alive connection with no request in flight and no byte of a next
-//!   request is closed after it;
-//! - **a connection cap**: at most this many connections are open at once (WebSockets upgraded from
-//!   them included, until they close); the next one waits in the kernel's accept backlog rather
-//!   than being accepted, as in mini-redis;
-//! - **graceful shutdown**: on the shutdown future, stop accepting, let in-flight requests finish,
-//!   close idle connections at once.
-//!
-//! A request in flight (its response body included: a long stream is a request in flight) is
-//! never cut by these timers; bounding how long a handler or a request body may take is the
-//! application's job (a timeout layer around the handlers covers both, since extractors read the
-//! body inside the handler's future).
-//!
-//! Every request gets [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo) with the peer's
-//! address, as `into_make_service_with_connect_info` would give it.
-//!
-//! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! serve_limits::serve(listener, app, serve_limits::ServerLimits::default(), std::future::pending())
-//!     .await
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
 
 use std::{
     convert::Infallible,

@@ -409,10 +409,10 @@ impl PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.clean {
-                self.pool.idle().push_back((conn, Instant::now()));
-            }
+        if let Some(conn) = self.conn.take()
+            && self.clean
+        {
+            self.pool.idle().push_back((conn, Instant::now()));
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The backend conformance suite: the semantics of [`CacheBackend`] as executable checks.
+//! The backend conformance suite: the semantics of [`CacheBackend`](crate::CacheBackend) as executable checks.
 //!
 //! Every backend runs it through [`backend_conformance_tests!`](crate::backend_conformance_tests):
 //!
