@@ -56,6 +56,20 @@ const STEPS: &[Step] = &[
         },
     },
     Step {
+        name: "cargo doc --no-deps --all-features (library crates, RUSTDOCFLAGS=-D warnings)",
+        lint: true,
+        // The published crates' docs: broken links and malformed doc comments fail.
+        run: || {
+            let mut doc = cargo();
+            doc.env("RUSTDOCFLAGS", "-D warnings")
+                .args(["doc", "--no-deps", "--all-features"]);
+            for krate in LIBRARY_CRATES {
+                doc.args(["-p", krate]);
+            }
+            run_cmd(doc)
+        },
+    },
+    Step {
         name: "cargo xtask conformance",
         lint: false,
         run: || conformance::run(&[]),
@@ -93,6 +107,15 @@ const STEPS: &[Step] = &[
         lint: false,
         run: || api_fuzz::run(&["--time".into(), "60".into(), "--no-build".into()]),
     },
+];
+
+/// The crates published for other projects (the apps are not).
+const LIBRARY_CRATES: &[&str] = &[
+    "cache-core",
+    "cache-memory",
+    "cache-upstash",
+    "serve-limits",
+    "upstash-gateway",
 ];
 
 fn cargo_cmd(args: &[&str]) -> anyhow::Result<()> {
