@@ -102,6 +102,23 @@ const STEPS: &[Step] = &[
         lint: false,
         run: || cargo_cmd(&["test", "-p", "cache-core", "--all-features"]),
     },
+    // The library crates' examples run to the end (each asserts what it shows).
+    Step {
+        name: "cargo run --example … (library crates)",
+        lint: false,
+        run: || {
+            cargo_cmd(&[
+                "run",
+                "-p",
+                "cache-core",
+                "--features",
+                "testing",
+                "--example",
+                "tiered_fallback",
+            ])?;
+            cargo_cmd(&["run", "-p", "cache-memory", "--example", "bounded_by_bytes"])
+        },
+    },
     Step {
         name: "cargo xtask api-fuzz --time 60 --no-build",
         lint: false,
