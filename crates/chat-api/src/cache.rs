@@ -10,12 +10,13 @@
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
 //! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `messages_changed` (post, edit, delete, reaction add/remove in `cid`) |
+//! | `channel-history:{cid}:{before}:{limit}` | an older page (before a cursor), rendered | `#channel-messages:{cid}` | `messages_changed`, as the latest page |
 //! | `auth-user:{uid}`                      | name + token hash (existing users only) | `#auth-user:{uid}` | `user_registered` |
 //! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
 //! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
 //!
 //! A post invalidates exactly one tag, however many members the channel has and however many page
-//! sizes are cached. Every invalidation runs after the database commit, so a read that follows
+//! sizes and older pages are cached. Every invalidation runs after the database commit, so a read that follows
 //! the write's response cannot see older data (the cache's tag stamps reject entries whose data
 //! was read before the invalidation).
 //!
@@ -322,6 +323,14 @@ impl CacheKeys {
             .tagged(&[self.channel_messages_tag(channel)])
     }
 
+    /// An older page of a channel: the `limit` messages before the cursor `before`. It shares the
+    /// channel's page tag, so every write to the channel's messages drops it with the latest page.
+    fn older_page(&self, channel: Ulid, before: Ulid, limit: u32) -> Key {
+        self.ns
+            .key("channel-history", &[&channel, &before, &limit])
+            .tagged(&[self.channel_messages_tag(channel)])
+    }
+
     /// Tag of every cached page of a channel.
     fn channel_messages_tag(&self, channel: Ulid) -> Tag {
         self.ns.tag("channel-messages", &[&channel])
@@ -599,6 +608,49 @@ impl ChatCache {
             .map_err(load_error)
     }
 
+    /// The `limit` messages of a channel before the message id `before` (scrolling back),
+    /// rendered. Cursors repeat (everyone scrolling a channel starts from the same latest page),
+    /// so history is read from the database once per page until a write to the channel's
+    /// messages, which drops these pages with the latest one.
+    pub async fn older_page(
+        &self,
+        channel: Ulid,
+        before: Ulid,
+        limit: u32,
+    ) -> Result<Arc<RenderedPage>, AppError> {
+        let store = Arc::clone(&self.store);
+        self.cache
+            .get_or_load(
+                &self.keys.older_page(channel, before, limit),
+                &self.policies.messages,
+                move || async move {
+                    let mut messages = store
+                        .messages(channel, Slice::Before(before), limit + 1)
+                        .await?;
+                    let has_more_before = messages.len() > limit as usize;
+                    messages.truncate(limit as usize);
+                    // Newer messages exist if anything is at or after the cursor.
+                    let has_more_after = match before.0.checked_sub(1) {
+                        Some(prev) => !store
+                            .messages(channel, Slice::After(Ulid(prev)), 1)
+                            .await?
+                            .is_empty(),
+                        None => false,
+                    };
+                    let page = MessagePage {
+                        messages,
+                        has_more_before,
+                        has_more_after,
+                    };
+                    RenderedPage::render(&page)
+                        .map(Arc::new)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                },
+            )
+            .await
+            .map_err(load_error)
+    }
+
     /// After a user `user` was registered: its token record (a miss cached before it existed).
     pub async fn user_registered(&self, user: Ulid) {
         self.invalidate(Write::UserRegistered { user }).await;
@@ -669,12 +721,14 @@ mod tests {
         let entries = [
             ("user-channels", keys.user_channels(u)),
             ("channel-messages", keys.latest_page(c, 50)),
+            ("channel-history", keys.older_page(c, u, 50)),
             ("auth-user", keys.auth_user(u)),
             ("membership", keys.membership(c, u)),
             ("channel", keys.channel(c)),
             // The same kinds for another channel and user: no write of `c`/`u` touches them.
             ("other", keys.user_channels(other_u)),
             ("other", keys.latest_page(other_c, 50)),
+            ("other", keys.older_page(other_c, u, 50)),
             ("other", keys.auth_user(other_u)),
             ("other", keys.membership(other_c, u)),
             ("other", keys.membership(c, other_u)),
@@ -705,7 +759,7 @@ mod tests {
         );
         assert_eq!(
             hidden(Write::MessagesChanged { channel: c }),
-            ["channel-messages"]
+            ["channel-messages", "channel-history"]
         );
         assert_eq!(hidden(Write::Acked { user: u }), ["user-channels"]);
     }

@@ -139,15 +139,16 @@ fn page_response(page: Arc<RenderedPage>, headers: &HeaderMap) -> Response {
     response
 }
 
-/// A page of messages, newest first. Without a cursor it is the latest page, served from the
-/// cache with an `ETag` (304 on `If-None-Match`).
+/// A page of messages, newest first. Without a cursor it is the latest page; with `before`, an
+/// older one (scrolling back). Both are served from the cache with an `ETag` (304 on
+/// `If-None-Match`).
 #[utoipa::path(
     get, path = "/api/v1/channels/{cid}/messages", tag = "messages",
     security(("bearer" = [])),
     params(("cid" = String, Path, description = "Channel ULID"), MessagesQuery),
     responses(
         (status = 200, description = "A page", body = MessagePage),
-        (status = 304, description = "The latest page is unchanged"),
+        (status = 304, description = "The page (latest, or before a cursor) is unchanged"),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Not a member", body = ErrorBody),
@@ -197,20 +198,8 @@ pub(crate) async fn list(
             return Ok(page_response(page, &headers));
         }
         (Some(before), _, _) => {
-            let mut messages = store
-                .messages(cid, Slice::Before(before), limit + 1)
-                .await?;
-            let older = messages.len() > limit as usize;
-            messages.truncate(limit as usize);
-            // Newer messages exist if anything is at or after the cursor.
-            let newer = match before.0.checked_sub(1) {
-                Some(prev) => !store
-                    .messages(cid, Slice::After(Ulid(prev)), 1)
-                    .await?
-                    .is_empty(),
-                None => false,
-            };
-            (messages, older, newer)
+            let page = state.cache().older_page(cid, before, limit).await?;
+            return Ok(page_response(page, &headers));
         }
         (_, Some(after), _) => {
             let mut messages = store.messages(cid, Slice::After(after), limit + 1).await?;
