@@ -15,6 +15,7 @@ mod cluster;
 mod conformance;
 mod e2e;
 mod fuzz;
+mod public_api;
 mod setup_env;
 mod util;
 
@@ -40,6 +41,8 @@ Tasks:
   ci          the one list of CI checks (--list prints it; --tests-only skips fmt and clippy)
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
+  public-api  the published crates' public API against the snapshots in public-api/ (the diff if
+              not); --bless rewrites them
   setup-env   write .env.local with Upstash (or local gateway) credentials, checked by PING
   help        this text
 ";
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Some("outage") => e2e::outage(&rest),
         Some("cluster") => cluster::run(&rest),
         Some("setup-env") => setup_env::run(&rest),
+        Some("public-api") => public_api::run(&rest),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

@@ -29,13 +29,11 @@ async fn main() -> cache_core::Result<()> {
     let (l2, chaos) = ChaosBackend::new(Arc::new(MapBackend::new()));
     // After 3 failed L2 calls the breaker opens: L2 is skipped for 200 ms (5 s by default), so
     // an outage costs no timeouts, then one call probes it.
-    let config = TieredConfig {
-        breaker: BreakerConfig {
-            failure_threshold: 3,
-            open_for: Duration::from_millis(200),
-        },
-        ..TieredConfig::default()
-    };
+    let config = TieredConfig::default().with_breaker(
+        BreakerConfig::default()
+            .with_failure_threshold(3)
+            .with_open_for(Duration::from_millis(200)),
+    );
     let tiered = TieredBackend::new(Arc::new(MapBackend::new()), Arc::new(l2), config);
     let cache = Cache::new(Arc::new(tiered));
 

@@ -12,8 +12,10 @@ use tokio::time::Instant;
 
 use crate::stats::{BreakerStats, Counter};
 
-/// When the breaker opens and for how long.
+/// When the breaker opens and for how long: `BreakerConfig::default()`, changed with the
+/// `with_*` methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (default 3).
     pub failure_threshold: u32,
@@ -27,6 +29,22 @@ impl Default for BreakerConfig {
             failure_threshold: 3,
             open_for: Duration::from_secs(5),
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Sets how many consecutive failures open the breaker.
+    #[must_use]
+    pub fn with_failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures;
+        self
+    }
+
+    /// Sets how long the breaker stays open before a probe.
+    #[must_use]
+    pub fn with_open_for(mut self, open_for: Duration) -> Self {
+        self.open_for = open_for;
+        self
     }
 }
 

@@ -25,8 +25,10 @@ use crate::{
     time::{Clock, SystemClock, Timestamp},
 };
 
-/// What [`Cache`] needs besides a backend.
+/// What [`Cache`] needs besides a backend: `CacheConfig::default()`, changed with the `with_*`
+/// methods (it may gain settings, so it is not built with a struct literal).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// The codec for values (and, through the backend, the wire format).
     pub codec: Codec,
@@ -40,6 +42,22 @@ impl Default for CacheConfig {
             codec: Codec::default(),
             clock: Arc::new(SystemClock),
         }
+    }
+}
+
+impl CacheConfig {
+    /// Sets the codec (default: JSON, no compression).
+    #[must_use]
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Sets the clock (default: the system clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 

@@ -3,10 +3,7 @@
 use std::{
     any::Any,
     fmt,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
 };
 
 use bytes::Bytes;
@@ -36,7 +33,6 @@ struct Inner {
     // How long this copy may be kept by the tier holding it (an L1 cap); never on the wire.
     local_expires_at: Timestamp,
     decoded: OnceLock<Decoded>,
-    validated_generation: AtomicU64,
 }
 
 impl Entry {
@@ -54,7 +50,6 @@ impl Entry {
             expires_at,
             local_expires_at: expires_at,
             decoded: OnceLock::new(),
-            validated_generation: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -123,25 +118,11 @@ impl Entry {
             expires_at,
             local_expires_at: local.min(expires_at),
             decoded: OnceLock::new(),
-            validated_generation: AtomicU64::new(u64::MAX),
         }));
         if let Some(decoded) = self.0.decoded.get() {
             entry.attach_decoded(Arc::clone(decoded));
         }
         entry
-    }
-
-    /// For in-process backends: the invalidation generation at which this entry was last found
-    /// valid (`u64::MAX` if never), so a hit can skip tag lookups while nothing was invalidated.
-    pub fn validated_generation(&self) -> u64 {
-        self.0.validated_generation.load(Ordering::Acquire)
-    }
-
-    /// Records that the entry was found valid at `generation`.
-    pub fn set_validated_generation(&self, generation: u64) {
-        self.0
-            .validated_generation
-            .store(generation, Ordering::Release);
     }
 
     /// The decoded value of type `T`, if one was attached and is of that type.

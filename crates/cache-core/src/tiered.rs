@@ -52,8 +52,9 @@ use crate::{
     time::{Clock, SystemClock, Timestamp},
 };
 
-/// Settings of a [`TieredBackend`].
+/// Settings of a [`TieredBackend`]: `TieredConfig::default()`, changed with the `with_*` methods.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TieredConfig {
     /// Timeout of every L2 call (default 500 ms).
     pub l2_timeout: Duration,
@@ -81,6 +82,43 @@ impl Default for TieredConfig {
             max_pending: 10_000,
             announce_sets: true,
         }
+    }
+}
+
+impl TieredConfig {
+    /// Sets the timeout of every L2 call.
+    #[must_use]
+    pub fn with_l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest time an entry stays in L1 without a connected backplane.
+    #[must_use]
+    pub fn with_l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = ttl;
+        self
+    }
+
+    /// Sets the L2 circuit breaker.
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Sets how many invalidations are remembered during an L2 outage.
+    #[must_use]
+    pub fn with_max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// Sets whether `set`/`set_many` are announced on the backplane.
+    #[must_use]
+    pub fn with_announce_sets(mut self, announce: bool) -> Self {
+        self.announce_sets = announce;
+        self
     }
 }
 

@@ -75,10 +75,7 @@ fn tiered() -> Cache {
     Cache::new(Arc::new(TieredBackend::new(
         Arc::new(MemoryBackend::default()),
         Arc::new(MapBackend::new()),
-        TieredConfig {
-            l1_max_ttl: Duration::from_secs(3600),
-            ..TieredConfig::default()
-        },
+        TieredConfig::default().with_l1_max_ttl(Duration::from_secs(3600)),
     )))
 }
 

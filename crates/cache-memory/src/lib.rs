@@ -20,8 +20,10 @@ use moka::{Expiry, notification::RemovalCause};
 /// Bytes charged per entry on top of its key and value (moka's and our bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
 
-/// Settings of a [`MemoryBackend`].
+/// Settings of a [`MemoryBackend`]: `MemoryConfig::default()` or
+/// `MemoryConfig::with_max_bytes(n)`, changed with the `with_*` methods.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MemoryConfig {
     /// Capacity in bytes (default 64 MiB).
     pub max_bytes: u64,
@@ -47,11 +49,18 @@ impl MemoryConfig {
             ..MemoryConfig::default()
         }
     }
+
+    /// Sets the clock for expiry deadlines and stamp retention.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
 }
 
 /// A moka-backed [`CacheBackend`]. See the crate docs.
 pub struct MemoryBackend {
-    entries: moka::sync::Cache<Arc<str>, Entry>,
+    entries: moka::sync::Cache<Arc<str>, Slot>,
     stamps: moka::sync::Cache<Tag, Stamp>,
     // Serializes stamp updates so stamps only move forward.
     stamp_lock: Mutex<()>,
@@ -60,6 +69,30 @@ pub struct MemoryBackend {
     max_expires_at: AtomicU64,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
+}
+
+/// What moka holds for a key: the entry, and the invalidation generation at which it was last
+/// found valid (`u64::MAX` if never), so a hit skips the tag lookups while nothing was
+/// invalidated. Shared, because moka hands out clones of its values.
+#[derive(Clone)]
+struct Slot(Arc<SlotInner>);
+
+struct SlotInner {
+    entry: Entry,
+    validated_generation: AtomicU64,
+}
+
+impl Slot {
+    fn new(entry: Entry) -> Self {
+        Slot(Arc::new(SlotInner {
+            entry,
+            validated_generation: AtomicU64::new(u64::MAX),
+        }))
+    }
+
+    fn entry(&self) -> &Entry {
+        &self.0.entry
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,24 +122,24 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<Arc<str>, Entry> for EntryExpiry {
+impl Expiry<Arc<str>, Slot> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        value: &Entry,
+        value: &Slot,
         _created_at: Instant,
     ) -> Option<Duration> {
-        self.ttl(value)
+        self.ttl(value.entry())
     }
 
     fn expire_after_update(
         &self,
         _key: &Arc<str>,
-        value: &Entry,
+        value: &Slot,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        self.ttl(value)
+        self.ttl(value.entry())
     }
 }
 
@@ -151,8 +184,9 @@ impl MemoryBackend {
         let listener_counters = Arc::clone(&counters);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|key: &Arc<str>, entry: &Entry| {
-                u32::try_from(key.len() + entry.value().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            .weigher(|key: &Arc<str>, slot: &Slot| {
+                u32::try_from(key.len() + slot.entry().value().len() + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry {
                 clock: Arc::clone(&config.clock),
@@ -192,22 +226,24 @@ impl MemoryBackend {
         self.stamps.entry_count()
     }
 
-    fn lookup(&self, key: &Key, entry: &Entry) -> bool {
+    fn lookup(&self, key: &Key, slot: &Slot) -> bool {
         // Expiry is moka's job (it checks on every read, see `EntryExpiry`); a second clock read
         // here would cost as much as the rest of the hit path.
         // Read the generation before the stamps: an invalidation that lands after this load bumps
         // the generation, so the entry is checked again on the next read.
         let generation = self.generation.load(Ordering::Acquire);
-        if entry.validated_generation() == generation {
+        if slot.0.validated_generation.load(Ordering::Acquire) == generation {
             return true;
         }
-        let created = entry.created_at();
+        let created = slot.entry().created_at();
         let valid = key
             .tags()
             .iter()
             .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created));
         if valid {
-            entry.set_validated_generation(generation);
+            slot.0
+                .validated_generation
+                .store(generation, Ordering::Release);
         }
         valid
     }
@@ -234,13 +270,13 @@ impl MemoryBackend {
             .entry(Arc::<str>::from(key.as_str()))
             .and_compute_with(|old| {
                 let keep_old = old.is_some_and(|old| {
-                    let old = old.value();
+                    let old = old.value().entry();
                     old.created_at() > entry.created_at() && old.is_alive(now)
                 });
                 if keep_old {
                     moka::ops::compute::Op::Nop
                 } else {
-                    moka::ops::compute::Op::Put(entry)
+                    moka::ops::compute::Op::Put(Slot::new(entry))
                 }
             });
     }
@@ -260,12 +296,12 @@ impl CacheBackend for MemoryBackend {
     }
 
     fn get_now(&self, key: &Key) -> Option<Entry> {
-        let entry = self.entries.get(key.as_str())?;
-        if !self.lookup(key, &entry) {
+        let slot = self.entries.get(key.as_str())?;
+        if !self.lookup(key, &slot) {
             return None;
         }
         self.record(true);
-        Some(entry)
+        Some(slot.entry().clone())
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {

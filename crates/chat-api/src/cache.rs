@@ -85,17 +85,15 @@ fn build_backend_with(
         CacheBackendKind::Memory | CacheBackendKind::Auto => Ok(memory()),
         CacheBackendKind::None => Ok(Arc::new(cache_core::NoopBackend::new())),
         CacheBackendKind::Upstash | CacheBackendKind::Tiered => {
-            let tiered = TieredConfig {
-                l2_timeout: config.l2_timeout,
-                l1_max_ttl: config.l1_max_ttl,
-                breaker: config.breaker,
+            let tiered = TieredConfig::default()
+                .with_l2_timeout(config.l2_timeout)
+                .with_l1_max_ttl(config.l1_max_ttl)
+                .with_breaker(config.breaker)
                 // chat-api writes only through tag invalidations (the write events below); its
                 // sets are fills of data read after the last invalidation, which another
                 // instance may hold or fill on its own without harm. Announcing them would cost
                 // one published message per miss and evict other instances' good copies.
-                announce_sets: false,
-                ..TieredConfig::default()
-            };
+                .with_announce_sets(false);
             let upstash = upstash_backend(config)?;
             // Upstash alone still gets the tiered guard (no L1): an outage costs one timeout per
             // probe, not one per request, and invalidations it missed are replayed before Redis

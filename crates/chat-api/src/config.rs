@@ -401,16 +401,15 @@ impl Cli {
                 "CACHE_L1_MAX_TTL_MS",
                 self.cache_l1_max_ttl_ms,
             )?),
-            breaker: cache_core::BreakerConfig {
-                failure_threshold: positive(
+            breaker: cache_core::BreakerConfig::default()
+                .with_failure_threshold(positive(
                     "CACHE_BREAKER_FAILURES",
                     self.cache_breaker_failures.into(),
-                )? as u32,
-                open_for: Duration::from_millis(positive(
+                )? as u32)
+                .with_open_for(Duration::from_millis(positive(
                     "CACHE_BREAKER_OPEN_MS",
                     self.cache_breaker_open_ms,
-                )?),
-            },
+                )?)),
             backplane: self.cache_backplane,
             trusted_proxies: self.trusted_proxies,
             rate_limit: self.rate_limit == Switch::On,

@@ -71,13 +71,7 @@ impl AppState {
             backplane,
         } = parts;
         let cache = ChatCache::new(
-            Cache::with_config(
-                backend,
-                CacheConfig {
-                    clock,
-                    ..CacheConfig::default()
-                },
-            ),
+            Cache::with_config(backend, CacheConfig::default().with_clock(clock)),
             &config.cache_prefix,
             Policies::from_config(&config),
             store,

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::{
     AppMessage, Backplane, BackplaneConfig, BackplaneState, BackplaneTransport, BreakerConfig,
-    Cache, CacheBackend, CacheConfig, CacheStats, Clock, Codec, DynBackend, Entry, Key,
-    LocalTransport, Namespace, Notice, OffsetClock, Result, SystemClock, Tag, TieredBackend,
-    TieredConfig, Timestamp, TtlPolicy,
+    Cache, CacheBackend, CacheConfig, CacheStats, Clock, DynBackend, Entry, Key, LocalTransport,
+    Namespace, Notice, OffsetClock, Result, SystemClock, Tag, TieredBackend, TieredConfig,
+    Timestamp, TtlPolicy,
     testing::{ChaosBackend, ChaosControl, Fault, ManualClock, MapBackend},
 };
 use tokio::sync::{Notify, broadcast};
@@ -116,16 +116,15 @@ impl World {
         let tiered = TieredBackend::with_clock(
             l1.clone(),
             Arc::new(chaotic),
-            TieredConfig {
-                l2_timeout: Duration::from_secs(2),
-                l1_max_ttl: L1_MAX_TTL,
+            TieredConfig::default()
+                .with_l2_timeout(Duration::from_secs(2))
+                .with_l1_max_ttl(L1_MAX_TTL)
                 // The breaker has its own tests; here it would only hide the replay.
-                breaker: BreakerConfig {
-                    failure_threshold: 1_000,
-                    open_for: Duration::from_secs(1),
-                },
-                ..TieredConfig::default()
-            },
+                .with_breaker(
+                    BreakerConfig::default()
+                        .with_failure_threshold(1_000)
+                        .with_open_for(Duration::from_secs(1)),
+                ),
             Box::new(self.clock.clone()),
         )
         .with_backplane(backplane.clone());
@@ -608,10 +607,7 @@ async fn a_write_on_one_instance_is_visible_on_the_next_read_of_another() {
         .map(|n| {
             Cache::with_config(
                 n.tiered.clone(),
-                CacheConfig {
-                    codec: Codec::default(),
-                    clock: world.clock.clone(),
-                },
+                CacheConfig::default().with_clock(world.clock.clone()),
             )
         })
         .collect();
@@ -764,10 +760,7 @@ async fn offset_clocks_reject_a_stale_fill_across_skewed_hosts() {
         let cache = |node: &Node, clock: Arc<OffsetClock>| {
             Cache::with_config(
                 node.tiered.clone(),
-                CacheConfig {
-                    codec: Codec::default(),
-                    clock,
-                },
+                CacheConfig::default().with_clock(clock),
             )
         };
         let (a, b) = (cache(&nodes[0], clock_a), cache(&nodes[1], clock_b));

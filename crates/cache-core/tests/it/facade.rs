@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use cache_core::{
-    Cache, CacheConfig, Codec, Entry, Key, Namespace, Tag, TtlPolicy,
+    Cache, CacheConfig, Entry, Key, Namespace, Tag, TtlPolicy,
     testing::{ChaosBackend, Fault, ManualClock, MapBackend},
 };
 use tokio::sync::oneshot;
@@ -246,10 +246,7 @@ fn manual_cache() -> (Cache, Arc<ManualClock>, Arc<MapBackend>) {
     let backend = Arc::new(MapBackend::with_clock(clock.clone()));
     let cache = Cache::with_config(
         backend.clone(),
-        CacheConfig {
-            codec: Codec::default(),
-            clock: clock.clone(),
-        },
+        CacheConfig::default().with_clock(clock.clone()),
     );
     (cache, clock, backend)
 }

@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use cache_core::{
-    BreakerConfig, BreakerState, Cache, CacheBackend, CacheConfig, Clock, Codec, Entry, Key,
-    Namespace, TieredBackend, TieredConfig, TtlPolicy,
+    BreakerConfig, BreakerState, Cache, CacheBackend, CacheConfig, Clock, Entry, Key, Namespace,
+    TieredBackend, TieredConfig, TtlPolicy,
     testing::{ChaosBackend, ChaosControl, Fault, ManualClock, MapBackend},
 };
 
@@ -29,16 +29,15 @@ impl Fixture {
         let l1 = Arc::new(MapBackend::with_clock(clock.clone()));
         let l2 = Arc::new(MapBackend::with_clock(clock.clone()));
         let (chaotic_l2, chaos) = ChaosBackend::new(l2.clone());
-        let config = TieredConfig {
-            l2_timeout: Duration::from_millis(200),
-            l1_max_ttl: L1_MAX_TTL,
-            breaker: BreakerConfig {
-                failure_threshold: 3,
-                open_for: OPEN_FOR,
-            },
-            max_pending,
-            ..TieredConfig::default()
-        };
+        let config = TieredConfig::default()
+            .with_l2_timeout(Duration::from_millis(200))
+            .with_l1_max_ttl(L1_MAX_TTL)
+            .with_breaker(
+                BreakerConfig::default()
+                    .with_failure_threshold(3)
+                    .with_open_for(OPEN_FOR),
+            )
+            .with_max_pending(max_pending);
         let tiered = Arc::new(TieredBackend::with_clock(
             l1.clone(),
             Arc::new(chaotic_l2),
@@ -58,10 +57,7 @@ impl Fixture {
     fn cache(&self) -> Cache {
         Cache::with_config(
             self.tiered.clone(),
-            CacheConfig {
-                codec: Codec::default(),
-                clock: self.clock.clone(),
-            },
+            CacheConfig::default().with_clock(self.clock.clone()),
         )
     }
 

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use cache_core::{
-    Cache, CacheBackend, CacheConfig, Clock, Codec, Entry, Namespace, SystemClock, TieredBackend,
+    Cache, CacheBackend, CacheConfig, Clock, Entry, Namespace, SystemClock, TieredBackend,
     TieredConfig, TtlPolicy,
     testing::{ChaosBackend, Fault, ManualClock, MapBackend},
 };
@@ -48,10 +48,7 @@ async fn the_byte_capacity_bounds_memory_and_counts_evictions() {
 #[tokio::test]
 async fn stamps_are_dropped_once_no_entry_they_could_hide_is_alive() {
     let clock = Arc::new(ManualClock::default());
-    let backend = MemoryBackend::new(MemoryConfig {
-        clock: clock.clone(),
-        ..MemoryConfig::default()
-    });
+    let backend = MemoryBackend::new(MemoryConfig::default().with_clock(clock.clone()));
     let ns = Namespace::new("mem", 1).unwrap();
     let now = clock.now();
     let short = now.saturating_add(Duration::from_millis(50));
@@ -106,10 +103,7 @@ async fn memory_l1_keeps_a_tiered_cache_serving_through_an_l2_outage() {
     ));
     let cache = Cache::with_config(
         tiered.clone(),
-        CacheConfig {
-            codec: Codec::default(),
-            clock: Arc::new(SystemClock),
-        },
+        CacheConfig::default().with_clock(Arc::new(SystemClock)),
     );
     let ns = Namespace::new("mem", 1).unwrap();
     let key = ns.key("page", &[&1]);

@@ -454,10 +454,7 @@ async fn fallback(ctx: &Context) -> anyhow::Result<String> {
             1024 * 1024,
         ))),
         Arc::new(UpstashBackend::new(unreachable)),
-        TieredConfig {
-            l2_timeout,
-            ..TieredConfig::default()
-        },
+        TieredConfig::default().with_l2_timeout(l2_timeout),
     ));
     let cache = Cache::new(tiered.clone());
     let ns = Namespace::new(PROBE_NAMESPACE, 1)?;
