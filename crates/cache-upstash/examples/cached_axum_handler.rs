@@ -72,40 +72,36 @@ fn poisoned<T>(_: T) -> std::io::Error {
 }
 
 #[derive(Clone)]
-struct AppState {
+struct App {
     cache: Cache,
-    namespace: Namespace,
+    ns: Namespace,
     db: Arc<Database>,
 }
 
-impl AppState {
+impl App {
     /// Everything cached about one user carries this tag; a write to the user invalidates it.
     fn user_tag(&self, id: u64) -> Tag {
-        self.namespace.tag("user", &[&id])
+        self.ns.tag("user", &[&id])
     }
 
     fn user_key(&self, id: u64) -> Key {
-        self.namespace
-            .key("user", &[&id])
-            .tagged(&[self.user_tag(id)])
+        self.ns.key("user", &[&id]).tagged(&[self.user_tag(id)])
     }
 }
 
-async fn get_user(
-    State(app): State<AppState>,
-    Path(id): Path<u64>,
-) -> Result<Json<User>, StatusCode> {
+async fn get_user(State(app): State<App>, Path(id): Path<u64>) -> Result<Json<User>, StatusCode> {
     let policy = TtlPolicy::new(Duration::from_secs(60));
     let db = Arc::clone(&app.db);
     // A miss runs the loader once however many requests ask at the same time; a failing or
-    // unreachable cache falls back to the loader instead of failing the request.
+    // unreachable cache falls back to the loader instead of failing the request. "No such user"
+    // is cached too (a PUT invalidates it); `get_or_load_if` can keep such answers out instead.
     let user: Option<User> = app
         .cache
         .get_or_load(&app.user_key(id), &policy, move || async move {
             db.load_user(id).await
         })
         .await
-        .map_err(internal_error)?;
+        .map_err(internal)?;
     user.map(Json).ok_or(StatusCode::NOT_FOUND)
 }
 
@@ -115,7 +111,7 @@ struct UserUpdate {
 }
 
 async fn put_user(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Path(id): Path<u64>,
     Json(update): Json<UserUpdate>,
 ) -> Result<StatusCode, StatusCode> {
@@ -123,22 +119,22 @@ async fn put_user(
         id,
         name: update.name,
     };
-    app.db.save_user(user).map_err(internal_error)?;
+    app.db.save_user(user).map_err(internal)?;
     // After the write committed: any entry of this user read before now is dead, including one
     // a concurrent load is about to store.
     app.cache
         .invalidate(&[app.user_tag(id)])
         .await
-        .map_err(internal_error)?;
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn internal_error(err: impl std::fmt::Display) -> StatusCode {
+fn internal(err: impl std::fmt::Display) -> StatusCode {
     eprintln!("request failed: {err}");
     StatusCode::INTERNAL_SERVER_ERROR
 }
 
-fn app(state: AppState) -> Router {
+fn router(state: App) -> Router {
     Router::new()
         .route("/users/{id}", get(get_user).put(put_user))
         .with_state(state)
@@ -156,9 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         id: 1,
         name: "ann".into(),
     })?;
-    let state = AppState {
+    let state = App {
         cache,
-        namespace: namespace.clone(),
+        ns: namespace.clone(),
         db: Arc::clone(&db),
     };
 
@@ -166,7 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("http://{}/users/1", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app(state))
+        axum::serve(listener, router(state))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
