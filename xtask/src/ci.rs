@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use crate::{
-    api_fuzz, cluster, conformance, e2e, fuzz,
+    api_fuzz, cluster, conformance, e2e, examples, fuzz,
     util::{cargo, project_root, run_cmd},
 };
 
@@ -102,22 +102,12 @@ const STEPS: &[Step] = &[
         lint: false,
         run: || cargo_cmd(&["test", "-p", "cache-core", "--all-features"]),
     },
-    // The library crates' examples run to the end (each asserts what it shows).
+    // The library crates' examples run to the end (each asserts what it shows), the
+    // cache-upstash ones against a local upstash-gateway.
     Step {
-        name: "cargo run --example … (library crates)",
+        name: "cargo xtask examples",
         lint: false,
-        run: || {
-            cargo_cmd(&[
-                "run",
-                "-p",
-                "cache-core",
-                "--features",
-                "testing",
-                "--example",
-                "tiered_fallback",
-            ])?;
-            cargo_cmd(&["run", "-p", "cache-memory", "--example", "bounded_by_bytes"])
-        },
+        run: || examples::run(&[]),
     },
     Step {
         name: "cargo xtask api-fuzz --time 60 --no-build",

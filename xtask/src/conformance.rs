@@ -12,8 +12,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, bail};
 
 use crate::util::{
-    Process, RedisServer, cargo, free_port, project_root, python_venv, run_cmd, summarize,
-    target_dir, wait_ready,
+    RedisServer, build_gateway, project_root, python_venv, run_cmd, start_gateway, summarize,
 };
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
@@ -26,32 +25,12 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     };
     let root = project_root();
 
-    let mut build = cargo();
-    build.args(["build", "-p", "upstash-gateway", "--bin", "upstash-gateway"]);
-    run_cmd(build)?;
-    let target_dir = target_dir();
-    let gateway_bin = target_dir
-        .join("debug")
-        .join(format!("upstash-gateway{}", std::env::consts::EXE_SUFFIX));
-
+    let gateway_bin = build_gateway()?;
     let redis = RedisServer::ephemeral()?;
     let redis_port = redis.port();
-
-    let gateway_port = free_port()?;
     let token = format!("conformance-{}-{}", std::process::id(), redis_port);
+    let (gateway, gateway_port) = start_gateway(&gateway_bin, &redis, &token)?;
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-    let gateway = Process::spawn(
-        "upstash-gateway",
-        Command::new(&gateway_bin)
-            .env("UPSTASH_GATEWAY_REDIS_URL", redis.url())
-            .env(
-                "UPSTASH_GATEWAY_LISTEN",
-                format!("127.0.0.1:{gateway_port}"),
-            )
-            .env("UPSTASH_GATEWAY_TOKEN", &token)
-            .env("RUST_LOG", "upstash_gateway=warn"),
-    )?;
-    wait_ready("upstash-gateway", gateway_port, "/__gateway/health")?;
     eprintln!("redis-server on :{redis_port}, upstash-gateway at {gateway_url}");
 
     let mut outcomes = Vec::new();

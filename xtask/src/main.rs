@@ -14,6 +14,7 @@ mod ci;
 mod cluster;
 mod conformance;
 mod e2e;
+mod examples;
 mod fuzz;
 mod public_api;
 mod setup_env;
@@ -38,6 +39,8 @@ Tasks:
               --no-build, --no-nginx, --backplane-off (the control: the checks must fail);
               --fanout USERS [--release]: USERS sessions on every instance, fan-out latency
               and memory per session instead
+  examples    the library crates' examples, the cache-upstash ones against a local
+              upstash-gateway in front of redis-server
   ci          the one list of CI checks (--list prints it; --tests-only skips fmt and clippy)
   fuzz        coverage-guided fuzzing of the decoders and parsers (fuzz/), bounded in time;
               --time SECS (per target, default 30), TARGET…
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("conformance") => conformance::run(&rest),
+        Some("examples") => examples::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("api-fuzz") => api_fuzz::run(&rest),
         Some("outage") => e2e::outage(&rest),

@@ -1,5 +1,5 @@
-//! Helpers shared by the tasks: the project root, running commands, child processes, ports and
-//! the one way every task starts `redis-server`.
+//! Helpers shared by the tasks: the project root, running commands, child processes, ports, the
+//! one way every task starts `redis-server`, and a plain `upstash-gateway` in front of it.
 
 use std::{
     io::{Read, Write},
@@ -232,6 +232,36 @@ impl RedisServer {
         anyhow::ensure!(n > 0 && !reply.starts_with('-'), "redis answered {reply:?}");
         Ok(reply)
     }
+}
+
+/// Builds the `upstash-gateway` binary (debug) and returns its path.
+pub(crate) fn build_gateway() -> anyhow::Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "-p", "upstash-gateway", "--bin", "upstash-gateway"]);
+    run_cmd(build)?;
+    Ok(target_dir()
+        .join("debug")
+        .join(format!("upstash-gateway{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// `upstash-gateway` (the binary at `bin`) in front of `redis` on a free loopback port, accepting
+/// `token`, once it answers its health check; returns it (killed when dropped) and its port.
+pub(crate) fn start_gateway(
+    bin: &Path,
+    redis: &RedisServer,
+    token: &str,
+) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let gateway = Process::spawn(
+        "upstash-gateway",
+        Command::new(bin)
+            .env("UPSTASH_GATEWAY_REDIS_URL", redis.url())
+            .env("UPSTASH_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("UPSTASH_GATEWAY_TOKEN", token)
+            .env("RUST_LOG", "upstash_gateway=warn"),
+    )?;
+    wait_ready("upstash-gateway", port, "/__gateway/health")?;
+    Ok((gateway, port))
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
