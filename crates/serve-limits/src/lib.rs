@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 use std::{
     convert::Infallible,
@@ -66,16 +67,31 @@ impl ServerLimits {
         self
     }
 
-    /// The first setting that cannot work (a zero timeout or cap), as a sentence for the user.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks that these limits can work, as [`serve`] does before it accepts anything, so a
+    /// configuration can be refused at start-up, before a listener is bound.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] for the first setting that cannot work (a zero timeout or
+    /// a zero cap), its message a sentence naming it.
+    ///
+    /// ```
+    /// use serve_limits::ServerLimits;
+    ///
+    /// assert!(ServerLimits::default().check().is_ok());
+    /// let err = ServerLimits::default().max_connections(0).check().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// assert_eq!(err.to_string(), "the connection cap must be at least 1");
+    /// ```
+    pub fn check(&self) -> io::Result<()> {
+        let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
         if self.header_read_timeout.is_zero() {
-            return Err("the header-read timeout must be more than zero".into());
+            return invalid("the header-read timeout must be more than zero");
         }
         if self.idle_timeout.is_zero() {
-            return Err("the idle timeout must be more than zero".into());
+            return invalid("the idle timeout must be more than zero");
         }
         if self.max_connections == 0 {
-            return Err("the connection cap must be at least 1".into());
+            return invalid("the connection cap must be at least 1");
         }
         Ok(())
     }
@@ -85,18 +101,22 @@ impl ServerLimits {
 /// lets in-flight requests finish and returns once every connection is done (upgraded
 /// connections are the application's to close).
 ///
+/// HTTP/1.1 only, with upgrades (WebSockets). Every request carries
+/// [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo) with the peer's address. Each
+/// connection runs on its own task (`tokio::spawn`), so this must be awaited inside a tokio
+/// runtime.
+///
 /// # Errors
-/// Only for [`ServerLimits`] that fail [`ServerLimits::check`] (`InvalidInput`). Accept errors
-/// (out of file descriptors, say) are logged and retried after a pause, as `axum::serve` does.
+/// Only the error of [`ServerLimits::check`] ([`io::ErrorKind::InvalidInput`]), before anything
+/// is accepted. Accept errors (out of file descriptors, say) are logged with `tracing` and
+/// retried after a pause, as `axum::serve` does.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    limits
-        .check()
-        .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+    limits.check()?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a receiver; `closed()` resolves once all are gone.

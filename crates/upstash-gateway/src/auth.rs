@@ -6,16 +6,16 @@ use subtle::ConstantTimeEq as _;
 
 /// A secret string (REST token or admin token). `Debug` never shows it.
 #[derive(Clone)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
     /// The secret itself; call only where it must be used (sending or comparing it).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 

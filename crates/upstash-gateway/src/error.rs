@@ -1,19 +1,24 @@
-//! The library's error type: configuration, binding, and talking to Redis.
+//! The library's errors: [`Error`] for what the public API returns (configuration, binding),
+//! and the crate-internal `RedisError` for trouble talking to Redis.
 //!
-//! HTTP clients never see these values directly; the server turns them into Upstash-shaped
-//! `{"error": "…"}` bodies (see `http.rs`). Callers classify with [`Error::kind`] and the `is_*`
-//! helpers rather than by matching messages.
+//! HTTP clients never see these values directly; the server turns Redis trouble into
+//! Upstash-shaped `{"error": "…"}` bodies with a 5xx status (see `http.rs`). Callers classify
+//! with [`Error::kind`] rather than by matching messages.
 
 use std::{io, time::Duration};
 
 /// A specialised `Result` for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the gateway library.
+/// Why a gateway could not start ([`GatewayBuilder::start`](crate::GatewayBuilder::start)).
+///
+/// Trouble reaching Redis is not among them: Redis is connected to lazily, and failures later on
+/// are answered to HTTP clients (503, 504, 502), never returned to the caller.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configuration is unusable (bad Redis URL, missing token, out-of-range setting).
+    /// The configuration is unusable (bad Redis URL, missing or clashing token, a zero limit or
+    /// timeout); the message says which setting.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The listen address could not be bound.
@@ -25,6 +30,36 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// The broad class of an [`Error`], for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Config`].
+    Config,
+    /// [`Error::Bind`].
+    Bind,
+}
+
+impl Error {
+    /// The broad class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Config,
+            Error::Bind { .. } => ErrorKind::Bind,
+        }
+    }
+
+    /// The configuration is unusable.
+    pub fn is_config(&self) -> bool {
+        self.kind() == ErrorKind::Config
+    }
+}
+
+/// Trouble talking to Redis, which the HTTP side maps to a status and an `ERR gateway: …` text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RedisError {
     /// No connection to Redis could be opened (refused, unreachable, or it did not answer in time).
     #[error("redis at {addr} is unavailable")]
     RedisUnavailable {
@@ -49,51 +84,4 @@ pub enum Error {
     /// Redis sent bytes that are not RESP2.
     #[error("redis protocol error: {0}")]
     Protocol(String),
-}
-
-/// The broad class of an [`Error`], for callers that branch on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// [`Error::Config`].
-    Config,
-    /// [`Error::Bind`].
-    Bind,
-    /// Redis cannot be reached or the connection broke: [`Error::RedisUnavailable`],
-    /// [`Error::RedisConnectionLost`].
-    RedisUnavailable,
-    /// [`Error::RedisTimeout`] or [`Error::PoolExhausted`].
-    Timeout,
-    /// [`Error::RedisHandshake`] or [`Error::Protocol`]: Redis answered, but not as expected.
-    RedisMisbehaved,
-}
-
-impl Error {
-    /// The broad class of this error.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::Config(_) => ErrorKind::Config,
-            Error::Bind { .. } => ErrorKind::Bind,
-            Error::RedisUnavailable { .. } | Error::RedisConnectionLost(_) => {
-                ErrorKind::RedisUnavailable
-            }
-            Error::RedisTimeout(_) | Error::PoolExhausted(_) => ErrorKind::Timeout,
-            Error::RedisHandshake(_) | Error::Protocol(_) => ErrorKind::RedisMisbehaved,
-        }
-    }
-
-    /// The configuration is unusable.
-    pub fn is_config(&self) -> bool {
-        self.kind() == ErrorKind::Config
-    }
-
-    /// Redis could not be reached, or the connection broke mid-request.
-    pub fn is_redis_unavailable(&self) -> bool {
-        self.kind() == ErrorKind::RedisUnavailable
-    }
-
-    /// Redis (or a free pooled connection) did not come within the time limit.
-    pub fn is_timeout(&self) -> bool {
-        self.kind() == ErrorKind::Timeout
-    }
 }

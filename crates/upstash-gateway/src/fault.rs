@@ -21,8 +21,24 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 /// Latency and failure settings. The default injects nothing.
+///
+/// Build one from [`FaultConfig::default`] with the setters; more kinds of fault may be added,
+/// so the struct cannot be written as a literal outside this crate.
+///
+/// ```
+/// use std::time::Duration;
+/// use upstash_gateway::FaultConfig;
+///
+/// let faults = FaultConfig::default()
+///     .latency(Duration::from_millis(40))
+///     .jitter(Duration::from_millis(10))
+///     .failure_rate(0.01);
+/// assert_eq!((faults.latency_ms, faults.jitter_ms), (40, 10));
+/// assert_ne!(faults, FaultConfig::default());
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FaultConfig {
     /// Fixed delay added to every request, in milliseconds.
     pub latency_ms: u64,
@@ -33,20 +49,21 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    /// Adds `latency` to every request.
-    pub fn with_latency(mut self, latency: Duration) -> Self {
+    /// Adds `latency` to every request (whole milliseconds; finer parts are dropped).
+    pub fn latency(mut self, latency: Duration) -> Self {
         self.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
-    /// Adds a random `0..=jitter` on top of the fixed latency.
-    pub fn with_jitter(mut self, jitter: Duration) -> Self {
+    /// Adds a uniformly random `0..=jitter` on top of the fixed latency (whole milliseconds).
+    pub fn jitter(mut self, jitter: Duration) -> Self {
         self.jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
-    /// Fails this fraction of requests (clamped to 0.0–1.0).
-    pub fn with_failure_rate(mut self, rate: f64) -> Self {
+    /// Answers this fraction of requests with a simulated 503. A gateway clamps it to 0.0–1.0
+    /// (NaN counts as 0.0) when it takes the settings.
+    pub fn failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = rate;
         self
     }
@@ -76,20 +93,26 @@ struct FaultState {
     outage_until: Option<Instant>,
 }
 
-/// Changes fault injection of a running gateway; cheap to clone.
-#[derive(Clone, Debug, Default)]
+/// Changes fault injection of a running gateway, from
+/// [`RunningGateway::faults`](crate::RunningGateway::faults); cheap to clone, every clone acts on
+/// the same gateway. Changes apply to requests that arrive afterwards.
+// No public `Default`: a handle not taken from a gateway would control nothing.
+#[derive(Clone, Debug)]
 pub struct FaultHandle {
     state: Arc<Mutex<FaultState>>,
 }
 
 impl FaultHandle {
     pub(crate) fn new(config: FaultConfig) -> Self {
-        let handle = FaultHandle::default();
+        let handle = FaultHandle {
+            state: Arc::default(),
+        };
         handle.set(config);
         handle
     }
 
-    /// Replaces the latency and failure settings (an ongoing outage is kept).
+    /// Replaces the latency and failure settings (the failure rate clamped to 0.0–1.0); an
+    /// ongoing outage is kept.
     pub fn set(&self, config: FaultConfig) {
         self.lock().config = config.validated();
     }
@@ -99,7 +122,7 @@ impl FaultHandle {
         self.lock().config
     }
 
-    /// Answers every request with 503 for `duration` from now.
+    /// Answers every request with 503 for `duration` from now, replacing any outage under way.
     pub fn start_outage(&self, duration: Duration) {
         self.lock().outage_until = Some(Instant::now() + duration);
     }
@@ -117,7 +140,7 @@ impl FaultHandle {
             .filter(|left| !left.is_zero())
     }
 
-    /// Turns all injection off.
+    /// Turns all injection off: latency, failure rate and any outage.
     pub fn clear(&self) {
         let mut state = self.lock();
         state.config = FaultConfig::default();
@@ -173,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn failure_rate_one_always_fails_and_zero_never() {
-        let faults = FaultHandle::new(FaultConfig::default().with_failure_rate(7.0));
+        let faults = FaultHandle::new(FaultConfig::default().failure_rate(7.0));
         assert_eq!(faults.config().failure_rate, 1.0);
         assert!(
             matches!(faults.apply().await, Verdict::Fail(m) if m.contains("simulated failure"))
@@ -184,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn outage_fails_until_ended() {
-        let faults = FaultHandle::default();
+        let faults = FaultHandle::new(FaultConfig::default());
         faults.start_outage(Duration::from_secs(60));
         assert!(faults.outage_remaining().is_some());
         assert!(matches!(faults.apply().await, Verdict::Fail(m) if m.contains("outage")));
@@ -194,8 +217,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn latency_is_slept() {
-        let faults =
-            FaultHandle::new(FaultConfig::default().with_latency(Duration::from_millis(250)));
+        let faults = FaultHandle::new(FaultConfig::default().latency(Duration::from_millis(250)));
         let start = tokio::time::Instant::now();
         faults.apply().await;
         assert!(start.elapsed() >= Duration::from_millis(250));

@@ -31,7 +31,7 @@ use crate::{
     admin,
     auth::{Access, Secret, Tokens, bearer_token},
     command::{self, Args, CommandPolicy},
-    error::Error,
+    error::RedisError,
     fault::{FaultHandle, Verdict},
     redis::RedisPool,
     request::{self, BadRequest, RequestLimits},
@@ -310,23 +310,26 @@ impl Failure {
     }
 }
 
-impl From<Error> for Failure {
-    fn from(err: Error) -> Self {
+impl From<RedisError> for Failure {
+    fn from(err: RedisError) -> Self {
         let status = match &err {
-            Error::RedisTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::RedisHandshake(_) | Error::Protocol(_) => StatusCode::BAD_GATEWAY,
+            RedisError::RedisTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            RedisError::RedisHandshake(_) | RedisError::Protocol(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         // The client is told what failed, never where Redis is: the address goes to the log only.
         let what = match &err {
-            Error::RedisUnavailable { .. } => "redis is unavailable".to_owned(),
+            RedisError::RedisUnavailable { .. } => "redis is unavailable".to_owned(),
             other => other.to_string(),
         };
         let mut message = format!("ERR gateway: {what}");
         if let Some(source) = std::error::Error::source(&err) {
             message.push_str(&format!(": {source}"));
         }
-        if matches!(err, Error::RedisConnectionLost(_) | Error::RedisTimeout(_)) {
+        if matches!(
+            err,
+            RedisError::RedisConnectionLost(_) | RedisError::RedisTimeout(_)
+        ) {
             message.push_str(" (the command may or may not have run)");
         }
         tracing::warn!(error = %err, detail = %message, "request failed reaching redis");

@@ -1,37 +1,13 @@
-//! An Upstash-compatible REST server over a real `redis-server`.
-//!
-//! It speaks the Upstash Redis REST protocol — JSON body form, path form, `/pipeline`, `/multi-exec`, `Upstash-Encoding: base64`,
-//! `Upstash-Response-Format: resp2`, bearer and `?_token=` auth, a read-only token, the
-//! `upstash-sync-token` header and the SSE endpoints — and forwards to a Redis server over RESP2,
-//! so `@upstash/redis`, `upstash-redis` (Python), `cache-upstash` and chat-api run against real
-//! Redis semantics with no Upstash account. Fault and latency injection are opt-in for benchmarks
-//! and failure tests.
-//!
-//! Start one in-process (tests do this on a free port):
-//!
-//! ```no_run
-//! # async fn demo() -> upstash_gateway::Result<()> {
-//! let gateway = upstash_gateway::Gateway::builder()
-//!     .redis_url("redis://127.0.0.1:6379")
-//!     .token("dev-token")
-//!     .bind("127.0.0.1:0")
-//!     .start()
-//!     .await?;
-//! println!("UPSTASH_REDIS_REST_URL={}", gateway.url());
-//! gateway.shutdown().await;
-//! # Ok(()) }
-//! ```
-//!
-//! # Layout
-//! - `http` routes a request through method, auth, format and the command forms; `request` parses
-//!   commands out of it; `response` renders replies as Upstash JSON; `sse` streams pub/sub and
-//!   MONITOR; `admin` is the gateway's own `/__gateway/*` endpoints.
-//! - `command` holds the tables of refused, blocking and read-only commands.
-//! - `redis` is the RESP2 connection and pool; `resp` the wire codec.
-//! - `fault` is latency/failure injection; `auth` tokens; `error` the library error.
-//! - `testing` (feature `testing`): a `redis-server` fixture and an in-process gateway for tests.
-
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+// Layout: `http` routes a request through method, auth, format and the command forms; `request`
+// parses commands out of it; `response` renders replies as Upstash JSON; `sse` streams pub/sub
+// and MONITOR; `admin` is the gateway's own `/__gateway/*` endpoints. `command` holds the tables
+// of refused, blocking and read-only commands. `redis` is the RESP2 connection and pool, `resp`
+// the wire codec. `fault` is latency/failure injection, `auth` tokens, `error` the library error.
+// `testing` (feature `testing`) is a `redis-server` fixture and an in-process gateway for tests.
 
 mod admin;
 mod auth;
@@ -59,15 +35,14 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use crate::{
-    auth::Secret,
-    error::{Error, ErrorKind, Result},
-    fault::{FaultConfig, FaultHandle},
-};
 use crate::{
-    auth::Tokens,
+    auth::{Secret, Tokens},
     http::{AppState, SyncToken},
     redis::{RedisPool, RedisTarget, RedisTimeouts},
+};
+pub use crate::{
+    error::{Error, ErrorKind, Result},
+    fault::{FaultConfig, FaultHandle},
 };
 
 /// Upstash's request size limit on the free and pay-as-you-go plans.
@@ -107,7 +82,9 @@ impl Gateway {
     }
 }
 
-/// Configures and starts a gateway.
+/// Configures and starts a gateway; from [`Gateway::builder`]. Settings are checked by
+/// [`start`](Self::start). `Debug` shows the Redis address but neither its password nor the
+/// tokens.
 #[derive(Clone)]
 pub struct GatewayBuilder {
     redis_url: String,
@@ -196,37 +173,46 @@ impl fmt::Debug for GatewayBuilder {
 }
 
 impl GatewayBuilder {
-    /// The Redis server: `redis://[user:password@]host[:port][/db]` (no TLS).
+    /// The Redis server (default `redis://127.0.0.1:6379`):
+    /// `redis://[user:password@]host[:port][/db]`, credentials percent-encoded, port 6379 and
+    /// database 0 unless given; a bare `host:port` is accepted too. No TLS: a `rediss://` URL,
+    /// like any malformed one, makes [`start`](Self::start) fail with [`Error::Config`].
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = url.into();
         self
     }
 
-    /// The standard REST token (required): every forwarded command.
+    /// The standard REST token, which may run every command the gateway forwards. Required:
+    /// without it, or with an empty one, [`start`](Self::start) fails with [`Error::Config`].
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(Secret::new(token));
         self
     }
 
-    /// An optional read-only token: only read commands.
+    /// An optional second token that may run only read commands (default none; an empty one
+    /// counts as none). It must differ from [`token`](Self::token).
     pub fn read_only_token(mut self, token: impl Into<String>) -> Self {
         self.read_only_token = Some(Secret::new(token));
         self
     }
 
-    /// Enables `/__gateway/fault` (run-time fault injection) behind this token.
+    /// Enables the `/__gateway/fault` endpoint (run-time fault injection over HTTP) behind this
+    /// token (default none: the endpoint answers 404). It must differ from the REST tokens, so a
+    /// client holding a REST token cannot switch failures on.
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.admin_token = Some(Secret::new(token));
         self
     }
 
-    /// The listen address, e.g. `127.0.0.1:0` for a free port.
+    /// The listen address (default `127.0.0.1:8079`), as `host:port`; `127.0.0.1:0` picks a free
+    /// port, which [`RunningGateway::addr`] then tells.
     pub fn bind(mut self, addr: impl Into<String>) -> Self {
         self.bind = addr.into();
         self
     }
 
-    /// Largest accepted request body (default 10 MiB, as Upstash).
+    /// Largest accepted request body (default [`DEFAULT_MAX_BODY_BYTES`], 10 MiB, as Upstash);
+    /// a larger one gets 400 `ERR max request size exceeded`.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
@@ -245,7 +231,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Quiet time on an SSE stream after which a `: keepalive` comment is sent (default 15 s).
+    /// Quiet time on an SSE stream after which a `: keepalive` comment is sent (default
+    /// [`DEFAULT_STREAM_KEEPALIVE`], 15 s).
     /// It keeps proxies from timing the stream out and notices clients that went away.
     pub fn stream_keepalive(mut self, interval: Duration) -> Self {
         self.stream_keepalive = interval;
@@ -253,19 +240,22 @@ impl GatewayBuilder {
     }
 
     /// Bytes of events an SSE stream may hold for a client that reads more slowly than messages
-    /// arrive (default 1 MiB); beyond that the stream is closed so the client reconnects.
+    /// arrive (default [`DEFAULT_STREAM_BUFFER_BYTES`], 1 MiB); beyond that the stream is closed
+    /// so the client reconnects.
     pub fn stream_buffer_bytes(mut self, bytes: usize) -> Self {
         self.stream_buffer_bytes = bytes;
         self
     }
 
-    /// Pooled Redis connections (default 32).
+    /// Most pooled Redis connections, opened as needed (default 32). SSE streams hold their own
+    /// connections outside the pool.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
         self
     }
 
-    /// Pooled connections unused for longer are closed (default 60 s). Keep it below Redis's
+    /// Pooled connections unused for longer are closed (default [`DEFAULT_POOL_IDLE_TIMEOUT`],
+    /// 60 s). Keep it below Redis's
     /// `timeout` and any idle timeout of the network in between, so the pool lets a connection go
     /// before something else silently does.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
@@ -273,7 +263,9 @@ impl GatewayBuilder {
         self
     }
 
-    /// Time to open a Redis connection (default 2 s).
+    /// Time to open a Redis connection (default 2 s), and again for its `AUTH`/`SELECT` if the
+    /// URL asks for them; a TCP connect that takes longer gets the request a 503, a handshake a
+    /// 504.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -285,8 +277,9 @@ impl GatewayBuilder {
         self
     }
 
-    /// Time to wait for a free pooled connection or request slot (default 5 s); then 503.
-    pub fn pool_wait(mut self, timeout: Duration) -> Self {
+    /// Time a request may wait for a free request slot, and again for a free pooled Redis
+    /// connection (default 5 s each); then 503.
+    pub fn pool_wait_timeout(mut self, timeout: Duration) -> Self {
         self.pool_wait = timeout;
         self
     }
@@ -330,7 +323,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Most commands in one `/pipeline` or `/multi-exec` request (default 10,000); more is
+    /// Most commands in one `/pipeline` or `/multi-exec` request (default
+    /// [`DEFAULT_MAX_PIPELINE_COMMANDS`], 10,000); more is
     /// refused with 400 as soon as the parser reaches the first one too many.
     pub fn max_pipeline_commands(mut self, n: usize) -> Self {
         self.max_pipeline_commands = n;
@@ -338,7 +332,7 @@ impl GatewayBuilder {
     }
 
     /// Most arguments, command names included, in one request over all its commands (default
-    /// 1,000,000); more is refused with 400 while parsing. With the body limit this bounds the
+    /// [`DEFAULT_MAX_REQUEST_ARGS`], 1,000,000); more is refused with 400 while parsing. With the body limit this bounds the
     /// memory a request's commands take, however small each argument is. (Replies are not
     /// bounded: a pipeline of `GET`s of big values makes a big response.)
     pub fn max_request_args(mut self, n: usize) -> Self {
@@ -346,8 +340,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Time a client has to send a request's whole body once its headers are in (default 10 s);
-    /// then it gets 408 and the connection is closed.
+    /// Time a client has to send a request's whole body once its headers are in (default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`], 10 s); then it gets 408 and the connection is closed.
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = timeout;
         self
@@ -355,6 +349,13 @@ impl GatewayBuilder {
 
     /// Binds the listener and starts serving on the current tokio runtime. Redis is connected to
     /// lazily, so the gateway starts even while Redis is down (requests then get 503).
+    ///
+    /// # Errors
+    /// - [`Error::Config`]: a malformed Redis URL; no REST token; a read-only or admin token
+    ///   equal to another token; a zero count (pool size, concurrent requests, streams, stream
+    ///   buffer, pipeline commands, request arguments, connections) or a zero timeout (header
+    ///   read, idle, stream keep-alive, pool idle, body read).
+    /// - [`Error::Bind`]: the listen address cannot be bound.
     pub async fn start(self) -> Result<RunningGateway> {
         let target = RedisTarget::parse(&self.redis_url)?;
         let token = self
@@ -393,7 +394,9 @@ impl GatewayBuilder {
                 return Err(Error::Config(format!("{name} must be at least 1")));
             }
         }
-        self.connections.check().map_err(Error::Config)?;
+        self.connections
+            .check()
+            .map_err(|err| Error::Config(err.to_string()))?;
         for (name, value) in [
             ("stream keep-alive interval", self.stream_keepalive),
             ("pool idle timeout", self.pool_idle_timeout),
@@ -475,7 +478,8 @@ impl GatewayBuilder {
     }
 }
 
-/// A gateway serving in the background. Dropping it stops it (without waiting).
+/// A gateway serving in the background, from [`GatewayBuilder::start`]. Dropping it stops the
+/// gateway without waiting; [`shutdown`](Self::shutdown) waits.
 #[derive(Debug)]
 pub struct RunningGateway {
     addr: SocketAddr,

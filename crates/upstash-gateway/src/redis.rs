@@ -35,7 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, RedisError, Result},
     resp::{self, Reply},
 };
 
@@ -175,8 +175,11 @@ pub(crate) struct RedisConnection {
 
 impl RedisConnection {
     /// Opens a connection and runs AUTH/SELECT as the target asks.
-    pub(crate) async fn connect(target: &RedisTarget, timeouts: RedisTimeouts) -> Result<Self> {
-        let unavailable = |source| Error::RedisUnavailable {
+    pub(crate) async fn connect(
+        target: &RedisTarget,
+        timeouts: RedisTimeouts,
+    ) -> Result<Self, RedisError> {
+        let unavailable = |source| RedisError::RedisUnavailable {
             addr: target.addr(),
             source,
         };
@@ -218,7 +221,7 @@ impl RedisConnection {
                 conn.send(&setup).await?;
                 for _ in &setup {
                     if let Reply::Error(message) = conn.read_reply().await? {
-                        return Err(Error::RedisHandshake(
+                        return Err(RedisError::RedisHandshake(
                             String::from_utf8_lossy(&message).into_owned(),
                         ));
                     }
@@ -227,13 +230,13 @@ impl RedisConnection {
             };
             tokio::time::timeout(timeouts.connect, exchange)
                 .await
-                .map_err(|_| Error::RedisTimeout(timeouts.connect))??;
+                .map_err(|_| RedisError::RedisTimeout(timeouts.connect))??;
         }
         Ok(conn)
     }
 
     /// Writes the commands in one go (pipelined).
-    pub(crate) async fn send(&mut self, commands: &[Vec<Bytes>]) -> Result<()> {
+    pub(crate) async fn send(&mut self, commands: &[Vec<Bytes>]) -> Result<(), RedisError> {
         let mut out = BytesMut::new();
         for args in commands {
             resp::encode_command(args, &mut out);
@@ -241,14 +244,14 @@ impl RedisConnection {
         self.stream
             .write_all(&out)
             .await
-            .map_err(Error::RedisConnectionLost)
+            .map_err(RedisError::RedisConnectionLost)
     }
 
     /// Reads the next reply (waits as long as it takes; callers put a timeout around it).
-    pub(crate) async fn read_reply(&mut self) -> Result<Reply> {
+    pub(crate) async fn read_reply(&mut self) -> Result<Reply, RedisError> {
         loop {
             if let Some(reply) =
-                resp::parse_reply(&mut self.read_buf).map_err(|e| Error::Protocol(e.0))?
+                resp::parse_reply(&mut self.read_buf).map_err(|e| RedisError::Protocol(e.0))?
             {
                 return Ok(reply);
             }
@@ -259,9 +262,9 @@ impl RedisConnection {
                 .stream
                 .read_buf(&mut self.read_buf)
                 .await
-                .map_err(Error::RedisConnectionLost)?;
+                .map_err(RedisError::RedisConnectionLost)?;
             if read == 0 {
-                return Err(Error::RedisConnectionLost(io::Error::new(
+                return Err(RedisError::RedisConnectionLost(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "redis closed the connection",
                 )));
@@ -343,13 +346,13 @@ impl RedisPool {
     }
 
     /// Borrows a connection: an idle one that is still alive, or a new one.
-    pub(crate) async fn get(self: &Arc<Self>) -> Result<PooledConnection> {
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<PooledConnection, RedisError> {
         let permit = tokio::time::timeout(
             self.timeouts.pool_wait,
             Arc::clone(&self.permits).acquire_owned(),
         )
         .await
-        .map_err(|_| Error::PoolExhausted(self.timeouts.pool_wait))?
+        .map_err(|_| RedisError::PoolExhausted(self.timeouts.pool_wait))?
         .expect("the pool's semaphore is never closed");
         self.expire_idle_now();
         // The most recently used first: it is the likeliest to be alive, and the others age out.
@@ -387,7 +390,10 @@ pub(crate) struct PooledConnection {
 
 impl PooledConnection {
     /// Sends `commands` pipelined and reads exactly one reply per command, within the command timeout.
-    pub(crate) async fn exchange(&mut self, commands: &[Vec<Bytes>]) -> Result<Vec<Reply>> {
+    pub(crate) async fn exchange(
+        &mut self,
+        commands: &[Vec<Bytes>],
+    ) -> Result<Vec<Reply>, RedisError> {
         let timeout = self.pool.timeouts.command;
         let conn = self.conn.as_mut().expect("connection present until drop");
         self.clean = false;
@@ -397,11 +403,11 @@ impl PooledConnection {
             for _ in commands {
                 replies.push(conn.read_reply().await?);
             }
-            Ok::<_, Error>(replies)
+            Ok::<_, RedisError>(replies)
         };
         let replies = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| Error::RedisTimeout(timeout))??;
+            .map_err(|_| RedisError::RedisTimeout(timeout))??;
         self.clean = true;
         Ok(replies)
     }

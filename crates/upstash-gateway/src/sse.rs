@@ -138,7 +138,7 @@ pub(crate) async fn open(
     let setup = async {
         let mut conn = RedisConnection::connect(state.pool.target(), timeouts).await?;
         conn.send(&[command]).await?;
-        Ok::<_, crate::Error>(conn)
+        Ok::<_, crate::error::RedisError>(conn)
     };
     let conn = match tokio::time::timeout(timeouts.command, setup).await {
         Ok(Ok(conn)) => conn,

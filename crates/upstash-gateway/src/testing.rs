@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{FaultHandle, GatewayBuilder, RunningGateway, Secret};
+use crate::{FaultHandle, GatewayBuilder, RunningGateway, auth::Secret};
 
 /// How long a started `redis-server` may take to answer PING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,7 +360,7 @@ impl TestGateway {
             .bind("127.0.0.1:0")
             .connect_timeout(Duration::from_secs(1))
             .redis_timeout(Duration::from_secs(2))
-            .pool_wait(Duration::from_secs(2));
+            .pool_wait_timeout(Duration::from_secs(2));
         let gateway = configure(builder)
             .start()
             .await
