@@ -51,6 +51,9 @@ Tasks:
 ";
 
 fn main() -> ExitCode {
+    if let Some(code) = public_api::run_as_rustdoc() {
+        return code;
+    }
     let mut args = std::env::args().skip(1);
     let task = args.next();
     let rest: Vec<String> = args.collect();

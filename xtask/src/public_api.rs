@@ -28,7 +28,8 @@ use serde_json::Value;
 
 use crate::util::{cargo, project_root, run_cmd, target_dir};
 
-/// The crates whose API is snapshotted: the ones published for other projects.
+/// The crates published for other projects (the apps are not): their API is snapshotted and
+/// CI packages them.
 pub(crate) const CRATES: &[&str] = &[
     "cache-core",
     "cache-memory",
@@ -37,8 +38,12 @@ pub(crate) const CRATES: &[&str] = &[
     "upstash-gateway",
 ];
 
-/// Auto traits left out of the API: unstable, so they promise users nothing.
-const UNSTABLE_AUTO_TRAITS: &[&str] = &["::Freeze", "::UnsafeUnpin"];
+/// Marker traits left out of the API: unstable, so they promise users nothing.
+const UNSTABLE_MARKER_TRAITS: &[&str] = &[
+    "core::marker::Freeze",
+    "core::marker::UnsafeUnpin",
+    "core::marker::StructuralPartialEq",
+];
 
 /// The rustdoc JSON format versions this renderer reads.
 const FORMAT_VERSIONS: std::ops::RangeInclusive<u64> = 57..=57;
@@ -89,15 +94,40 @@ fn snapshot_path(krate: &str) -> PathBuf {
         .join(format!("{krate}.txt"))
 }
 
+/// Set when xtask runs as cargo's `RUSTDOC` (see [`rustdoc_json`]).
+const AS_RUSTDOC: &str = "XTASK_AS_RUSTDOC";
+
+/// When cargo started this process as its rustdoc: runs the real rustdoc with unstable options
+/// allowed and returns its exit code; `None` otherwise.
+pub(crate) fn run_as_rustdoc() -> Option<std::process::ExitCode> {
+    let rustdoc = std::env::var_os(AS_RUSTDOC)?;
+    let status = std::process::Command::new(rustdoc)
+        .args(std::env::args_os().skip(1))
+        .env_remove(AS_RUSTDOC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .status();
+    Some(match status {
+        Ok(status) => {
+            std::process::ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+        }
+        Err(err) => {
+            eprintln!("xtask: could not run rustdoc: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}
+
 /// Runs rustdoc for `krate` (all features, so feature-gated API is covered) and parses its JSON.
 fn rustdoc_json(krate: &str) -> anyhow::Result<Value> {
-    // A directory of its own: build scripts (proc-macro2's, thiserror's) rerun when
-    // RUSTC_BOOTSTRAP changes, so sharing `target/` would rebuild half the dependency tree on
-    // every switch between this and a normal build.
-    let dir = target_dir().join("public-api");
+    // Only rustdoc gets RUSTC_BOOTSTRAP, through xtask itself as cargo's `RUSTDOC`: set for the
+    // whole cargo run, it would also reach build scripts (proc-macro2's, thiserror's) that rerun
+    // when it changes, and every switch between this and a normal build would rebuild half the
+    // dependency tree.
+    let dir = target_dir();
+    let real_rustdoc = std::env::var_os("RUSTDOC").unwrap_or_else(|| "rustdoc".into());
     let mut cmd = cargo();
-    cmd.env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", &dir)
+    cmd.env("RUSTDOC", std::env::current_exe()?)
+        .env(AS_RUSTDOC, real_rustdoc)
         .args(["rustdoc", "--quiet", "--all-features", "-p", krate])
         .args([
             "--",
@@ -463,12 +493,11 @@ impl Api<'_> {
                 }
             } else {
                 let trait_path = self.path(&block["trait"]);
-                // Unstable auto traits (`Freeze`, `UnsafeUnpin`) are not a promise to users and
-                // come and go with the toolchain.
-                if block["is_synthetic"] == true
-                    && UNSTABLE_AUTO_TRAITS
-                        .iter()
-                        .any(|name| trait_path.ends_with(name))
+                // Unstable marker traits (`Freeze`, `UnsafeUnpin`, the `StructuralPartialEq` that
+                // derives add) are not a promise to users and come and go with the toolchain.
+                if UNSTABLE_MARKER_TRAITS
+                    .iter()
+                    .any(|name| trait_path.ends_with(name))
                 {
                     continue;
                 }

@@ -115,6 +115,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 
 /// What a transport reports to the [`Backplane`] over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransportEvent {
     /// The subscription is established (again): messages published from now on arrive.
     Connected,
@@ -295,6 +296,7 @@ impl Default for BackplaneConfig {
 /// Whether the bus can be relied on now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BackplaneState {
     /// Not yet subscribed.
     Connecting,
@@ -306,6 +308,7 @@ pub enum BackplaneState {
 
 /// An invalidation notice: what one instance changed on L2, for the others to drop from L1.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Notice {
     /// Entries of these tags created before `at` are invalid.
     InvalidateTags {
@@ -320,6 +323,7 @@ pub enum Notice {
 
 /// What application subscribers receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AppMessage {
     /// An application message another instance published.
     Message {

@@ -94,7 +94,7 @@ impl Entry {
     /// Whether an entry that a backend returned (so it is alive) is fresh. Reads the clock only
     /// for entries with a grace period: without one, alive means fresh, and a hit costs no clock
     /// read.
-    pub fn is_fresh_when_alive(&self, now: impl FnOnce() -> Timestamp) -> bool {
+    pub(crate) fn is_fresh_when_alive(&self, now: impl FnOnce() -> Timestamp) -> bool {
         self.0.fresh_until == self.0.expires_at || self.is_fresh(now())
     }
 

@@ -424,15 +424,15 @@ impl Cli {
                 self.request_timeout_secs,
             )?),
             server: serve_limits::ServerLimits::default()
-                .header_read_timeout(Duration::from_secs(positive(
+                .with_header_read_timeout(Duration::from_secs(positive(
                     "HTTP_HEADER_READ_TIMEOUT_SECS",
                     self.http_header_read_timeout_secs,
                 )?))
-                .idle_timeout(Duration::from_secs(positive(
+                .with_idle_timeout(Duration::from_secs(positive(
                     "HTTP_IDLE_TIMEOUT_SECS",
                     self.http_idle_timeout_secs,
                 )?))
-                .max_connections(
+                .with_max_connections(
                     usize::try_from(positive("MAX_CONNECTIONS", self.max_connections as u64)?)
                         .unwrap_or(usize::MAX),
                 ),

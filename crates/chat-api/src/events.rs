@@ -269,6 +269,8 @@ impl Hub {
                     }
                 },
                 Ok(AppMessage::Resync) => self.resync_all("the bus lost messages"),
+                // A kind of message a later cache-core may add; nothing this version acts on.
+                Ok(_) => {}
                 // This task fell behind the backplane's buffer: events were lost here.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(lost = n, "the hub fell behind the bus");

@@ -314,7 +314,8 @@ fn backplane_document(state: &AppState) -> Option<BackplaneStats> {
         state: match backplane.state() {
             cache_core::BackplaneState::Connecting => BackplaneState::Connecting,
             cache_core::BackplaneState::Connected => BackplaneState::Connected,
-            cache_core::BackplaneState::Disconnected => BackplaneState::Disconnected,
+            // A state a later cache-core may add: not one to rely on.
+            cache_core::BackplaneState::Disconnected | _ => BackplaneState::Disconnected,
         },
         published,
         publish_errors,

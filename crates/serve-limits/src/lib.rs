@@ -50,19 +50,22 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// Sets [`header_read_timeout`](Self::header_read_timeout).
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+    #[must_use]
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self
     }
 
     /// Sets [`idle_timeout`](Self::idle_timeout).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
     /// Sets [`max_connections`](Self::max_connections).
-    pub fn max_connections(mut self, n: usize) -> Self {
+    #[must_use]
+    pub fn with_max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
     }
@@ -78,7 +81,7 @@ impl ServerLimits {
     /// use serve_limits::ServerLimits;
     ///
     /// assert!(ServerLimits::default().check().is_ok());
-    /// let err = ServerLimits::default().max_connections(0).check().unwrap_err();
+    /// let err = ServerLimits::default().with_max_connections(0).check().unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     /// assert_eq!(err.to_string(), "the connection cap must be at least 1");
     /// ```

@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 /// use upstash_gateway::FaultConfig;
 ///
 /// let faults = FaultConfig::default()
-///     .latency(Duration::from_millis(40))
-///     .jitter(Duration::from_millis(10))
-///     .failure_rate(0.01);
+///     .with_latency(Duration::from_millis(40))
+///     .with_jitter(Duration::from_millis(10))
+///     .with_failure_rate(0.01);
 /// assert_eq!((faults.latency_ms, faults.jitter_ms), (40, 10));
 /// assert_ne!(faults, FaultConfig::default());
 /// ```
@@ -50,20 +50,20 @@ pub struct FaultConfig {
 
 impl FaultConfig {
     /// Adds `latency` to every request (whole milliseconds; finer parts are dropped).
-    pub fn latency(mut self, latency: Duration) -> Self {
+    pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
     /// Adds a uniformly random `0..=jitter` on top of the fixed latency (whole milliseconds).
-    pub fn jitter(mut self, jitter: Duration) -> Self {
+    pub fn with_jitter(mut self, jitter: Duration) -> Self {
         self.jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
     /// Answers this fraction of requests with a simulated 503. A gateway clamps it to 0.0–1.0
     /// (NaN counts as 0.0) when it takes the settings.
-    pub fn failure_rate(mut self, rate: f64) -> Self {
+    pub fn with_failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = rate;
         self
     }
@@ -196,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn failure_rate_one_always_fails_and_zero_never() {
-        let faults = FaultHandle::new(FaultConfig::default().failure_rate(7.0));
+        let faults = FaultHandle::new(FaultConfig::default().with_failure_rate(7.0));
         assert_eq!(faults.config().failure_rate, 1.0);
         assert!(
             matches!(faults.apply().await, Verdict::Fail(m) if m.contains("simulated failure"))
@@ -217,7 +217,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn latency_is_slept() {
-        let faults = FaultHandle::new(FaultConfig::default().latency(Duration::from_millis(250)));
+        let faults =
+            FaultHandle::new(FaultConfig::default().with_latency(Duration::from_millis(250)));
         let start = tokio::time::Instant::now();
         faults.apply().await;
         assert!(start.elapsed() >= Duration::from_millis(250));

@@ -288,7 +288,7 @@ impl GatewayBuilder {
     /// the first byte of its next request) before it is closed (default 10 s): the slowloris
     /// defence.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.connections = self.connections.header_read_timeout(timeout);
+        self.connections = self.connections.with_header_read_timeout(timeout);
         self
     }
 
@@ -296,13 +296,13 @@ impl GatewayBuilder {
     /// (default 75 s, longer than cache-upstash's 60 s pool idle time so a client does not reuse
     /// a connection the gateway is closing).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.connections = self.connections.idle_timeout(timeout);
+        self.connections = self.connections.with_idle_timeout(timeout);
         self
     }
 
     /// Client connections open at once (default 10,000); more wait in the accept backlog.
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.connections = self.connections.max_connections(n);
+        self.connections = self.connections.with_max_connections(n);
         self
     }
 

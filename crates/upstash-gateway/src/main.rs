@@ -275,9 +275,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let faults = FaultConfig::default()
-        .latency(Duration::from_millis(cli.latency_ms))
-        .jitter(Duration::from_millis(cli.jitter_ms))
-        .failure_rate(cli.failure_rate);
+        .with_latency(Duration::from_millis(cli.latency_ms))
+        .with_jitter(Duration::from_millis(cli.jitter_ms))
+        .with_failure_rate(cli.failure_rate);
     if faults != FaultConfig::default() {
         tracing::warn!(?faults, "fault injection is ON");
     }

@@ -49,7 +49,7 @@ async fn measured_offset_is_within_its_error_bound() {
 async fn samples_slower_than_the_bound_are_ignored() {
     let (env, redis) = gateway().await;
     env.faults()
-        .set(FaultConfig::default().latency(MAX_SYNC_RTT + Duration::from_millis(100)));
+        .set(FaultConfig::default().with_latency(MAX_SYNC_RTT + Duration::from_millis(100)));
     let err = best_clock_sample(&redis, 2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     env.faults().clear();

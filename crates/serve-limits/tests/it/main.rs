@@ -62,8 +62,8 @@ async fn start(limits: ServerLimits) -> Server {
 
 fn limits(header_read: Duration, idle: Duration) -> ServerLimits {
     ServerLimits::default()
-        .header_read_timeout(header_read)
-        .idle_timeout(idle)
+        .with_header_read_timeout(header_read)
+        .with_idle_timeout(idle)
 }
 
 /// Reads one response with a `content-length` body; `None` if the connection closed first.
@@ -187,7 +187,7 @@ async fn a_response_streaming_for_longer_than_both_timeouts_is_not_cut() {
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
-    let server = start(ServerLimits::default().max_connections(2)).await;
+    let server = start(ServerLimits::default().with_max_connections(2)).await;
     let mut first = TcpStream::connect(server.addr).await.unwrap();
     let mut second = TcpStream::connect(server.addr).await.unwrap();
     for client in [&mut first, &mut second] {
@@ -252,9 +252,9 @@ async fn shutdown_lets_in_flight_responses_finish_and_closes_idle_connections() 
 async fn settings_that_cannot_work_are_refused() {
     let listener = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
     for bad in [
-        ServerLimits::default().header_read_timeout(Duration::ZERO),
-        ServerLimits::default().idle_timeout(Duration::ZERO),
-        ServerLimits::default().max_connections(0),
+        ServerLimits::default().with_header_read_timeout(Duration::ZERO),
+        ServerLimits::default().with_idle_timeout(Duration::ZERO),
+        ServerLimits::default().with_max_connections(0),
     ] {
         let err = serve(listener().await, app(), bad, std::future::pending())
             .await

@@ -18,8 +18,8 @@ async fn no_faults_by_default_and_latency_is_added_when_asked() {
 
     env.faults().set(
         FaultConfig::default()
-            .latency(Duration::from_millis(150))
-            .jitter(Duration::from_millis(50)),
+            .with_latency(Duration::from_millis(150))
+            .with_jitter(Duration::from_millis(50)),
     );
     let started = Instant::now();
     client.ok(json!(["PING"])).await;
@@ -30,9 +30,10 @@ async fn no_faults_by_default_and_latency_is_added_when_asked() {
 
 #[tokio::test]
 async fn failure_rate_answers_503_without_touching_redis() {
-    let env =
-        TestGateway::start_with(|builder| builder.faults(FaultConfig::default().failure_rate(1.0)))
-            .await;
+    let env = TestGateway::start_with(|builder| {
+        builder.faults(FaultConfig::default().with_failure_rate(1.0))
+    })
+    .await;
     let client = Client::new(&env);
     let response = client.cmd(json!(["SET", "k", "v"])).await;
     assert_eq!(response.status, 503);
@@ -49,7 +50,8 @@ async fn failure_rate_answers_503_without_touching_redis() {
     );
 
     // A partial rate fails some and passes some.
-    env.faults().set(FaultConfig::default().failure_rate(0.5));
+    env.faults()
+        .set(FaultConfig::default().with_failure_rate(0.5));
     let mut statuses = Vec::new();
     for _ in 0..60 {
         statuses.push(client.cmd(json!(["PING"])).await.status);
