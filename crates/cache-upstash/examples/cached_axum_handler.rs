@@ -13,7 +13,11 @@
 //! `cargo xtask examples` runs it against a local `upstash-gateway` in front of `redis-server`.
 //!
 //! Upstash alone is the cache here: every instance of the app shares it, so a write on one
-//! instance is seen by all. An in-process L1 (`cache_memory::MemoryBackend` under
+//! instance is seen by all. It sits behind `TieredBackend::l2_only`, the guard without an
+//! in-process tier: with Upstash unreachable, reads go to the database after one timeout per
+//! probe (not one per request), and an invalidation that cannot reach Upstash is remembered and
+//! replayed before Upstash is read again, so `Cache::invalidate` never fails a committed write and
+//! never lets a stale entry be served. An in-process L1 (`cache_memory::MemoryBackend` under
 //! `cache_core::TieredBackend`) saves the round trip to Upstash, but with more than one instance
 //! it needs a `cache_core::Backplane` to hear about the other instances' invalidations.
 
@@ -35,7 +39,7 @@ use axum::{
     http::StatusCode,
     routing::get,
 };
-use cache_core::{Cache, Key, Namespace, Tag, TtlPolicy};
+use cache_core::{Cache, Key, Namespace, Tag, TieredBackend, TieredConfig, TtlPolicy};
 use cache_upstash::{Redis, ScanOptions, UpstashBackend};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -143,7 +147,11 @@ fn router(state: App) -> Router {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = Redis::from_env()?;
-    let cache = Cache::new(Arc::new(UpstashBackend::new(redis.clone())));
+    let upstash = Arc::new(UpstashBackend::new(redis.clone()));
+    let cache = Cache::new(Arc::new(TieredBackend::l2_only(
+        upstash,
+        TieredConfig::default(),
+    )));
     // An application uses a fixed prefix. The run-unique one lets repeated runs against one
     // Upstash database start with a cold cache.
     let namespace = Namespace::new(&format!("axum-example-{:08x}", fastrand::u32(..)), 1)?;

@@ -114,12 +114,17 @@ impl UpstashBackendConfig {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::sync::Arc;
 /// use cache_core::{Cache, DynBackend};
 /// use cache_upstash::{Redis, UpstashBackend};
 ///
-/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+/// # // SAFETY: set before anything else reads the environment, on the only thread.
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_URL", gateway.url()) };
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_TOKEN", gateway.token()) };
 /// let backend: DynBackend = Arc::new(UpstashBackend::new(Redis::from_env()?));
 /// let cache = Cache::new(backend);
 /// # let _ = cache; Ok(()) }

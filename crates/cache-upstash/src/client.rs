@@ -41,10 +41,15 @@ const ENCODING: &str = "upstash-encoding";
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use cache_upstash::{Redis, SetOptions};
 ///
-/// # async fn demo() -> cache_upstash::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+/// # // SAFETY: set before anything else reads the environment, on the only thread.
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_URL", gateway.url()) };
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_TOKEN", gateway.token()) };
 /// // UPSTASH_REDIS_REST_URL / UPSTASH_REDIS_REST_TOKEN (or KV_REST_API_URL / KV_REST_API_TOKEN).
 /// let redis = Redis::from_env()?;
 /// redis.set("greeting", "hello").await?;
@@ -122,9 +127,15 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # // SAFETY: set before anything else reads the environment, on the only thread.
+    /// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_URL", gateway.url()) };
+    /// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_TOKEN", gateway.token()) };
     /// let redis = cache_upstash::Redis::from_env()?;
-    /// # Ok::<(), cache_upstash::Error>(())
+    /// # Ok(()) }
     /// ```
     pub fn from_env() -> Result<Redis> {
         RedisBuilder::from_env().build()
@@ -215,9 +226,12 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use cache_upstash::{Redis, cmd};
-    /// # async fn demo(redis: Redis) -> cache_upstash::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// let len: u64 = redis.run(cmd::llen("queue")).await?;
     /// # let _ = len; Ok(()) }
     /// ```
@@ -230,9 +244,12 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use cache_upstash::{Command, Redis, Value};
-    /// # async fn demo(redis: Redis) -> cache_upstash::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// let added: i64 = redis.query(Command::new("ZADD").arg("board").arg(10).arg("ann")).await?;
     /// let raw: Value = redis.query(Command::new("ZRANGE").arg("board").arg(0).arg(-1)).await?;
     /// # let _ = (added, raw); Ok(()) }
@@ -255,8 +272,11 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(redis: cache_upstash::Redis) -> cache_upstash::Result<()> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// let mut pipe = redis.pipeline();
     /// pipe.set("a", "1");
     /// let incremented = pipe.incr("a");
@@ -277,8 +297,11 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(redis: cache_upstash::Redis) -> cache_upstash::Result<()> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// let mut tx = redis.multi();
     /// tx.decr_by("account:1", 10);
     /// tx.incr_by("account:2", 10);
@@ -293,10 +316,13 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// #[derive(serde::Serialize, serde::Deserialize)]
     /// struct User { name: String }
-    /// # async fn demo(redis: cache_upstash::Redis) -> cache_upstash::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// redis.set_json("user:1", &User { name: "ann".into() }).await?;
     /// let user: Option<User> = redis.get_json("user:1").await?;
     /// # Ok(()) }

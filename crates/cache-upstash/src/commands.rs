@@ -572,10 +572,13 @@ impl Redis {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use futures_util::TryStreamExt;
     /// use cache_upstash::ScanOptions;
-    /// # async fn demo(redis: cache_upstash::Redis) -> cache_upstash::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+    /// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
     /// let keys: Vec<_> = redis
     ///     .scan_iter(ScanOptions::new().pattern("session:*").count(1000))
     ///     .try_collect()

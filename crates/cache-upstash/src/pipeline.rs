@@ -17,9 +17,12 @@ use crate::{
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use cache_upstash::{Command, Redis, cmd};
-/// # async fn demo(redis: Redis) -> cache_upstash::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+/// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
 /// let mut pipe = redis.pipeline();
 /// let set = pipe.set("k", "v");
 /// let bad = pipe.incr("k");                            // fails: not an integer

@@ -18,10 +18,13 @@ use crate::{
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use cache_upstash::{Redis, Script};
 ///
-/// # async fn demo(redis: Redis) -> cache_upstash::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+/// # let redis = cache_upstash::Redis::builder().url(gateway.url()).token(gateway.token()).build()?;
 /// let set_if_greater = Script::new(
 ///     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 ///      if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return 1 end

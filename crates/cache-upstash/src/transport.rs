@@ -41,10 +41,15 @@ const EVENT_BUFFER: usize = 4096;
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::sync::Arc;
 /// use cache_upstash::{Redis, UpstashTransport};
-/// # fn demo() -> cache_upstash::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let gateway = upstash_gateway::testing::TestGateway::start().await; // a local stand-in for Upstash
+/// # // SAFETY: set before anything else reads the environment, on the only thread.
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_URL", gateway.url()) };
+/// # unsafe { std::env::set_var("UPSTASH_REDIS_REST_TOKEN", gateway.token()) };
 /// let transport = UpstashTransport::new(Redis::from_env()?, "chat:backplane");
 /// let transport: cache_core::DynTransport = Arc::new(transport);
 /// # let _ = transport; Ok(()) }
