@@ -192,16 +192,28 @@ pub struct Cli {
 
     /// Seconds a connection has to send a complete request head (from connecting, or from the
     /// first byte of its next request); a slower one is closed.
-    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "HTTP_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = serve_limits::DEFAULT_HEADER_READ_TIMEOUT.as_secs()
+    )]
     pub http_header_read_timeout_secs: u64,
 
     /// Seconds a kept-alive connection may stay idle between requests before it is closed.
-    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    #[arg(
+        long,
+        env = "HTTP_IDLE_TIMEOUT_SECS",
+        default_value_t = serve_limits::DEFAULT_IDLE_TIMEOUT.as_secs()
+    )]
     pub http_idle_timeout_secs: u64,
 
     /// Connections open at once, WebSocket sessions included; more wait to be accepted. Keep it
     /// under the process's open-file limit (`ulimit -n`).
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value_t = serve_limits::DEFAULT_MAX_CONNECTIONS
+    )]
     pub max_connections: usize,
 
     /// Seconds between WebSocket heartbeats; a client silent for two intervals is disconnected.

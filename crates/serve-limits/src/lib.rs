@@ -38,12 +38,19 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
+/// The default [`ServerLimits::header_read_timeout`]: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`ServerLimits::idle_timeout`]: 75 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// The default [`ServerLimits::max_connections`]: 10,000.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-            max_connections: 10_000,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -95,19 +95,23 @@ struct Cli {
     #[arg(
         long,
         env = "UPSTASH_GATEWAY_HEADER_READ_TIMEOUT_SECS",
-        default_value_t = 10
+        default_value_t = serve_limits::DEFAULT_HEADER_READ_TIMEOUT.as_secs()
     )]
     header_read_timeout_secs: u64,
 
     /// Seconds a kept-alive client connection may stay idle between requests.
-    #[arg(long, env = "UPSTASH_GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    #[arg(
+        long,
+        env = "UPSTASH_GATEWAY_IDLE_TIMEOUT_SECS",
+        default_value_t = serve_limits::DEFAULT_IDLE_TIMEOUT.as_secs()
+    )]
     idle_timeout_secs: u64,
 
     /// Client connections open at once; more wait to be accepted. Keep it under `ulimit -n`.
     #[arg(
         long,
         env = "UPSTASH_GATEWAY_MAX_CONNECTIONS",
-        default_value_t = 10_000
+        default_value_t = serve_limits::DEFAULT_MAX_CONNECTIONS
     )]
     max_connections: usize,
 

@@ -136,7 +136,13 @@ impl SseReader {
         // One deadline for the whole wait: keep-alives alone must not keep a test waiting.
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
-            let event = self.next_event().await.expect("an event, not the end");
+            let Some(event) = self.next_event().await else {
+                panic!(
+                    "an event, not the end of the stream (response head: {:?}, unread: {:?})",
+                    self.head,
+                    String::from_utf8_lossy(&self.raw)
+                );
+            };
             let data: Vec<&str> = event
                 .iter()
                 .filter_map(|line| line.strip_prefix("data: "))
