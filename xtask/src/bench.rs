@@ -71,7 +71,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         if let Some(report) =
             read_if_present(&out.join("report.md")).context("reading the end-to-end report")?
         {
-            let _ = write!(tables, "\n| {}", report_body(&report));
+            let _ = writeln!(tables, "\n| {}", report_body(&report).trim_end());
         }
         if let Some(p2) =
             read_if_present(&out.join(p2::TABLE_FILE)).context("reading the P2 table")?
