@@ -8,8 +8,8 @@
 //! Scenarios: `none` (no cache, the "before"), `memory`, `upstash`, `tiered`, the last two again
 //! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd, the cached
 //! latest page alone, the P2 comparison of it with a bare axum handler (rounds alternating the two
-//! servers, each pinned to its own core: see `p2.rs`), the original design, and a Redis outage
-//! under load.
+//! servers, which run on one core and the load generator on another: see `p2.rs`), the original
+//! design, and a Redis outage under load.
 //! The cluster scenarios run three chat-api instances on one PostgreSQL database (seeded once
 //! through the API, copied per scenario as a template) and one gateway, the tiered cache with
 //! its backplane, with chat-bench spreading requests over them and summing their counts.

@@ -14,7 +14,7 @@
 //! is not the steady state P2 is about; the workload only reads, so nothing drifts between
 //! rounds. Alternating spreads slow changes of the machine (other tenants, CI, clocks) over both
 //! servers, and each round's ratio compares two adjacent runs; the median of those ratios is the
-//! result, so one disturbed round does not move it.
+//! result, which one disturbed round cannot drag far (with three rounds or more).
 //!
 //! The runs' summaries land in `<out>/p2/`, the markdown table in `<out>/p2.md`, which
 //! `bench.rs` puts into the run's tables.
