@@ -7,7 +7,9 @@
 //!
 //! Scenarios: `none` (no cache, the "before"), `memory`, `upstash`, `tiered`, the last two again
 //! with 10 ms injected Upstash latency, open-loop latency runs, the thundering herd, the cached
-//! latest page against a bare axum handler, the original design, and a Redis outage under load.
+//! latest page alone, the P2 comparison of it with a bare axum handler (rounds alternating the two
+//! servers, which run on one core and the load generator on another: see `p2.rs`), the original
+//! design, and a Redis outage under load.
 //! The cluster scenarios run three chat-api instances on one PostgreSQL database (seeded once
 //! through the API, copied per scenario as a template) and one gateway, the tiered cache with
 //! its backplane, with chat-bench spreading requests over them and summing their counts.
@@ -27,9 +29,12 @@ use std::{
 
 use anyhow::Context;
 
-use crate::util::{
-    PgDatabase, Process, RedisServer, cargo, free_port, project_root, run_cmd, target_dir,
-    wait_ready,
+use crate::{
+    p2,
+    util::{
+        PgDatabase, Process, RedisServer, cargo, free_port, project_root, run_cmd, target_dir,
+        wait_ready,
+    },
 };
 
 const TOKEN: &str = "bench-token-not-a-secret";
@@ -64,6 +69,8 @@ pub(crate) struct Settings {
     pub(crate) duration_secs: u64,
     pub(crate) connections: usize,
     pub(crate) open_rate: u32,
+    /// P2: how many rounds, each one run against the bare handler and one against chat-api.
+    pub(crate) p2_rounds: usize,
     /// Substrings of scenario names; empty: every scenario.
     pub(crate) scenarios: Vec<String>,
     pub(crate) profile: Profile,
@@ -83,6 +90,7 @@ impl Settings {
                 duration_secs: 4,
                 connections: 16,
                 open_rate: 300,
+                p2_rounds: 2,
                 scenarios: Vec::new(),
                 profile: Profile::Release,
                 out_dir: "bench",
@@ -97,6 +105,7 @@ impl Settings {
                 duration_secs: 30,
                 connections: 32,
                 open_rate: 500,
+                p2_rounds: 4,
                 scenarios: Vec::new(),
                 profile: Profile::Release,
                 out_dir: "bench",
@@ -142,8 +151,6 @@ impl Settings {
 enum Backend {
     /// chat-api with `CACHE_BACKEND=none|memory|upstash|tiered`.
     ChatApi(CacheBackend),
-    /// `chat-api/examples/bare_page`: a fixed body of the latest page's size.
-    BareAxum,
     /// The original design (`baseline/original-express`) with its `Map` cache.
     Original,
     /// The original design with `@upstash/redis` against the gateway.
@@ -157,7 +164,7 @@ const CLUSTER_SIZE: usize = 3;
 
 /// chat-api's `CACHE_BACKEND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CacheBackend {
+pub(crate) enum CacheBackend {
     None,
     Memory,
     Upstash,
@@ -217,6 +224,10 @@ enum Kind {
     Herd,
     /// Closed loop, with Redis killed and restarted (with its data) mid-run; every read checked.
     Outage,
+    /// Closed loop, alternating between this backend and the bare handler over
+    /// [`Settings::p2_rounds`] rounds, server and load generator on separate cores when the
+    /// machine allows (`p2.rs`); its table is its own, not a row of the report.
+    P2Rounds,
 }
 
 const NONE: Backend = Backend::ChatApi(CacheBackend::None);
@@ -236,19 +247,16 @@ const SCENARIOS: &[Scenario] = &[
     scenario("09-herd-tiered", TIERED, 0, Kind::Herd),
     scenario("10-outage-tiered", TIERED, 0, Kind::Outage),
     scenario("13-outage-upstash", UPSTASH, 0, Kind::Outage),
-    // The cached latest page alone, against a bare axum handler with a body of the same size.
+    // The cached latest page alone, next to the original design's below (P3), on shared cores
+    // like every row of the report.
     Scenario {
         only: Some("latest_page"),
         ..scenario("11-latest-page-memory", MEMORY, 0, Kind::Closed)
     },
+    // P2: the same against a bare axum handler with a body of the same size, measured apart.
     Scenario {
         only: Some("latest_page"),
-        ..scenario(
-            "12-latest-page-bare-axum",
-            Backend::BareAxum,
-            0,
-            Kind::Closed,
-        )
+        ..scenario("12-p2-latest-page-vs-bare-axum", MEMORY, 0, Kind::P2Rounds)
     },
     // The original design (Express + Map cache, or + @upstash/redis with key-tracking sets),
     // re-created in `baseline/original-express`, on the same database and workload.
@@ -284,18 +292,23 @@ const SCENARIOS: &[Scenario] = &[
     ),
 ];
 
-struct Bins {
-    chat_api: PathBuf,
-    bare_page: PathBuf,
-    gateway: PathBuf,
-    bench: PathBuf,
+pub(crate) struct Bins {
+    pub(crate) chat_api: PathBuf,
+    pub(crate) bare_page: PathBuf,
+    pub(crate) gateway: PathBuf,
+    pub(crate) bench: PathBuf,
 }
 
-fn start_bare_page(bins: &Bins, body_bytes: usize) -> anyhow::Result<(Process, u16)> {
+/// `chat-api/examples/bare_page` through `launch` (the binary itself, or a wrapper such as
+/// `taskset` that executes it): a fixed body of `body_bytes` on the latest-page route.
+pub(crate) fn start_bare_page(
+    mut launch: Command,
+    body_bytes: usize,
+) -> anyhow::Result<(Process, u16)> {
     let port = free_port()?;
     let process = Process::spawn(
         "bare_page",
-        Command::new(&bins.bare_page)
+        launch
             .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
             .env("BODY_BYTES", body_bytes.to_string())
             .stderr(Stdio::null()),
@@ -310,8 +323,22 @@ fn start_chat_api(
     backend: CacheBackend,
     gateway_port: Option<u16>,
 ) -> anyhow::Result<(Process, u16)> {
+    start_chat_api_with(
+        Command::new(&bins.chat_api),
+        database_url,
+        backend,
+        gateway_port,
+    )
+}
+
+/// chat-api through `launch` (the binary itself, or a wrapper such as `taskset` that executes it).
+pub(crate) fn start_chat_api_with(
+    mut cmd: Command,
+    database_url: &str,
+    backend: CacheBackend,
+    gateway_port: Option<u16>,
+) -> anyhow::Result<(Process, u16)> {
     let port = free_port()?;
-    let mut cmd = Command::new(&bins.chat_api);
     cmd.current_dir(project_root())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -388,7 +415,7 @@ fn start_gateway(
     Ok((process, port))
 }
 
-fn sqlite_url(db: &Path) -> String {
+pub(crate) fn sqlite_url(db: &Path) -> String {
     format!("sqlite://{}", db.display())
 }
 
@@ -405,7 +432,7 @@ fn remove_db(db: &Path) {
     }
 }
 
-fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn copy_db(from: &Path, to: &Path) -> anyhow::Result<()> {
     remove_db(to);
     for (src, dst) in db_files(from).zip(db_files(to)) {
         if src.exists() {
@@ -523,11 +550,11 @@ pub(crate) fn outage(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// What [`seed`] made: the database every scenario copies and what `chat-bench` knows of it.
-struct Seeded {
-    db: PathBuf,
-    dataset: PathBuf,
+pub(crate) struct Seeded {
+    pub(crate) db: PathBuf,
+    pub(crate) dataset: PathBuf,
     /// The size of the busiest channel's latest page, for the bare handler.
-    page_bytes: usize,
+    pub(crate) page_bytes: usize,
 }
 
 /// The PostgreSQL copy of the dataset for the cluster scenarios: a template database, seeded
@@ -543,6 +570,17 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
     let out = target_dir().join(settings.out_dir);
     let scenarios_dir = out.join("scenarios");
     let _ = std::fs::remove_dir_all(&scenarios_dir);
+    // An earlier run's outputs must not pass for this one's when this one makes none.
+    let _ = std::fs::remove_dir_all(out.join(p2::RUNS_DIR));
+    for file in [
+        "report.md",
+        "summary.json",
+        "latency.svg",
+        "throughput.svg",
+        p2::TABLE_FILE,
+    ] {
+        let _ = std::fs::remove_file(out.join(file));
+    }
     std::fs::create_dir_all(out.join("db"))?;
     std::fs::create_dir_all(&scenarios_dir)?;
 
@@ -565,18 +603,34 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             selected.len(),
             scenario.name
         );
-        run_scenario(
-            settings,
-            &bins,
-            &out,
-            (&seeded, pg.as_ref()),
-            &mut shared_redis,
-            scenario,
-        )
-        .with_context(|| format!("scenario {}", scenario.name))?;
+        let outcome = match (scenario.kind, scenario.backend, scenario.only) {
+            (Kind::P2Rounds, Backend::ChatApi(cache), Some(operation)) => p2::run(
+                settings,
+                &bins,
+                &out,
+                &seeded,
+                (scenario.name, cache, operation),
+            ),
+            (Kind::P2Rounds, ..) => Err(anyhow::anyhow!(
+                "a P2 scenario needs a chat-api backend and one operation"
+            )),
+            _ => run_scenario(
+                settings,
+                &bins,
+                &out,
+                (&seeded, pg.as_ref()),
+                &mut shared_redis,
+                scenario,
+            ),
+        };
+        outcome.with_context(|| format!("scenario {}", scenario.name))?;
     }
     drop(shared_redis);
-    report(&bins, settings, &out)
+    // P2 writes its own table; the report is of the other scenarios' summaries.
+    if selected.iter().any(|s| s.kind != Kind::P2Rounds) {
+        report(&bins, settings, &out)?;
+    }
+    Ok(())
 }
 
 fn select(settings: &Settings) -> anyhow::Result<Vec<&'static Scenario>> {
@@ -764,7 +818,6 @@ fn run_scenario(
                 Backend::ChatApi(cache) => {
                     start_chat_api(bins, &sqlite_url(&db), cache, gateway_port)?
                 }
-                Backend::BareAxum => start_bare_page(bins, seeded.page_bytes)?,
                 _ => start_original(&db, gateway_port)?,
             };
             servers.push(server);
@@ -809,7 +862,7 @@ fn bench_command(
         Kind::Open => {
             bench.args(["run", "--rate", &settings.open_rate.to_string()]);
         }
-        Kind::Closed | Kind::Outage => {
+        Kind::Closed | Kind::Outage | Kind::P2Rounds => {
             bench.args(["run", "--connections", &settings.connections.to_string()]);
         }
     }
@@ -898,6 +951,28 @@ mod tests {
             selected
                 .iter()
                 .all(|s| s.kind == Kind::Outage && s.backend.needs_gateway())
+        );
+    }
+
+    #[test]
+    fn p2_is_one_scenario_of_a_complete_run_and_selectable_alone() {
+        let p2 = Settings {
+            scenarios: vec!["p2".into()],
+            ..Settings::new(true)
+        };
+        let selected = select(&p2).expect("the P2 scenario");
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].kind, Kind::P2Rounds);
+        assert_eq!(selected[0].backend, MEMORY);
+        assert_eq!(selected[0].only, Some("latest_page"));
+        let every = select(&Settings::new(false)).expect("every scenario");
+        assert_eq!(every.iter().filter(|s| s.kind == Kind::P2Rounds).count(), 1);
+        assert_eq!(
+            (
+                Settings::new(true).p2_rounds,
+                Settings::new(false).p2_rounds
+            ),
+            (2, 4)
         );
     }
 }

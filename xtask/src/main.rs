@@ -16,6 +16,7 @@ mod conformance;
 mod e2e;
 mod examples;
 mod fuzz;
+mod p2;
 mod public_api;
 mod setup_env;
 mod util;
