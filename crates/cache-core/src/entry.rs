@@ -3,7 +3,10 @@
 use std::{
     any::Any,
     fmt,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -33,6 +36,9 @@ struct Inner {
     // How long this copy may be kept by the tier holding it (an L1 cap); never on the wire.
     local_expires_at: Timestamp,
     decoded: OnceLock<Decoded>,
+    // The invalidation generation at which an in-process backend last found this entry valid
+    // (`u64::MAX`: never); see `Entry::is_valid_at`.
+    validated_generation: AtomicU64,
 }
 
 impl Entry {
@@ -50,6 +56,7 @@ impl Entry {
             expires_at,
             local_expires_at: expires_at,
             decoded: OnceLock::new(),
+            validated_generation: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -118,11 +125,29 @@ impl Entry {
             expires_at,
             local_expires_at: local.min(expires_at),
             decoded: OnceLock::new(),
+            validated_generation: AtomicU64::new(u64::MAX),
         }));
         if let Some(decoded) = self.0.decoded.get() {
             entry.attach_decoded(Arc::clone(decoded));
         }
         entry
+    }
+
+    /// For in-process backends, which keep the entry itself: whether it is still valid at
+    /// invalidation `generation` (a counter the backend bumps on every invalidation), running
+    /// `check` (its tag lookups) only when the entry was not already found valid at that
+    /// generation. While nothing is invalidated, a hit costs one atomic load and no lookups.
+    pub fn is_valid_at(&self, generation: u64, check: impl FnOnce() -> bool) -> bool {
+        if self.0.validated_generation.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let valid = check();
+        if valid {
+            self.0
+                .validated_generation
+                .store(generation, Ordering::Release);
+        }
+        valid
     }
 
     /// The decoded value of type `T`, if one was attached and is of that type.
@@ -153,5 +178,50 @@ impl fmt::Debug for Entry {
             .field("fresh_until", &self.0.fresh_until)
             .field("expires_at", &self.0.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn entry() -> Entry {
+        let t = Timestamp::from_micros(1_000);
+        Entry::new(
+            Bytes::from_static(b"1"),
+            t,
+            t,
+            Timestamp::from_micros(2_000),
+        )
+    }
+
+    #[test]
+    fn validity_is_checked_once_per_generation_and_never_remembered_when_invalid() {
+        let entry = entry();
+        let checks = Cell::new(0);
+        let check = |valid: bool| {
+            checks.set(checks.get() + 1);
+            valid
+        };
+        assert!(entry.is_valid_at(1, || check(true)));
+        assert!(
+            entry.is_valid_at(1, || check(false)),
+            "memoized for generation 1"
+        );
+        assert_eq!(checks.get(), 1);
+        // A new generation (an invalidation happened) checks again, and a failed check is not
+        // remembered: the next read checks once more.
+        assert!(!entry.is_valid_at(2, || check(false)));
+        assert!(!entry.is_valid_at(2, || check(false)));
+        assert_eq!(checks.get(), 3);
+        // Copies with other times start unvalidated.
+        assert!(
+            entry
+                .with_times(Timestamp::from_micros(1_500), Timestamp::from_micros(2_000))
+                .is_valid_at(1, || check(true))
+        );
+        assert_eq!(checks.get(), 4);
     }
 }

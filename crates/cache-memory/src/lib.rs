@@ -60,7 +60,7 @@ impl MemoryConfig {
 
 /// A moka-backed [`CacheBackend`]. See the crate docs.
 pub struct MemoryBackend {
-    entries: moka::sync::Cache<Arc<str>, Slot>,
+    entries: moka::sync::Cache<Arc<str>, Entry>,
     stamps: moka::sync::Cache<Tag, Stamp>,
     // Serializes stamp updates so stamps only move forward.
     stamp_lock: Mutex<()>,
@@ -69,30 +69,6 @@ pub struct MemoryBackend {
     max_expires_at: AtomicU64,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
-}
-
-/// What moka holds for a key: the entry, and the invalidation generation at which it was last
-/// found valid (`u64::MAX` if never), so a hit skips the tag lookups while nothing was
-/// invalidated. Shared, because moka hands out clones of its values.
-#[derive(Clone)]
-struct Slot(Arc<SlotInner>);
-
-struct SlotInner {
-    entry: Entry,
-    validated_generation: AtomicU64,
-}
-
-impl Slot {
-    fn new(entry: Entry) -> Self {
-        Slot(Arc::new(SlotInner {
-            entry,
-            validated_generation: AtomicU64::new(u64::MAX),
-        }))
-    }
-
-    fn entry(&self) -> &Entry {
-        &self.0.entry
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,24 +98,24 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<Arc<str>, Slot> for EntryExpiry {
+impl Expiry<Arc<str>, Entry> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        value: &Slot,
+        value: &Entry,
         _created_at: Instant,
     ) -> Option<Duration> {
-        self.ttl(value.entry())
+        self.ttl(value)
     }
 
     fn expire_after_update(
         &self,
         _key: &Arc<str>,
-        value: &Slot,
+        value: &Entry,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        self.ttl(value.entry())
+        self.ttl(value)
     }
 }
 
@@ -184,9 +160,8 @@ impl MemoryBackend {
         let listener_counters = Arc::clone(&counters);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|key: &Arc<str>, slot: &Slot| {
-                u32::try_from(key.len() + slot.entry().value().len() + ENTRY_OVERHEAD)
-                    .unwrap_or(u32::MAX)
+            .weigher(|key: &Arc<str>, entry: &Entry| {
+                u32::try_from(key.len() + entry.value().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry {
                 clock: Arc::clone(&config.clock),
@@ -226,26 +201,18 @@ impl MemoryBackend {
         self.stamps.entry_count()
     }
 
-    fn lookup(&self, key: &Key, slot: &Slot) -> bool {
+    fn lookup(&self, key: &Key, entry: &Entry) -> bool {
         // Expiry is moka's job (it checks on every read, see `EntryExpiry`); a second clock read
         // here would cost as much as the rest of the hit path.
         // Read the generation before the stamps: an invalidation that lands after this load bumps
         // the generation, so the entry is checked again on the next read.
         let generation = self.generation.load(Ordering::Acquire);
-        if slot.0.validated_generation.load(Ordering::Acquire) == generation {
-            return true;
-        }
-        let created = slot.entry().created_at();
-        let valid = key
-            .tags()
-            .iter()
-            .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created));
-        if valid {
-            slot.0
-                .validated_generation
-                .store(generation, Ordering::Release);
-        }
-        valid
+        let created = entry.created_at();
+        entry.is_valid_at(generation, || {
+            key.tags()
+                .iter()
+                .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created))
+        })
     }
 
     fn record(&self, hit: bool) {
@@ -270,13 +237,13 @@ impl MemoryBackend {
             .entry(Arc::<str>::from(key.as_str()))
             .and_compute_with(|old| {
                 let keep_old = old.is_some_and(|old| {
-                    let old = old.value().entry();
+                    let old = old.value();
                     old.created_at() > entry.created_at() && old.is_alive(now)
                 });
                 if keep_old {
                     moka::ops::compute::Op::Nop
                 } else {
-                    moka::ops::compute::Op::Put(Slot::new(entry))
+                    moka::ops::compute::Op::Put(entry)
                 }
             });
     }
@@ -296,12 +263,12 @@ impl CacheBackend for MemoryBackend {
     }
 
     fn get_now(&self, key: &Key) -> Option<Entry> {
-        let slot = self.entries.get(key.as_str())?;
-        if !self.lookup(key, &slot) {
+        let entry = self.entries.get(key.as_str())?;
+        if !self.lookup(key, &entry) {
             return None;
         }
         self.record(true);
-        Some(slot.entry().clone())
+        Some(entry)
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
