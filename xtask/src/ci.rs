@@ -4,8 +4,11 @@
 //!
 //! - `--tests-only` skips the lint steps (formatting, clippy).
 //! - `--list` prints the steps and runs nothing.
+//! - `--only TEXT` runs the steps whose name contains `TEXT` (`--only package`).
 
 use std::time::Instant;
+
+use anyhow::Context as _;
 
 use crate::{
     api_fuzz, cluster, conformance, e2e, examples, fuzz, public_api,
@@ -108,6 +111,7 @@ const STEPS: &[Step] = &[
         name: "cargo package (library crates)",
         lint: false,
         run: || {
+            forget_earlier_packages()?;
             let mut package = cargo();
             package.arg("package");
             for krate in public_api::CRATES {
@@ -123,6 +127,58 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// Makes `cargo package` verify against this run's packages, not an earlier run's.
+///
+/// Verifying several packages builds each against the others' freshly packed tarballs, served
+/// from a local registry. Cargo treats a registry version as immutable: it extracts a name and
+/// version once (under `$CARGO_HOME/registry/src/-<hash>/`, directories that hold nothing but
+/// such extractions) and reuses what it compiled from it. So on a machine that packaged before,
+/// a later run verified against the old sources (seen: `cache-memory` built against a
+/// `cache-core` without the method it now calls). Both are removed first; the clean also drops
+/// the workspace's own builds of these crates, which the steps after this one do not use.
+fn forget_earlier_packages() -> anyhow::Result<()> {
+    forget_extracted_local_packages()?;
+    let mut clean = cargo();
+    clean.arg("clean");
+    for krate in public_api::CRATES {
+        clean.args(["-p", krate]);
+    }
+    run_cmd(clean)
+}
+
+/// Removes the extracted copies of our packages from local registries (see above).
+fn forget_extracted_local_packages() -> anyhow::Result<()> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo"))
+        });
+    let Some(src) = cargo_home.map(|home| home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        // Local registries have no name, only the hash (`-<hash>`); crates.io's is named.
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for package in std::fs::read_dir(registry.path())?.flatten() {
+            let name = package.file_name().to_string_lossy().into_owned();
+            let ours = public_api::CRATES.iter().any(|krate| {
+                name.strip_prefix(krate)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(package.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn cargo_cmd(args: &[&str]) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(args);
@@ -132,16 +188,24 @@ fn cargo_cmd(args: &[&str]) -> anyhow::Result<()> {
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut tests_only = false;
     let mut list = false;
-    for arg in args {
+    let mut only = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--tests-only" => tests_only = true,
             "--list" => list = true,
+            "--only" => only = Some(args.next().context("--only needs part of a step's name")?),
             other => anyhow::bail!(
-                "unknown option {other:?}; usage: cargo xtask ci [--tests-only] [--list]"
+                "unknown option {other:?}; usage: cargo xtask ci [--tests-only] [--list] [--only TEXT]"
             ),
         }
     }
-    let steps: Vec<&Step> = STEPS.iter().filter(|s| !(tests_only && s.lint)).collect();
+    let steps: Vec<&Step> = STEPS
+        .iter()
+        .filter(|s| !(tests_only && s.lint))
+        .filter(|s| only.is_none_or(|text| s.name.contains(text.as_str())))
+        .collect();
+    anyhow::ensure!(!steps.is_empty(), "no CI step matches {only:?}");
     if list {
         for step in &steps {
             println!("{}", step.name);
