@@ -112,12 +112,7 @@ const STEPS: &[Step] = &[
         lint: false,
         run: || {
             forget_earlier_packages()?;
-            let mut package = cargo();
-            package.arg("package");
-            for krate in public_api::CRATES {
-                package.args(["-p", krate]);
-            }
-            run_cmd(package)
+            run_cmd(cargo_for_library_crates("package"))
         },
     },
     Step {
@@ -138,12 +133,17 @@ const STEPS: &[Step] = &[
 /// the workspace's own builds of these crates, which the steps after this one do not use.
 fn forget_earlier_packages() -> anyhow::Result<()> {
     forget_extracted_local_packages()?;
-    let mut clean = cargo();
-    clean.arg("clean");
+    run_cmd(cargo_for_library_crates("clean"))
+}
+
+/// `cargo <subcommand> -p <crate>…` for every published crate.
+fn cargo_for_library_crates(subcommand: &str) -> std::process::Command {
+    let mut cmd = cargo();
+    cmd.arg(subcommand);
     for krate in public_api::CRATES {
-        clean.args(["-p", krate]);
+        cmd.args(["-p", krate]);
     }
-    run_cmd(clean)
+    cmd
 }
 
 /// Removes the extracted copies of our packages from local registries (see above).

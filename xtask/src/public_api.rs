@@ -812,18 +812,7 @@ impl Api<'_> {
                 self.ty(&inner["type"]),
                 inner["len"].as_str().unwrap_or("_")
             ),
-            "borrowed_ref" => {
-                let lifetime = inner["lifetime"]
-                    .as_str()
-                    .map(|l| format!("{l} "))
-                    .unwrap_or_default();
-                let mutability = if inner["is_mutable"] == true {
-                    "mut "
-                } else {
-                    ""
-                };
-                format!("&{lifetime}{mutability}{}", self.ty(&inner["type"]))
-            }
+            "borrowed_ref" => format!("{}{}", reference_prefix(inner), self.ty(&inner["type"])),
             "raw_pointer" => {
                 let mutability = if inner["is_mutable"] == true {
                     "mut"
@@ -887,6 +876,11 @@ fn self_param(ty: &Value) -> Option<String> {
     if reference["type"].get("generic").and_then(Value::as_str) != Some("Self") {
         return None;
     }
+    Some(format!("{}self", reference_prefix(reference)))
+}
+
+/// `&`, `&mut `, `&'a ` or `&'a mut ` for a `borrowed_ref` type.
+fn reference_prefix(reference: &Value) -> String {
     let lifetime = reference["lifetime"]
         .as_str()
         .map(|l| format!("{l} "))
@@ -896,7 +890,7 @@ fn self_param(ty: &Value) -> Option<String> {
     } else {
         ""
     };
-    Some(format!("&{lifetime}{mutability}self"))
+    format!("&{lifetime}{mutability}")
 }
 
 fn has_attr(item: &Value, name: &str) -> bool {
