@@ -469,6 +469,10 @@ async fn a_stream_ends_cleanly_when_redis_goes_away() {
     let mut events = SseReader::open(&client, "/subscribe/chat").await;
     assert_eq!(events.next_data().await, "subscribe,chat,1");
     client.ok(json!(["PUBLISH", "chat", "before"])).await;
+    // Redis writes PUBLISH's reply before the subscriber's message; a second round trip makes
+    // sure that write happened too (all pending replies go out before the next command is read),
+    // so the kill cannot land between the two on a loaded machine.
+    assert_eq!(redis(env.redis().addr(), &[b"PING"]).await, b"+PONG\r\n");
     env.redis().kill();
     // What was sent before Redis died is delivered, then the stream ends (the client then
     // reconnects, and gets a 503 until Redis is back).
