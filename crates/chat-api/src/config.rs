@@ -234,6 +234,43 @@ pub struct Cli {
     /// dropped (bounds what a client that stops reading holds).
     #[arg(long, env = "WS_SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_send_timeout_ms: u64,
+
+    /// The live cache dashboard at `/dashboard` (its data stream, `/dashboard/stream`). on: with
+    /// `DASHBOARD_TOKEN` set, for whoever sends that token; without one, only for requests from
+    /// this machine (a loopback peer, no forwarding headers). off: the stream answers 404.
+    #[arg(long, env = "DASHBOARD", value_enum, default_value = "on")]
+    pub dashboard: Switch,
+
+    /// The bearer token the dashboard asks for (anyone with it sees the instance's metrics, never
+    /// a user's or the Upstash token). Unset: the dashboard is for local requests only.
+    #[arg(long, env = "DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
+
+    /// Serve the web client's and dashboard's files from this directory, re-read on every
+    /// request, instead of the copies built into the binary (for working on the front end).
+    #[arg(long, env = "WEB_ASSETS_DIR")]
+    pub web_assets_dir: Option<PathBuf>,
+}
+
+/// Who may read the dashboard's data.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DashboardAccess {
+    /// Nobody: `/dashboard/stream` answers 404.
+    Off,
+    /// Requests from this machine only: a loopback peer that sent no forwarding header.
+    Local,
+    /// Whoever sends this bearer token, from anywhere.
+    Token(SecretString),
+}
+
+impl fmt::Debug for DashboardAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DashboardAccess::Off => f.write_str("Off"),
+            DashboardAccess::Local => f.write_str("Local"),
+            DashboardAccess::Token(token) => f.debug_tuple("Token").field(token).finish(),
+        }
+    }
 }
 
 /// An invalid setting, found when the configuration is checked or a backend is built.
@@ -297,6 +334,10 @@ pub struct Config {
     pub ws_max_frames_per_sec: u32,
     /// How long a WebSocket frame may wait for a client that does not read.
     pub ws_send_timeout: Duration,
+    /// Who may read the live dashboard.
+    pub dashboard: DashboardAccess,
+    /// Where the web pages are read from instead of the binary, if anywhere.
+    pub web_assets_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -311,6 +352,7 @@ impl fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("rate_limit", &self.rate_limit)
             .field("registration_open", &self.registration_open)
+            .field("dashboard", &self.dashboard)
             .finish_non_exhaustive()
     }
 }
@@ -355,6 +397,8 @@ impl Default for Config {
             ws_max_sessions_per_user: 16,
             ws_max_frames_per_sec: 20,
             ws_send_timeout: Duration::from_secs(10),
+            dashboard: DashboardAccess::Local,
+            web_assets_dir: None,
         }
     }
 }
@@ -465,6 +509,17 @@ impl Cli {
                 "WS_SEND_TIMEOUT_MS",
                 self.ws_send_timeout_ms,
             )?),
+            dashboard: match (self.dashboard, non_empty(self.dashboard_token)) {
+                (Switch::Off, _) => DashboardAccess::Off,
+                (Switch::On, None) => DashboardAccess::Local,
+                (Switch::On, Some(token)) if token.len() < 16 => {
+                    return Err(ConfigError(
+                        "DASHBOARD_TOKEN must be at least 16 characters".into(),
+                    ));
+                }
+                (Switch::On, Some(token)) => DashboardAccess::Token(SecretString::new(token)),
+            },
+            web_assets_dir: self.web_assets_dir,
         };
         config.database_kind()?;
         Ok(config)

@@ -14,6 +14,8 @@
 //! - [`routes`]: the `/api/v1` handlers and their request/response types; [`api_route_table`] lists
 //!   what they serve and who may call it.
 //! - `ws` + [`events`]: the realtime session and the in-process event hub.
+//! - `web`: the chat client at `/` and the cache dashboard at `/dashboard` (files under `web/`,
+//!   embedded in the binary), served with a strict Content-Security-Policy.
 //! - [`auth`], [`ratelimit`], [`metrics`], `ops`, `openapi`: cross-cutting pieces.
 //! - [`error`]: [`AppError`], the one error shape.
 //!
@@ -43,6 +45,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod validate;
+mod web;
 mod ws;
 
 use std::{any::Any, future::Future, time::Duration};
@@ -99,6 +102,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     Router::new()
         .merge(api)
+        .merge(web::router())
         .route("/api/v1/openapi.json", get(ops::openapi_json))
         .route("/health", get(ops::health))
         .route(chat_stats::PATH, get(metrics::stats))
