@@ -30,7 +30,13 @@
 //! stamp hides. Sets are not announced: chat-api writes only through the write events here, and
 //! its sets are fills of data read after the last invalidation.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use cache_core::{
     Backplane, BackplaneConfig, BackplaneState, Cache, Clock, DynBackend, DynTransport, Key,
@@ -453,7 +459,84 @@ pub struct ChatCache {
     cache: Cache,
     keys: CacheKeys,
     policies: Policies,
+    /// The store and the per-kind counters, behind one `Arc` that every loader captures.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     store: Arc<dyn Store>,
+    kinds: KindCounters,
+}
+
+/// The kinds of data [`ChatCache`] caches, for per-kind hit ratios (`/stats` `cache.kinds`, the
+/// dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A user's name and token hash (`auth-user`).
+    UserAuth,
+    /// A user's membership of a channel.
+    Membership,
+    /// A channel.
+    Channel,
+    /// A user's channel list.
+    UserChannels,
+    /// The latest page of a channel.
+    LatestPage,
+    /// An older page of a channel.
+    OlderPage,
+}
+
+impl Kind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [Kind; 6] = [
+        Kind::UserAuth,
+        Kind::Membership,
+        Kind::Channel,
+        Kind::UserChannels,
+        Kind::LatestPage,
+        Kind::OlderPage,
+    ];
+
+    /// The name in `/stats`, `/metrics` and the dashboard.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::UserAuth => "user_auth",
+            Kind::Membership => "membership",
+            Kind::Channel => "channel",
+            Kind::UserChannels => "user_channels",
+            Kind::LatestPage => "latest_page",
+            Kind::OlderPage => "older_page",
+        }
+    }
+}
+
+/// `get_or_load` calls and loader runs per [`Kind`]: a lookup that ran no loader was answered by
+/// the cache (or by another caller's load).
+#[derive(Default)]
+struct KindCounters {
+    lookups: [AtomicU64; Kind::ALL.len()],
+    loads: [AtomicU64; Kind::ALL.len()],
+}
+
+impl KindCounters {
+    fn lookup(&self, kind: Kind) {
+        self.lookups[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn load(&self, kind: Kind) {
+        self.loads[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Lookups and loads of one [`Kind`] since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindStats {
+    /// The kind.
+    pub kind: Kind,
+    /// `get_or_load` calls.
+    pub lookups: u64,
+    /// Loader runs (database reads) among them.
+    pub loads: u64,
 }
 
 impl std::fmt::Debug for ChatCache {
@@ -493,8 +576,24 @@ impl ChatCache {
             cache,
             keys: CacheKeys::new(prefix)?,
             policies,
-            store,
+            shared: Arc::new(Shared {
+                store,
+                kinds: KindCounters::default(),
+            }),
         })
+    }
+
+    /// Lookups and loads per kind of data since start, in [`Kind::ALL`] order.
+    pub fn kind_stats(&self) -> Vec<KindStats> {
+        let kinds = &self.shared.kinds;
+        Kind::ALL
+            .iter()
+            .map(|&kind| KindStats {
+                kind,
+                lookups: kinds.lookups[kind as usize].load(Ordering::Relaxed),
+                loads: kinds.loads[kind as usize].load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// The cache facade (stats, backend).
@@ -504,7 +603,7 @@ impl ChatCache {
 
     /// The store behind the cache.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.shared.store
     }
 
     /// A user's name and token hash.
@@ -513,13 +612,17 @@ impl ChatCache {
     /// for a made-up id would save no later load (the next made-up id differs) while costing a
     /// key in every tier, Upstash included; the rate limiter bounds those loads instead.
     pub async fn user_auth(&self, user: Ulid) -> Result<Option<UserAuth>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::UserAuth);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load_if(
                 &self.keys.auth_user(user),
                 &self.policies.lookups,
                 Option::is_some,
-                move || async move { store.user_auth(user).await },
+                move || async move {
+                    shared.kinds.load(Kind::UserAuth);
+                    shared.store.user_auth(user).await
+                },
             )
             .await
             .map_err(load_error)
@@ -535,12 +638,16 @@ impl ChatCache {
 
     /// A channel.
     pub async fn channel(&self, channel: Ulid) -> Result<Option<Channel>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::Channel);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load(
                 &self.keys.channel(channel),
                 &self.policies.lookups,
-                move || async move { store.channel(channel).await },
+                move || async move {
+                    shared.kinds.load(Kind::Channel);
+                    shared.store.channel(channel).await
+                },
             )
             .await
             .map_err(load_error)
@@ -552,12 +659,16 @@ impl ChatCache {
         channel: Ulid,
         user: Ulid,
     ) -> Result<Option<Membership>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::Membership);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load(
                 &self.keys.membership(channel, user),
                 &self.policies.lookups,
-                move || async move { store.membership(channel, user).await },
+                move || async move {
+                    shared.kinds.load(Kind::Membership);
+                    shared.store.membership(channel, user).await
+                },
             )
             .await
             .map_err(load_error)
@@ -565,12 +676,16 @@ impl ChatCache {
 
     /// A user's channel list.
     pub async fn user_channels(&self, user: Ulid) -> Result<Arc<Vec<MyChannel>>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::UserChannels);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load(
                 &self.keys.user_channels(user),
                 &self.policies.channels,
-                move || async move { store.user_channels(user).await.map(Arc::new) },
+                move || async move {
+                    shared.kinds.load(Kind::UserChannels);
+                    shared.store.user_channels(user).await.map(Arc::new)
+                },
             )
             .await
             .map_err(load_error)
@@ -582,14 +697,19 @@ impl ChatCache {
         channel: Ulid,
         limit: u32,
     ) -> Result<Arc<RenderedPage>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::LatestPage);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load(
                 &self.keys.latest_page(channel, limit),
                 &self.policies.messages,
                 move || async move {
+                    shared.kinds.load(Kind::LatestPage);
                     // One extra row says whether older messages exist.
-                    let mut messages = store.messages(channel, Slice::Latest, limit + 1).await?;
+                    let mut messages = shared
+                        .store
+                        .messages(channel, Slice::Latest, limit + 1)
+                        .await?;
                     let has_more_before = messages.len() > limit as usize;
                     messages.truncate(limit as usize);
                     let page = MessagePage {
@@ -616,20 +736,24 @@ impl ChatCache {
         before: Ulid,
         limit: u32,
     ) -> Result<Arc<RenderedPage>, AppError> {
-        let store = Arc::clone(&self.store);
+        self.shared.kinds.lookup(Kind::OlderPage);
+        let shared = Arc::clone(&self.shared);
         self.cache
             .get_or_load(
                 &self.keys.older_page(channel, before, limit),
                 &self.policies.messages,
                 move || async move {
-                    let mut messages = store
+                    shared.kinds.load(Kind::OlderPage);
+                    let mut messages = shared
+                        .store
                         .messages(channel, Slice::Before(before), limit + 1)
                         .await?;
                     let has_more_before = messages.len() > limit as usize;
                     messages.truncate(limit as usize);
                     // Newer messages exist if anything is at or after the cursor.
                     let has_more_after = match before.0.checked_sub(1) {
-                        Some(prev) => !store
+                        Some(prev) => !shared
+                            .store
                             .messages(channel, Slice::After(Ulid(prev)), 1)
                             .await?
                             .is_empty(),

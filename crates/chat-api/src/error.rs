@@ -90,6 +90,12 @@ pub enum AppError {
     /// A dependency (the database) cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The dashboard has a token and the request did not carry it.
+    #[error("the dashboard needs its token (DASHBOARD_TOKEN) as a bearer token")]
+    DashboardTokenRequired,
+    /// The dashboard has no token, so it answers only requests from this machine.
+    #[error("the dashboard answers only local requests; set DASHBOARD_TOKEN to open it remotely")]
+    DashboardLocalOnly,
     /// The endpoint needs a WebSocket upgrade.
     #[error("this endpoint needs a WebSocket upgrade")]
     UpgradeRequired,
@@ -115,7 +121,8 @@ pub struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `unauthorized`, `registration_closed`,
     /// `not_a_member`, `not_author`, `not_owner`, `channel_not_found`, `message_not_found`,
     /// `user_not_found`, `not_found`, `method_not_allowed`, `name_taken`, `rate_limited`,
-    /// `too_many_sessions`, `timeout`, `unavailable`, `upgrade_required`, `internal`.
+    /// `too_many_sessions`, `timeout`, `unavailable`, `upgrade_required`,
+    /// `dashboard_token_required`, `dashboard_local_only`, `internal`.
     pub code: &'static str,
     /// A human-readable explanation.
     pub message: String,
@@ -130,8 +137,9 @@ impl AppError {
             }
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized | AppError::DashboardTokenRequired => StatusCode::UNAUTHORIZED,
             AppError::RegistrationClosed
+            | AppError::DashboardLocalOnly
             | AppError::NotAMember
             | AppError::NotAuthor
             | AppError::NotOwner => StatusCode::FORBIDDEN,
@@ -175,6 +183,8 @@ impl AppError {
             AppError::Timeout => "timeout",
             AppError::Unavailable(_) => "unavailable",
             AppError::UpgradeRequired => "upgrade_required",
+            AppError::DashboardTokenRequired => "dashboard_token_required",
+            AppError::DashboardLocalOnly => "dashboard_local_only",
             AppError::Store(err) if err.is_unavailable() => "unavailable",
             AppError::Store(_) | AppError::Internal(_) => "internal",
         }

@@ -15,7 +15,8 @@
 //!   what they serve and who may call it.
 //! - `ws` + [`events`]: the realtime session and the in-process event hub.
 //! - `web`: the chat client at `/` and the cache dashboard at `/dashboard` (files under `web/`,
-//!   embedded in the binary), served with a strict Content-Security-Policy.
+//!   embedded in the binary), served with a strict Content-Security-Policy; `dashboard`: the
+//!   dashboard's live data (`/dashboard/stream`, Server-Sent Events).
 //! - [`auth`], [`ratelimit`], [`metrics`], `ops`, `openapi`: cross-cutting pieces.
 //! - [`error`]: [`AppError`], the one error shape.
 //!
@@ -34,6 +35,7 @@ pub mod auth;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -103,6 +105,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(web::router())
+        .merge(dashboard::router())
         .route("/api/v1/openapi.json", get(ops::openapi_json))
         .route("/health", get(ops::health))
         .route(chat_stats::PATH, get(metrics::stats))

@@ -33,7 +33,7 @@ use axum::{
 use cache_core::stats::{Histogram, HistogramSnapshot};
 use chat_stats::{
     BackplaneState, BackplaneStats, BreakerState, BreakerStats, CacheStats, DbStats, HttpStats,
-    LookupStats, Stats, StatusClasses, TierStats,
+    KindStats, LookupStats, Stats, StatusClasses, TierStats,
 };
 use prometheus_client::{
     collector::Collector,
@@ -55,13 +55,29 @@ struct RouteStats {
 }
 
 /// HTTP and rate-limit counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HttpMetrics {
     routes: RwLock<HashMap<(Method, String), Arc<RouteStats>>>,
     rate_limited: RwLock<HashMap<&'static str, Arc<AtomicU64>>>,
+    started: Instant,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            routes: RwLock::default(),
+            rate_limited: RwLock::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl HttpMetrics {
+    /// Time since these counters started (with the app).
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     fn route(&self, method: &Method, route: &str) -> Arc<RouteStats> {
         let key = (method.clone(), route.to_owned());
         if let Some(stats) = self
@@ -153,6 +169,7 @@ impl Snapshot {
         Snapshot::from_parts(
             state.metrics(),
             &state.cache().cache().stats(),
+            &state.cache().kind_stats(),
             &state.store().query_counts(),
             state.hub().sessions(),
             backplane_document(state),
@@ -162,6 +179,7 @@ impl Snapshot {
     fn from_parts(
         http: &HttpMetrics,
         cache: &cache_core::stats::CacheStats,
+        kinds: &[crate::cache::KindStats],
         queries: &QueryCounts,
         sessions: usize,
         backplane: Option<BackplaneStats>,
@@ -210,7 +228,17 @@ impl Snapshot {
         Snapshot {
             stats: Stats {
                 version: chat_stats::VERSION,
-                cache: cache_document(cache),
+                cache: CacheStats {
+                    kinds: kinds
+                        .iter()
+                        .map(|k| KindStats {
+                            kind: k.kind.as_str().to_owned(),
+                            lookups: k.lookups,
+                            loads: k.loads,
+                        })
+                        .collect(),
+                    ..cache_document(cache)
+                },
                 db: DbStats {
                     queries: queries.total,
                     queries_by_op: queries
@@ -227,6 +255,28 @@ impl Snapshot {
             routes,
             tier_latency,
         }
+    }
+
+    /// Per route: method, route pattern, latency histogram and responses by status class.
+    pub(crate) fn routes(
+        &self,
+    ) -> impl Iterator<Item = (&str, &str, &HistogramSnapshot, &StatusClasses)> {
+        self.routes.iter().map(|r| {
+            (
+                r.method.as_str(),
+                r.route.as_str(),
+                &r.latency,
+                &r.responses,
+            )
+        })
+    }
+
+    /// The latency histogram of a cache tier that times its calls.
+    pub(crate) fn tier_latency(&self, tier: &str) -> Option<&HistogramSnapshot> {
+        self.tier_latency
+            .iter()
+            .find(|t| t.tier == tier)
+            .map(|t| &t.latency)
     }
 
     /// The snapshot in the OpenMetrics text format (ends with `# EOF`).
@@ -287,6 +337,7 @@ fn cache_document(stats: &cache_core::stats::CacheStats) -> CacheStats {
             closed: b.closed,
         }),
         pending_invalidations: stats.pending_invalidations,
+        kinds: Vec::new(),
     }
 }
 
@@ -725,7 +776,24 @@ impl Snapshot {
             lookups,
             breaker,
             pending_invalidations,
+            kinds,
         } = &self.stats.cache;
+        counters(
+            encoder,
+            "chat_cache_kind_lookups",
+            "get_or_load calls, by kind of cached data.",
+            kinds
+                .iter()
+                .map(|k| (vec![("kind", label(&k.kind))], k.lookups)),
+        )?;
+        counters(
+            encoder,
+            "chat_cache_kind_loads",
+            "Loader runs (database reads through the cache), by kind of cached data.",
+            kinds
+                .iter()
+                .map(|k| (vec![("kind", label(&k.kind))], k.loads)),
+        )?;
         let rows: Vec<_> = tiers
             .iter()
             .map(|t| (tier_labels(t), tier_fields(t)))

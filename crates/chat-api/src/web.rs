@@ -7,7 +7,7 @@
 //! are written to work under it. `WEB_ASSETS_DIR` serves the same files from a directory instead,
 //! re-read on every request, for working on the front end without rebuilding.
 
-use std::{borrow::Cow, path::PathBuf};
+use std::{borrow::Cow, path::Path as FsPath};
 
 use axum::{
     Router,
@@ -105,7 +105,7 @@ async fn serve(state: &AppState, name: &str) -> Response {
     (StatusCode::OK, headers, bytes).into_response()
 }
 
-async fn read_from(dir: &PathBuf, name: &str) -> std::io::Result<Vec<u8>> {
+async fn read_from(dir: &FsPath, name: &str) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking({
         let path = dir.join(name);
         move || std::fs::read(path)

@@ -73,6 +73,29 @@ pub struct CacheStats {
     pub breaker: Option<BreakerStats>,
     /// Invalidations waiting to be replayed on L2.
     pub pending_invalidations: u64,
+    /// `get_or_load` per kind of cached data (`user_auth`, `membership`, `channel`,
+    /// `user_channels`, `latest_page`, `older_page`). Added in version 1 without a bump: older
+    /// documents read as empty.
+    pub kinds: Vec<KindStats>,
+}
+
+/// Cache-aside reads of one kind of data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KindStats {
+    /// The kind's name.
+    pub kind: String,
+    /// `get_or_load` calls.
+    pub lookups: u64,
+    /// Loader runs among them (database reads); the rest were answered by the cache.
+    pub loads: u64,
+}
+
+impl KindStats {
+    /// The share of lookups that ran no loader, when there were lookups.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        ratio(self.lookups.saturating_sub(self.loads), self.loads)
+    }
 }
 
 /// Counters of one cache tier. What a backend cannot know is `None`.

@@ -36,3 +36,5 @@ mod ws;
 mod ws_limits;
 // Connection limits of the real binary: header-read and idle timeouts, the connection cap.
 mod connections;
+// The web pages' headers and the dashboard's stream.
+mod web;

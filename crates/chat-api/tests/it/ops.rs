@@ -132,6 +132,25 @@ async fn stats_and_metrics_are_one_snapshot_rendered_twice() {
         sample(&text, "chat_cache_loads_total"),
         stats.cache.lookups.loads
     );
+    // Per kind: three reads of the latest page, the first a load (the post dropped the page).
+    let latest = stats
+        .cache
+        .kinds
+        .iter()
+        .find(|k| k.kind == "latest_page")
+        .expect("latest_page in cache.kinds");
+    assert_eq!((latest.lookups, latest.loads), (3, 1), "{latest:?}");
+    for kind in &stats.cache.kinds {
+        let labels = format!("{{kind=\"{}\"}}", kind.kind);
+        assert_eq!(
+            sample(&text, &format!("chat_cache_kind_lookups_total{labels}")),
+            kind.lookups
+        );
+        assert_eq!(
+            sample(&text, &format!("chat_cache_kind_loads_total{labels}")),
+            kind.loads
+        );
+    }
     for (op, count) in &stats.db.queries_by_op {
         assert_eq!(
             sample(&text, &format!("chat_db_queries_total{{op=\"{op}\"}}")),
