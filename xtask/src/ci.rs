@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use crate::{
-    api_fuzz, cluster, conformance, e2e, examples, fuzz, public_api,
+    api_fuzz, browser, cluster, conformance, e2e, examples, fuzz, public_api,
     util::{cargo, project_root, run_cmd},
 };
 
@@ -114,6 +114,12 @@ const STEPS: &[Step] = &[
             forget_earlier_packages()?;
             run_cmd(cargo_for_library_crates("package"))
         },
+    },
+    // The pages in a real browser, on the chat-api binary the tests built.
+    Step {
+        name: "cargo xtask browser --no-build",
+        lint: false,
+        run: || browser::run(&["--no-build".into()]),
     },
     Step {
         name: "cargo xtask api-fuzz --time 60 --no-build",

@@ -10,6 +10,7 @@
 
 mod api_fuzz;
 mod bench;
+mod browser;
 mod ci;
 mod cluster;
 mod conformance;
@@ -29,6 +30,9 @@ cargo xtask <TASK> [ARGS]
 Tasks:
   bench       criterion benches, then the end-to-end chat benchmark (report under target/bench);
               --quick, --scenario NAME, --criterion-only, --e2e-only
+  browser     the web client and the dashboard in headless Chromium (chromedriver): two users
+              chat live, the dashboard follows the load; screenshots in target/browser;
+              --no-build
   conformance the official @upstash/redis and upstash-redis SDKs against upstash-gateway
   api-fuzz    schemathesis against chat-api's OpenAPI document (fuzz/api); --time SECS, --no-build
   outage      Redis killed under load (and restarted with its data) in tiered and upstash mode,
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("browser") => browser::run(&rest),
         Some("conformance") => conformance::run(&rest),
         Some("examples") => examples::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
