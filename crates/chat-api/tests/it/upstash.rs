@@ -195,3 +195,57 @@ async fn tiered_survives_a_redis_restart_without_stale_reads() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_both_tiers_and_what_upstash_bills() {
+    let gateway = TestGateway::start().await;
+    let app = app_on(&gateway, CacheBackendKind::Tiered).await;
+    let ann = app.register("ann").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    let addr = crate::ws::serve(&app).await;
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/dashboard/stream?interval_ms=200"))
+        .send()
+        .await
+        .unwrap();
+    let mut frames = crate::web::Frames(response);
+    frames.next().await;
+    // Posts invalidate on Upstash; the reads after each fill L2 and then hit L1.
+    let page = format!("/api/v1/channels/{channel}/messages");
+    for i in 0..5 {
+        app.post_message(&ann, &channel, &format!("m{i}")).await;
+        for _ in 0..3 {
+            app.get(&page, &ann.token).await.expect(200);
+        }
+    }
+    let frame = loop {
+        let frame = frames.next().await;
+        if frame["upstash"]["commands_per_min"].as_f64() > Some(0.0) {
+            break frame;
+        }
+    };
+    assert_eq!(frame["cache_backend"], "tiered");
+    let tiers = frame["cache"]["tiers"].as_array().unwrap();
+    let names: Vec<&str> = tiers.iter().map(|t| t["tier"].as_str().unwrap()).collect();
+    assert_eq!(names, ["l1", "l2"]);
+    assert!(
+        tiers[1]["p99_ms"].as_f64().unwrap() > 0.0,
+        "L2 calls are timed: {frame}"
+    );
+    assert!(tiers[0]["p99_ms"].is_null(), "L1 is not timed");
+    assert_eq!(frame["cache"]["breaker"]["state"], "closed");
+    let upstash = &frame["upstash"];
+    let per_min = upstash["commands_per_min"].as_f64().unwrap();
+    let cost = upstash["monthly_cost_usd"].as_f64().unwrap();
+    // 30 days of this rate at $0.20 per 100,000 commands.
+    assert!(
+        (cost - per_min * 60.0 * 24.0 * 30.0 / 100_000.0 * 0.20).abs() < 1e-9,
+        "{upstash}"
+    );
+    assert!(
+        upstash["requests_per_min"].as_f64().unwrap() > 0.0,
+        "{upstash}"
+    );
+    // No credential in the frame.
+    assert!(!frame.to_string().contains(gateway.token()));
+}

@@ -129,10 +129,10 @@ async fn the_dashboard_stream_is_guarded() {
 }
 
 /// Reads `data:` frames off an SSE response.
-struct Frames(reqwest::Response);
+pub(crate) struct Frames(pub(crate) reqwest::Response);
 
 impl Frames {
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         let mut text = String::new();
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
