@@ -28,7 +28,7 @@ pub(crate) const PREFIX_VAR: &str = "CACHE_PREFIX";
 /// chat-api's default key prefix (`chat_api::cache::KEY_PREFIX`).
 pub(crate) const DEFAULT_PREFIX: &str = "chat";
 /// chat-api's cache format version (`chat_api::cache::FORMAT_VERSION`).
-pub(crate) const DEFAULT_FORMAT_VERSION: u32 = 1;
+pub(crate) const DEFAULT_FORMAT_VERSION: u32 = 2;
 /// The dotenv files read, weakest first.
 const DOTENV_FILES: [&str; 2] = [".env", ".env.local"];
 
@@ -284,6 +284,14 @@ pub(crate) fn parse_namespace(text: &str) -> Result<cache_core::Namespace, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// cachectl cannot depend on chat-api (a server) to read these; a test that does keeps the
+    /// copies equal, so a format bump in chat-api cannot leave cachectl on the old namespace.
+    #[test]
+    fn defaults_are_chat_apis_namespace() {
+        assert_eq!(DEFAULT_PREFIX, chat_api::cache::KEY_PREFIX);
+        assert_eq!(DEFAULT_FORMAT_VERSION, chat_api::cache::FORMAT_VERSION);
+    }
 
     fn file(name: &str, vars: &[(&str, &str)]) -> DotenvFile {
         DotenvFile {

@@ -9,16 +9,30 @@
 //! | key (`{prefix}:v1:…`)                  | value                  | tags                        | invalidated by (event) |
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
-//! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `messages_changed` (post, edit, delete, reaction add/remove in `cid`) |
-//! | `channel-history:{cid}:{before}:{limit}` | an older page (before a cursor), rendered | `#channel-messages:{cid}` | `messages_changed`, as the latest page |
+//! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `message_posted`, `messages_changed` (edit, delete, reaction add/remove in `cid`) |
+//! | `channel-history:{cid}:{before}:{limit}` | an older page (before a cursor), rendered; only stable ones (below) | `#channel-history:{cid}` | `messages_changed`; `message_posted` only for a post out of order |
 //! | `auth-user:{uid}`                      | name + token hash (existing users only) | `#auth-user:{uid}` | `user_registered` |
 //! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
 //! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
 //!
 //! A post invalidates exactly one tag, however many members the channel has and however many page
-//! sizes and older pages are cached. Every invalidation runs after the database commit, so a read that follows
-//! the write's response cannot see older data (the cache's tag stamps reject entries whose data
-//! was read before the invalidation).
+//! sizes are cached, and leaves the channel's history pages alone: a new message is newer than
+//! every message before it, so it belongs to no page of older messages. Two cases break that, and
+//! are handled so that a read after an acknowledged post still sees it:
+//! - A post out of order: its id (a ULID, time first) is below another message's, because of
+//!   another instance's clock or a concurrent post that committed first (posts of one process to
+//!   one channel commit in id order). The channel's high-water mark, the newest id it ever had,
+//!   raised in the insert's transaction, says so (`Posted::Created::newest`), and
+//!   `message_posted` then drops the history pages too.
+//! - A cursor above everything (or with nothing after it): its page would gain the next post, or
+//!   change its `has_more_after`. Only *stable* older pages are cached: the high-water mark, read
+//!   before the page, is at or above the cursor, and some message exists at or after it. A post
+//!   in order is above the mark, so outside such a page; a delete of the messages after it drops
+//!   the history with `messages_changed`.
+//!
+//! Every invalidation runs after the database commit, so a read that follows the write's response
+//! cannot see older data (the cache's tag stamps reject entries whose data was read before the
+//! invalidation).
 //!
 //! # Several instances
 //!
@@ -57,8 +71,10 @@ use crate::{
 
 /// The key prefix of every chat-api cache key.
 pub const KEY_PREFIX: &str = "chat";
-/// The format version of cached values: bump it when a cached type changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version of cached entries: bump it when a cached type changes shape or what
+/// invalidates an entry changes (instances of two versions must not share entries). 2: older
+/// pages got their own tag.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Builds the cache backend `config` asks for, without a backplane. The one place that knows the
 /// backends.
@@ -327,17 +343,22 @@ impl CacheKeys {
             .tagged(&[self.channel_messages_tag(channel)])
     }
 
-    /// An older page of a channel: the `limit` messages before the cursor `before`. It shares the
-    /// channel's page tag, so every write to the channel's messages drops it with the latest page.
+    /// An older page of a channel: the `limit` messages before the cursor `before`. Tagged by the
+    /// channel's history, which in-order posts leave alone (see the module docs).
     fn older_page(&self, channel: Ulid, before: Ulid, limit: u32) -> Key {
         self.ns
             .key("channel-history", &[&channel, &before, &limit])
-            .tagged(&[self.channel_messages_tag(channel)])
+            .tagged(&[self.channel_history_tag(channel)])
     }
 
-    /// Tag of every cached page of a channel.
+    /// Tag of a channel's latest pages (every page size).
     fn channel_messages_tag(&self, channel: Ulid) -> Tag {
         self.ns.tag("channel-messages", &[&channel])
+    }
+
+    /// Tag of a channel's older pages.
+    fn channel_history_tag(&self, channel: Ulid) -> Tag {
+        self.ns.tag("channel-history", &[&channel])
     }
 
     /// A user's token check record.
@@ -389,7 +410,18 @@ impl CacheKeys {
                 self.user_channels_tag(user),
                 self.membership_tag(channel, user),
             ],
-            Write::MessagesChanged { channel } => vec![self.channel_messages_tag(channel)],
+            Write::MessagePosted {
+                channel,
+                in_order: true,
+            } => vec![self.channel_messages_tag(channel)],
+            Write::MessagePosted {
+                channel,
+                in_order: false,
+            }
+            | Write::MessagesChanged { channel } => vec![
+                self.channel_messages_tag(channel),
+                self.channel_history_tag(channel),
+            ],
             Write::Acked { user } => vec![self.user_channels_tag(user)],
         }
     }
@@ -401,6 +433,7 @@ enum Write {
     UserRegistered { user: Ulid },
     ChannelCreated { channel: Ulid, owner: Ulid },
     MembershipChanged { channel: Ulid, user: Ulid },
+    MessagePosted { channel: Ulid, in_order: bool },
     MessagesChanged { channel: Ulid },
     Acked { user: Ulid },
 }
@@ -428,14 +461,18 @@ impl Policies {
     }
 }
 
-/// A latest page as the client receives it: the JSON body, rendered once per load, and its
-/// `ETag`. A hit hands out the stored bytes without serializing anything.
+/// A page as the client receives it: the JSON body, rendered once per load, and its `ETag`. A hit
+/// hands out the stored bytes without serializing anything.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RenderedPage {
     /// The strong entity tag of `body`, quoted.
     pub etag: String,
     /// The JSON of a [`MessagePage`].
     pub body: String,
+    /// Whether the page may be cached: always for a latest page; for an older page, whether it
+    /// is stable (see the module docs). Decided at load; not stored.
+    #[serde(skip)]
+    pub stable: bool,
 }
 
 impl RenderedPage {
@@ -449,7 +486,11 @@ impl RenderedPage {
             etag.push_str(&format!("{byte:02x}"));
         }
         etag.push('"');
-        Ok(RenderedPage { etag, body })
+        Ok(RenderedPage {
+            etag,
+            body,
+            stable: true,
+        })
     }
 }
 
@@ -728,8 +769,8 @@ impl ChatCache {
 
     /// The `limit` messages of a channel before the message id `before` (scrolling back),
     /// rendered. Cursors repeat (everyone scrolling a channel starts from the same latest page),
-    /// so history is read from the database once per page until a write to the channel's
-    /// messages, which drops these pages with the latest one.
+    /// and in-order posts do not change these pages, so a stable page (see the module docs) is
+    /// read from the database once until an edit, delete or reaction in the channel.
     pub async fn older_page(
         &self,
         channel: Ulid,
@@ -739,21 +780,24 @@ impl ChatCache {
         self.shared.kinds.lookup(Kind::OlderPage);
         let shared = Arc::clone(&self.shared);
         self.cache
-            .get_or_load(
+            .get_or_load_if(
                 &self.keys.older_page(channel, before, limit),
                 &self.policies.messages,
+                |page: &Arc<RenderedPage>| page.stable,
                 move || async move {
                     shared.kinds.load(Kind::OlderPage);
-                    let mut messages = shared
-                        .store
+                    let store = &shared.store;
+                    // Before the page: a post in order that the page does not see raised the
+                    // mark after this read, so it is above the mark read here.
+                    let newest = store.newest_message(channel).await?;
+                    let mut messages = store
                         .messages(channel, Slice::Before(before), limit + 1)
                         .await?;
                     let has_more_before = messages.len() > limit as usize;
                     messages.truncate(limit as usize);
                     // Newer messages exist if anything is at or after the cursor.
                     let has_more_after = match before.0.checked_sub(1) {
-                        Some(prev) => !shared
-                            .store
+                        Some(prev) => !store
                             .messages(channel, Slice::After(Ulid(prev)), 1)
                             .await?
                             .is_empty(),
@@ -764,9 +808,10 @@ impl ChatCache {
                         has_more_before,
                         has_more_after,
                     };
-                    RenderedPage::render(&page)
-                        .map(Arc::new)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                    let mut rendered = RenderedPage::render(&page)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                    rendered.stable = has_more_after && newest.is_some_and(|n| before <= n);
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(rendered))
                 },
             )
             .await
@@ -792,8 +837,15 @@ impl ChatCache {
             .await;
     }
 
-    /// After a message of `channel` was posted (or a post retried), edited or deleted, or a
-    /// reaction added or removed: every cached page of the channel, through its one tag.
+    /// After a message was posted in `channel`: its latest pages, and its older pages too if
+    /// the post was out of order (`in_order` is `Posted::Created::newest`).
+    pub async fn message_posted(&self, channel: Ulid, in_order: bool) {
+        self.invalidate(Write::MessagePosted { channel, in_order })
+            .await;
+    }
+
+    /// After a message of `channel` was edited or deleted, a reaction added or removed, or a post
+    /// retried: every cached page of the channel, latest and older.
     pub async fn messages_changed(&self, channel: Ulid) {
         self.invalidate(Write::MessagesChanged { channel }).await;
     }
@@ -824,7 +876,7 @@ mod tests {
         let page = keys.latest_page(channel, 50);
         assert_eq!(
             page.as_str(),
-            "chat:v1:channel-messages:01ARZ3NDEKTSV4RRFFQ69G5FAV:50"
+            "chat:v2:channel-messages:01ARZ3NDEKTSV4RRFFQ69G5FAV:50"
         );
         assert!(page.tags().contains(&keys.channel_messages_tag(channel)));
         // Every page size of a channel shares one tag: a post invalidates one tag.
@@ -881,6 +933,20 @@ mod tests {
         );
         assert_eq!(
             hidden(Write::MessagesChanged { channel: c }),
+            ["channel-messages", "channel-history"]
+        );
+        assert_eq!(
+            hidden(Write::MessagePosted {
+                channel: c,
+                in_order: true
+            }),
+            ["channel-messages"]
+        );
+        assert_eq!(
+            hidden(Write::MessagePosted {
+                channel: c,
+                in_order: false
+            }),
             ["channel-messages", "channel-history"]
         );
         assert_eq!(hidden(Write::Acked { user: u }), ["user-channels"]);

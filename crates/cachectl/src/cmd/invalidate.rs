@@ -25,8 +25,8 @@ Tags chat-api uses (CACHE_PREFIX chat, format v1; ids are ULIDs):
 
 Examples:
   cachectl invalidate --tag channel-messages:01J9Z3K7QX8V5M2N4P6R8T0W1Y
-  cachectl invalidate --tag 'chat:v1:#user-channels:01J9Z3K7QX8V5M2N4P6R8T0W1Y'
-  cachectl invalidate --tag '*' --namespace chat:v1";
+  cachectl invalidate --tag 'chat:v2:#user-channels:01J9Z3K7QX8V5M2N4P6R8T0W1Y'
+  cachectl invalidate --tag '*' --namespace chat:v2";
 
 /// Invalidate cached entries by tag, as chat-api does after a write
 ///
@@ -37,7 +37,7 @@ Examples:
 /// the database. Nothing is deleted: hidden entries expire on their own. Other chat-api instances
 /// see it at once in Upstash, and within CACHE_L1_MAX_TTL_MS (5 s by default) in their memory tier.
 ///
-/// A TAG is `kind:part:…` in the namespace, the full stored tag (`chat:v1:#kind:part`), or `*`
+/// A TAG is `kind:part:…` in the namespace, the full stored tag (`chat:v2:#kind:part`), or `*`
 /// for the whole namespace.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
@@ -132,7 +132,7 @@ pub(crate) fn parse_tag(namespace: &Namespace, text: &str) -> anyhow::Result<Tag
         };
         Hinted::new(
             format!("{text:?} is not a tag: {reason}"),
-            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v1:#KIND:PART), or *; \
+            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v2:#KIND:PART), or *; \
              in a PART write ':' as %3A and '%' as %25",
         )
         .into()
@@ -145,17 +145,17 @@ mod tests {
 
     #[test]
     fn tags_parse_in_every_form_to_the_stored_tag() {
-        let ns = Namespace::new("chat", 1).unwrap();
+        let ns = Namespace::new("chat", 2).unwrap();
         let expected = ns.tag("channel-messages", &[&"01J9"]);
         for text in [
             "channel-messages:01J9",
             "#channel-messages:01J9",
-            "chat:v1:#channel-messages:01J9",
+            "chat:v2:#channel-messages:01J9",
         ] {
             assert_eq!(parse_tag(&ns, text).unwrap(), expected, "{text}");
         }
         assert_eq!(parse_tag(&ns, "*").unwrap(), *ns.all_tag());
-        assert_eq!(parse_tag(&ns, "chat:v1:#*").unwrap(), *ns.all_tag());
+        assert_eq!(parse_tag(&ns, "chat:v2:#*").unwrap(), *ns.all_tag());
         assert_eq!(
             parse_tag(&ns, "membership:c1:u2").unwrap(),
             ns.tag("membership", &[&"c1", &"u2"])
@@ -173,7 +173,7 @@ mod tests {
                 .unwrap()
                 .contains("--namespace other:v2")
         );
-        for text in ["Channel:1", "", "chat:v1:#Bad", "k:50%"] {
+        for text in ["Channel:1", "", "chat:v2:#Bad", "k:50%"] {
             let err = parse_tag(&ns, text).unwrap_err();
             assert!(err.to_string().contains("is not a tag"), "{text}: {err}");
             assert!(

@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use cache_core::{Cache, Namespace, TtlPolicy};
 use cache_upstash::UpstashBackend;
+use chat_api::cache::{FORMAT_VERSION, KEY_PREFIX};
 use predicates::prelude::*;
 
 use crate::support::{Env, json};
@@ -12,7 +13,7 @@ use crate::support::{Env, json};
 async fn invalidate_hides_the_entries_of_a_tag_in_chat_apis_namespace() {
     let env = Env::start().await;
     let cache = Cache::new(Arc::new(UpstashBackend::new(env.redis())));
-    let ns = Namespace::new("chat", 1).unwrap();
+    let ns = Namespace::new(KEY_PREFIX, FORMAT_VERSION).unwrap();
     let policy = TtlPolicy::new(Duration::from_secs(120));
     let page = |channel: &str| {
         ns.key("channel-messages", &[&channel, &50])
@@ -33,8 +34,11 @@ async fn invalidate_hides_the_entries_of_a_tag_in_chat_apis_namespace() {
         .assert()
         .success();
     let doc = json(&out.get_output().stdout);
-    assert_eq!(doc["namespace"], "chat:v1");
-    assert_eq!(doc["tags"][0], "chat:v1:#channel-messages:c1");
+    assert_eq!(doc["namespace"], format!("chat:v{FORMAT_VERSION}"));
+    assert_eq!(
+        doc["tags"][0],
+        format!("chat:v{FORMAT_VERSION}:#channel-messages:c1")
+    );
     assert_eq!(cache.get::<String>(&page("c1")).await.unwrap(), None);
     assert_eq!(
         cache.get::<String>(&page("c2")).await.unwrap().as_deref(),
@@ -45,10 +49,12 @@ async fn invalidate_hides_the_entries_of_a_tag_in_chat_apis_namespace() {
         .args(["invalidate", "--tag", "*"])
         .assert()
         .success()
-        .stdout(predicate::str::contains(
-            "invalidated 1 tag in namespace chat:v1",
-        ))
-        .stdout(predicate::str::contains("chat:v1:#*"));
+        .stdout(predicate::str::contains(format!(
+            "invalidated 1 tag in namespace chat:v{FORMAT_VERSION}"
+        )))
+        .stdout(predicate::str::contains(format!(
+            "chat:v{FORMAT_VERSION}:#*"
+        )));
     assert_eq!(cache.get::<String>(&page("c2")).await.unwrap(), None);
 }
 
@@ -64,7 +70,10 @@ async fn invalidate_follows_cache_prefix_and_namespace_override() {
             .get_output()
             .stdout,
     );
-    assert_eq!(doc["tags"][0], "myapp:v1:#user-channels:u1");
+    assert_eq!(
+        doc["tags"][0],
+        format!("myapp:v{FORMAT_VERSION}:#user-channels:u1")
+    );
     let doc = json(
         &env.cmd()
             .args([

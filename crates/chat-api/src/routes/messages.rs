@@ -269,6 +269,11 @@ pub(crate) async fn post(
         validate::nonce(nonce)?;
     }
     member_channel(&state, cid, &user).await?;
+    // This process's posts to one channel commit in the order of their ids: a post whose id
+    // sorts below one already committed would drop the channel's cached history.
+    let in_channel_order = POST_ORDER[(cid.0 % POST_ORDER.len() as u128) as usize]
+        .lock()
+        .await;
     let posted = state
         .store()
         .post_message(NewMessage {
@@ -281,14 +286,21 @@ pub(crate) async fn post(
         })
         .await?;
     match posted {
-        Posted::Created(message) => {
-            messages_changed(&state, cid, EventKind::MessageCreate, &message).await;
+        Posted::Created { message, newest } => {
+            drop(in_channel_order);
+            // Out of order (another instance's post) drops the older pages too.
+            state.cache().message_posted(cid, newest).await;
+            state
+                .hub()
+                .publish(EventKind::MessageCreate, Some(cid), None, &message);
             Ok((StatusCode::CREATED, axum::Json(message)).into_response())
         }
         Posted::Duplicate(message) => {
+            drop(in_channel_order);
             // The first attempt may have committed and then died before its invalidation (a
-            // crash, a lost L2 write): invalidate again, so the message this retry confirms is
-            // visible. No second event: clients already had their chance at the first one.
+            // crash, a lost L2 write): invalidate again, older pages included (whether it was in
+            // order is not known), so the message this retry confirms is visible. No second
+            // event: clients already had their chance at the first one.
             state.cache().messages_changed(cid).await;
             Ok((StatusCode::OK, axum::Json(message)).into_response())
         }
@@ -548,6 +560,10 @@ async fn messages_changed(state: &AppState, cid: Ulid, kind: EventKind, data: &i
     state.cache().messages_changed(cid).await;
     state.hub().publish(kind, Some(cid), None, data);
 }
+
+/// Striped locks that order this process's posts per channel (channels share a stripe at
+/// random: a little needless waiting, no unbounded map).
+static POST_ORDER: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
 
 /// A new message id, strictly greater than every id this process made before: pages are ordered
 /// by id, and two posts within one millisecond must keep the order they were made in (plain

@@ -80,7 +80,14 @@ pub enum Slice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Posted {
     /// The message was stored.
-    Created(Message),
+    Created {
+        /// The message.
+        message: Message,
+        /// Its id raised the channel's high-water mark (the newest message id it ever had): a
+        /// post in order, which no page of older messages can contain. `false` when a newer id
+        /// was already there (another instance's clock, a concurrent post that committed first).
+        newest: bool,
+    },
     /// The author already posted a message with this nonce: here it is (a retried request).
     Duplicate(Message),
 }
@@ -156,8 +163,13 @@ pub trait Store: Send + Sync + 'static {
     /// One message of a channel.
     async fn message(&self, channel: Ulid, id: Ulid) -> StoreResult<Option<Message>>;
 
-    /// Stores a message (or finds the one the author posted with the same nonce).
+    /// Stores a message and raises its channel's high-water mark in the same transaction (or
+    /// finds the message the author posted with the same nonce).
     async fn post_message(&self, message: NewMessage) -> StoreResult<Posted>;
+
+    /// The channel's high-water mark: the newest message id it ever had, deleted ones included
+    /// (`None` before its first message). It only rises.
+    async fn newest_message(&self, channel: Ulid) -> StoreResult<Option<Ulid>>;
 
     /// Replaces a message's content. `false` if there is no such message.
     async fn edit_message(

@@ -57,6 +57,8 @@ pub struct SqlStore {
     pool: Pool,
     total: AtomicU64,
     by_op: Mutex<BTreeMap<&'static str, u64>>,
+    /// SQLite's writers, one at a time (see [`SqlStore::write_turn`]).
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -118,9 +120,22 @@ impl SqlStore {
             pool,
             total: AtomicU64::new(0),
             by_op: Mutex::new(BTreeMap::new()),
+            writer: tokio::sync::Mutex::new(()),
         };
         store.fill_name_keys().await?;
         Ok(store)
+    }
+
+    /// Waits for this store's turn to write. SQLite has one writer at a time, and a writer that
+    /// finds the lock taken waits in SQLite's busy handler, which sleeps (1, 2, 5, 10 … 100 ms)
+    /// rather than queueing: under a steady stream of posts, some waited hundreds of
+    /// milliseconds. Here they queue in arrival order and each finds the database free.
+    /// PostgreSQL writes in parallel: no turn.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.pool {
+            Pool::Sqlite(_) => Some(self.writer.lock().await),
+            Pool::Postgres(_) => None,
+        }
     }
 
     /// Computes the name key of users registered before names had one, oldest first. A user whose
@@ -343,6 +358,7 @@ impl Store for SqlStore {
 
     async fn create_user(&self, user: &User, token_hash: &[u8]) -> StoreResult<bool> {
         self.count("create_user");
+        let _turn = self.write_turn().await;
         let result = on_pool!(self, pool => sqlx::query(
             "INSERT INTO users (id, name, name_key, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -400,6 +416,7 @@ impl Store for SqlStore {
 
     async fn create_channel(&self, channel: &Channel) -> StoreResult<()> {
         self.count("create_channel");
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
@@ -457,6 +474,7 @@ impl Store for SqlStore {
 
     async fn join(&self, channel: Ulid, user: Ulid, role: Role, at: Millis) -> StoreResult<bool> {
         self.count("join");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "INSERT INTO memberships (channel_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",
@@ -473,6 +491,7 @@ impl Store for SqlStore {
 
     async fn leave(&self, channel: Ulid, user: Ulid) -> StoreResult<bool> {
         self.count("leave");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "DELETE FROM memberships WHERE channel_id = $1 AND user_id = $2",
         )
@@ -575,31 +594,66 @@ impl Store for SqlStore {
 
     async fn post_message(&self, message: NewMessage) -> StoreResult<Posted> {
         self.count("post_message");
-        // ON CONFLICT covers only the nonce index: ids are fresh ULIDs.
-        let inserted = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO messages (id, channel_id, author_id, content, nonce, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(message.id.to_string())
-        .bind(message.channel_id.to_string())
-        .bind(message.author.id.to_string())
-        .bind(&message.content)
-        .bind(message.nonce.as_deref())
-        .bind(message.created_at.0)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        if inserted == 1 {
-            return Ok(Posted::Created(Message {
-                id: message.id,
-                channel_id: message.channel_id,
-                author: message.author,
-                content: message.content,
-                created_at: message.created_at,
-                edited_at: None,
-                nonce: message.nonce,
-                reactions: Vec::new(),
-            }));
+        let _turn = self.write_turn().await;
+        // The insert and the channel's high-water mark in one transaction (one commit, one sync):
+        // the mark can never miss a stored message.
+        // SQLite: take the write lock at BEGIN. A deferred transaction would take it at the
+        // insert, where a concurrent writer makes it fail and retry on the busy handler's
+        // sleeps (milliseconds to tens of them), instead of queueing.
+        let begin = match &self.pool {
+            Pool::Sqlite(_) => "BEGIN IMMEDIATE",
+            Pool::Postgres(_) => "BEGIN",
+        };
+        let newest = on_pool!(self, pool => {
+            let mut tx = pool.begin_with(begin).await?;
+            // ON CONFLICT covers only the nonce index: ids are fresh ULIDs.
+            let inserted = sqlx::query(
+                "INSERT INTO messages (id, channel_id, author_id, content, nonce, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(message.id.to_string())
+            .bind(message.channel_id.to_string())
+            .bind(message.author.id.to_string())
+            .bind(&message.content)
+            .bind(message.nonce.as_deref())
+            .bind(message.created_at.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let newest = if inserted == 1 {
+                self.count("raise_newest_message");
+                // ULID text sorts like the ids (Crockford base32, fixed width; byte collation
+                // on PostgreSQL).
+                let raised = sqlx::query(
+                    "UPDATE channels SET newest_message_id = $2 \
+                     WHERE id = $1 AND (newest_message_id IS NULL OR newest_message_id < $2)",
+                )
+                .bind(message.channel_id.to_string())
+                .bind(message.id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Some(raised == 1)
+            } else {
+                None
+            };
+            tx.commit().await?;
+            newest
+        });
+        if let Some(newest) = newest {
+            return Ok(Posted::Created {
+                message: Message {
+                    id: message.id,
+                    channel_id: message.channel_id,
+                    author: message.author,
+                    content: message.content,
+                    created_at: message.created_at,
+                    edited_at: None,
+                    nonce: message.nonce,
+                    reactions: Vec::new(),
+                },
+                newest,
+            });
         }
         self.count("message_by_nonce");
         let id: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
@@ -619,6 +673,17 @@ impl Store for SqlStore {
             .ok_or_else(|| StoreError::Corrupt("duplicate message vanished".into()))
     }
 
+    async fn newest_message(&self, channel: Ulid) -> StoreResult<Option<Ulid>> {
+        self.count("newest_message");
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT newest_message_id FROM channels WHERE id = $1",
+        )
+        .bind(channel.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.and_then(|(id,)| id).map(|id| parse_id(&id)).transpose()
+    }
+
     async fn edit_message(
         &self,
         channel: Ulid,
@@ -627,6 +692,7 @@ impl Store for SqlStore {
         at: Millis,
     ) -> StoreResult<bool> {
         self.count("edit_message");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE messages SET content = $3, edited_at = $4 WHERE channel_id = $1 AND id = $2",
         )
@@ -642,6 +708,7 @@ impl Store for SqlStore {
 
     async fn delete_message(&self, channel: Ulid, id: Ulid) -> StoreResult<bool> {
         self.count("delete_message");
+        let _turn = self.write_turn().await;
         // Reactions go with it (ON DELETE CASCADE).
         let done = on_pool!(self, pool => sqlx::query(
             "DELETE FROM messages WHERE channel_id = $1 AND id = $2",
@@ -662,6 +729,7 @@ impl Store for SqlStore {
         at: Millis,
     ) -> StoreResult<bool> {
         self.count("add_reaction");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "INSERT INTO reactions (message_id, user_id, emoji, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",
@@ -678,6 +746,7 @@ impl Store for SqlStore {
 
     async fn remove_reaction(&self, message: Ulid, user: Ulid, emoji: &str) -> StoreResult<bool> {
         self.count("remove_reaction");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
         )
@@ -692,6 +761,7 @@ impl Store for SqlStore {
 
     async fn ack(&self, channel: Ulid, user: Ulid, message: Ulid) -> StoreResult<bool> {
         self.count("ack");
+        let _turn = self.write_turn().await;
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE memberships SET last_read_id = $3 \
              WHERE channel_id = $1 AND user_id = $2 AND (last_read_id IS NULL OR last_read_id < $3)",

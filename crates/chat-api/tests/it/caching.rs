@@ -10,11 +10,18 @@ use axum::{
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::support::{Db, TestApp, ids, on_both_databases};
+use chat_api::{
+    model::{Millis, UserRef},
+    store::{NewMessage, Posted},
+};
+use ulid::Ulid;
+
+use crate::support::{Db, TestApp, TestUser, ids, on_both_databases};
 
 on_both_databases! {
     repeated_reads_are_served_without_a_query;
     writes_are_visible_to_the_next_read;
+    the_newest_message_mark_only_rises;
 }
 
 async fn repeated_reads_are_served_without_a_query(db: Db) {
@@ -318,4 +325,186 @@ async fn older_pages_are_cached_until_the_channel_changes() {
     let read = app.get(&older_url, &bob.token).await.expect(200);
     assert!(!ids(&read.body).contains(edited));
     assert_eq!(ids(&read.body).len(), 10);
+}
+
+/// A message by `author` with the id `id`, as the post handler would store it.
+fn new_message(author: &TestUser, channel: Ulid, id: Ulid) -> NewMessage {
+    NewMessage {
+        id,
+        channel_id: channel,
+        author: UserRef {
+            id: author.id.parse().unwrap(),
+            name: "ann".into(),
+        },
+        content: format!("message {id}"),
+        nonce: None,
+        created_at: Millis::now(),
+    }
+}
+
+/// A channel with `count` messages by `author`, oldest first, and a second member.
+async fn channel_with_messages(
+    app: &TestApp,
+    count: usize,
+) -> (TestUser, TestUser, String, Vec<String>) {
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    app.put(
+        &format!("/api/v1/channels/{channel}/members/me"),
+        &bob.token,
+    )
+    .await
+    .expect(204);
+    let mut posted = Vec::new();
+    for i in 0..count {
+        let message = app.post_message(&ann, &channel, &format!("m{i}")).await;
+        posted.push(message["id"].as_str().unwrap().to_owned());
+    }
+    (ann, bob, channel, posted)
+}
+
+/// A new message is newer than every message before it, so it belongs to no older page: posts
+/// leave the cached history alone (the mixed workload's scroll-back reads stay cached while the
+/// channel is busy), while the latest page shows each post at once.
+#[tokio::test]
+async fn posts_in_order_leave_older_pages_cached() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 25).await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let older_url = format!("{page}?before={}&limit=10", posted[15]);
+    let first = app.get(&older_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&first.body)[0], posted[14]);
+
+    let new = app.post_message(&ann, &channel, "newest").await;
+    let queries = app.queries_of("messages");
+    let again = app.get(&older_url, &bob.token).await.expect(200);
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        app.queries_of("messages"),
+        queries,
+        "the post left it cached"
+    );
+    let latest = app.get(&page, &bob.token).await.expect(200);
+    assert_eq!(ids(&latest.body)[0], new["id"].as_str().unwrap());
+}
+
+/// Pages that the next post would change are not cached: a cursor above every message (the page
+/// would gain the post), and a cursor with nothing left after it (its `has_more_after` would
+/// turn true).
+#[tokio::test]
+async fn older_pages_a_post_could_change_are_read_every_time() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 5).await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+
+    // A cursor from the future: everything so far, and then the next post too.
+    let future = Ulid::from_parts(Ulid::new().timestamp_ms() + 3_600_000, 0);
+    let future_url = format!("{page}?before={future}");
+    let read = app.get(&future_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&read.body).len(), 5);
+    assert_eq!(read.body["has_more_after"], false);
+    let new = app
+        .post_message(&ann, &channel, "after the cursor was read")
+        .await;
+    let read = app.get(&future_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&read.body)[0], new["id"].as_str().unwrap());
+
+    // The newest message deleted: nothing at or after that cursor, until the next post.
+    let newest = new["id"].as_str().unwrap();
+    app.delete(&format!("{page}/{newest}"), &ann.token)
+        .await
+        .expect(204);
+    let cursor_url = format!("{page}?before={newest}");
+    let read = app.get(&cursor_url, &bob.token).await.expect(200);
+    assert_eq!(read.body["has_more_after"], false);
+    assert_eq!(ids(&read.body)[0], posted[4]);
+    app.post_message(&ann, &channel, "one more").await;
+    let read = app.get(&cursor_url, &bob.token).await.expect(200);
+    assert_eq!(read.body["has_more_after"], true, "{}", read.body);
+}
+
+/// A post out of order (its id below a message already there: another instance's clock, or a
+/// slower concurrent post) may land inside a cached older page: the channel's high-water mark
+/// says so, and the post's invalidation then drops the older pages too.
+#[tokio::test]
+async fn a_post_out_of_order_drops_older_pages() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 10).await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let older_url = format!("{page}?before={}", posted[8]);
+    let cached = app.get(&older_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&cached.body).len(), 8);
+
+    // A message whose id sorts between the 6th and the 7th, as an instance with a slow clock
+    // would have made it.
+    let low: Ulid = posted[5].parse().unwrap();
+    let id = Ulid(low.0 + 1);
+    let store = app.state.store();
+    let cid: Ulid = channel.parse().unwrap();
+    let posted = store
+        .post_message(new_message(&ann, cid, id))
+        .await
+        .unwrap();
+    let Posted::Created { newest, .. } = posted else {
+        panic!("{posted:?}");
+    };
+    assert!(!newest, "a newer message was already there");
+    app.state.cache().message_posted(cid, newest).await;
+
+    let read = app.get(&older_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&read.body).len(), 9);
+    assert!(ids(&read.body).contains(&id.to_string()));
+}
+
+async fn the_newest_message_mark_only_rises(db: Db) {
+    let Some(app) = TestApp::start(db).await else {
+        return;
+    };
+    let (ann, _, channel, posted) = channel_with_messages(&app, 3).await;
+    let store = app.state.store();
+    let cid: Ulid = channel.parse().unwrap();
+    // Every post through the API raised it.
+    assert_eq!(
+        store.newest_message(cid).await.unwrap(),
+        Some(posted[2].parse().unwrap())
+    );
+    let newest: Ulid = posted[2].parse().unwrap();
+    for (id, raises) in [
+        (Ulid(newest.0 - 1), false),
+        (Ulid(newest.0 + 1), true),
+        (Ulid(newest.0 + 3), true),
+        (Ulid(newest.0 + 2), false),
+    ] {
+        let stored = store
+            .post_message(new_message(&ann, cid, id))
+            .await
+            .unwrap();
+        assert!(
+            matches!(stored, Posted::Created { newest, .. } if newest == raises),
+            "{id}: {stored:?}"
+        );
+    }
+    assert_eq!(
+        store.newest_message(cid).await.unwrap(),
+        Some(Ulid(newest.0 + 3))
+    );
+    // Deleting messages does not lower it.
+    for id in posted
+        .iter()
+        .cloned()
+        .chain((1..=3).map(|n| Ulid(newest.0 + n).to_string()))
+    {
+        app.delete(
+            &format!("/api/v1/channels/{channel}/messages/{id}"),
+            &ann.token,
+        )
+        .await
+        .expect(204);
+    }
+    assert_eq!(
+        store.newest_message(cid).await.unwrap(),
+        Some(Ulid(newest.0 + 3))
+    );
+    assert_eq!(store.newest_message(Ulid::new()).await.unwrap(), None);
 }
