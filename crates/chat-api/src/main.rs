@@ -5,6 +5,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a cached request allocates and frees many small
+/// buffers (keys, rows, JSON), and glibc's malloc spent a third of the server's time on the mixed
+/// workload (docs/benchmarks.md has the profile and the measurement).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // `.env.local` first: dotenvy never overrides a variable that is already set, so the real
     // environment wins over `.env.local`, which wins over `.env`.

@@ -270,10 +270,17 @@ pub(crate) async fn post(
     }
     member_channel(&state, cid, &user).await?;
     // This process's posts to one channel commit in the order of their ids: a post whose id
-    // sorts below one already committed would drop the channel's cached history.
-    let in_channel_order = POST_ORDER[(cid.0 % POST_ORDER.len() as u128) as usize]
-        .lock()
-        .await;
+    // sorts below one already committed would drop the channel's cached history. SQLite's
+    // writer keeps the order by itself; elsewhere one post per channel at a time.
+    let in_channel_order = if state.store().commits_posts_in_order() {
+        None
+    } else {
+        Some(
+            POST_ORDER[(cid.0 % POST_ORDER.len() as u128) as usize]
+                .lock()
+                .await,
+        )
+    };
     let posted = state
         .store()
         .post_message(NewMessage {

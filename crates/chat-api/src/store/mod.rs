@@ -167,6 +167,13 @@ pub trait Store: Send + Sync + 'static {
     /// finds the message the author posted with the same nonce).
     async fn post_message(&self, message: NewMessage) -> StoreResult<Posted>;
 
+    /// Whether posts sent by one process commit in the order they were sent, so that ids made
+    /// in increasing order just before each call stay in order in the database. When not, the
+    /// caller orders a channel's posts itself.
+    fn commits_posts_in_order(&self) -> bool {
+        false
+    }
+
     /// The channel's high-water mark: the newest message id it ever had, deleted ones included
     /// (`None` before its first message). It only rises.
     async fn newest_message(&self, channel: Ulid) -> StoreResult<Option<Ulid>>;

@@ -4,12 +4,19 @@
 //! once and compiled against both drivers by [`on_pool!`]. Migrations differ only where the
 //! dialects do (PostgreSQL needs the "C" collation for ULID ordering) and live in
 //! `migrations/sqlite` and `migrations/postgres`, embedded in the binary.
+//!
+//! On SQLite, posts are committed in groups: every commit syncs the file (`synchronous=FULL`, so
+//! a 201 survives a power cut), and one sync takes a millisecond or two, which would cap a busy
+//! server at a few hundred posts a second, each waiting for the ones before it. One writer task
+//! takes every post waiting, inserts them in one transaction and syncs once; each is answered
+//! after that commit, as before. Other writes queue for the same writer turn (SQLite has one
+//! writer at a time) instead of sleeping in SQLite's busy handler.
 
 use std::{
     collections::BTreeMap,
     str::FromStr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,11 +24,12 @@ use std::{
 
 use async_trait::async_trait;
 use sqlx::{
-    PgPool, SqlitePool,
+    ConnectOptions as _, Connection as _, PgPool, SqliteConnection, SqlitePool,
     migrate::Migrator,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
 use super::{NewMessage, Posted, QueryCounts, Slice, Store, StoreError, StoreResult, UserAuth};
@@ -58,8 +66,20 @@ pub struct SqlStore {
     total: AtomicU64,
     by_op: Mutex<BTreeMap<&'static str, u64>>,
     /// SQLite's writers, one at a time (see [`SqlStore::write_turn`]).
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the queue of the group-commit task for posts.
+    posts: Option<mpsc::UnboundedSender<PostJob>>,
 }
+
+/// A post waiting for the next group commit, and where its outcome goes: `Some(newest)` once
+/// stored (whether it raised the channel's newest id), `None` if its nonce was taken.
+struct PostJob {
+    message: NewMessage,
+    reply: oneshot::Sender<StoreResult<Option<bool>>>,
+}
+
+/// The most posts one group commit takes.
+const MAX_GROUP: usize = 128;
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,7 +96,7 @@ impl SqlStore {
         let kind = config
             .database_kind()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let pool = match kind {
+        let (pool, post_connection) = match kind {
             DatabaseKind::Sqlite => {
                 if let Some(dir) = config.sqlite_path().as_deref().and_then(|p| p.parent()) {
                     if !dir.as_os_str().is_empty() {
@@ -95,13 +115,15 @@ impl SqlStore {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.database_max_connections)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await?;
                 SQLITE_MIGRATIONS
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migrate)?;
-                Pool::Sqlite(pool)
+                // The group-commit writer's own connection: posts never wait for one behind reads.
+                let post_connection = options.connect().await?;
+                (Pool::Sqlite(pool), Some(post_connection))
             }
             DatabaseKind::Postgres => {
                 let pool = PgPoolOptions::new()
@@ -113,14 +135,21 @@ impl SqlStore {
                     .run(&pool)
                     .await
                     .map_err(StoreError::Migrate)?;
-                Pool::Postgres(pool)
+                (Pool::Postgres(pool), None)
             }
         };
+        let writer = Arc::new(tokio::sync::Mutex::new(()));
+        let posts = post_connection.map(|connection| {
+            let (posts, jobs) = mpsc::unbounded_channel();
+            tokio::spawn(group_commit(connection, Arc::clone(&writer), jobs));
+            posts
+        });
         let store = SqlStore {
             pool,
             total: AtomicU64::new(0),
             by_op: Mutex::new(BTreeMap::new()),
-            writer: tokio::sync::Mutex::new(()),
+            writer,
+            posts,
         };
         store.fill_name_keys().await?;
         Ok(store)
@@ -333,6 +362,106 @@ const AT_OR_BEFORE_SQL: &str = page_sql!("AND id <= $2 ORDER BY id DESC LIMIT $3
 const AFTER_SQL: &str = page_sql!("AND id > $2 ORDER BY id ASC LIMIT $3");
 const ONE_SQL: &str = page_sql!("AND id = $2");
 
+/// Inserts a message; ON CONFLICT covers only the nonce index (ids are fresh ULIDs).
+const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages \
+    (id, channel_id, author_id, content, nonce, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+/// Raises a channel's newest message id. ULID text sorts like the ids (Crockford base32, fixed
+/// width; byte collation on PostgreSQL).
+const RAISE_NEWEST_SQL: &str = "UPDATE channels SET newest_message_id = $2 \
+    WHERE id = $1 AND (newest_message_id IS NULL OR newest_message_id < $2)";
+
+/// In the transaction `$tx` (of either database): inserts `$message` (nothing if its nonce is
+/// taken: `None`) and raises its channel's newest id (`Some(true)` if it did: the post is in
+/// order). A macro for the same reason as [`on_pool!`].
+macro_rules! insert_message {
+    ($tx:expr, $message:expr) => {
+        async {
+            let message: &NewMessage = $message;
+            let inserted = sqlx::query(INSERT_MESSAGE_SQL)
+                .bind(message.id.to_string())
+                .bind(message.channel_id.to_string())
+                .bind(message.author.id.to_string())
+                .bind(&message.content)
+                .bind(message.nonce.as_deref())
+                .bind(message.created_at.0)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            if inserted != 1 {
+                return StoreResult::Ok(None);
+            }
+            let raised = sqlx::query(RAISE_NEWEST_SQL)
+                .bind(message.channel_id.to_string())
+                .bind(message.id.to_string())
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            StoreResult::Ok(Some(raised == 1))
+        }
+    };
+}
+
+/// The SQLite writer task for posts (see the module docs): takes every post waiting (up to
+/// [`MAX_GROUP`]), inserts them in one transaction, commits once, then answers each. If the group
+/// fails, each post is retried alone, so one bad post fails only itself. Ends when the store is
+/// dropped.
+async fn group_commit(
+    mut connection: SqliteConnection,
+    writer: Arc<tokio::sync::Mutex<()>>,
+    mut jobs: mpsc::UnboundedReceiver<PostJob>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let _turn = writer.lock().await;
+        // Posts that arrived while the turn was taken join this group.
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        // In id order: two posts whose ids were made on two threads may have been sent the
+        // other way round, and one committed before a smaller id would count as out of order.
+        group.sort_by_key(|job| job.message.id);
+        match commit_group(&mut connection, &group).await {
+            Ok(outcomes) => {
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(err) if group.len() == 1 => {
+                if let Some(job) = group.pop() {
+                    let _ = job.reply.send(Err(err));
+                }
+            }
+            Err(_) => {
+                for job in group.drain(..) {
+                    let outcome = commit_group(&mut connection, std::slice::from_ref(&job))
+                        .await
+                        .map(|outcomes| outcomes[0]);
+                    let _ = job.reply.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(
+    connection: &mut SqliteConnection,
+    group: &[PostJob],
+) -> StoreResult<Vec<Option<bool>>> {
+    // The write lock at BEGIN: the turn already excludes this process's other writers.
+    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for job in group {
+        outcomes.push(insert_message!(tx, &job.message).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
 #[async_trait]
 impl Store for SqlStore {
     fn kind(&self) -> &'static str {
@@ -340,6 +469,11 @@ impl Store for SqlStore {
             Pool::Sqlite(_) => "sqlite",
             Pool::Postgres(_) => "postgres",
         }
+    }
+
+    fn commits_posts_in_order(&self) -> bool {
+        // SQLite: one writer task, in the order posts were sent (see the module docs).
+        matches!(self.pool, Pool::Sqlite(_))
     }
 
     fn query_counts(&self) -> QueryCounts {
@@ -594,52 +728,38 @@ impl Store for SqlStore {
 
     async fn post_message(&self, message: NewMessage) -> StoreResult<Posted> {
         self.count("post_message");
-        let _turn = self.write_turn().await;
-        // The insert and the channel's high-water mark in one transaction (one commit, one sync):
-        // the mark can never miss a stored message.
-        // SQLite: take the write lock at BEGIN. A deferred transaction would take it at the
-        // insert, where a concurrent writer makes it fail and retry on the busy handler's
-        // sleeps (milliseconds to tens of them), instead of queueing.
-        let begin = match &self.pool {
-            Pool::Sqlite(_) => "BEGIN IMMEDIATE",
-            Pool::Postgres(_) => "BEGIN",
+        // The insert and the channel's high-water mark in one transaction: the mark can never
+        // miss a stored message.
+        let newest = match (&self.pool, &self.posts) {
+            (Pool::Sqlite(_), Some(posts)) => {
+                let (reply, outcome) = oneshot::channel();
+                posts
+                    .send(PostJob {
+                        message: message.clone(),
+                        reply,
+                    })
+                    .map_err(|_| StoreError::Corrupt("the SQLite writer task stopped".into()))?;
+                outcome
+                    .await
+                    .map_err(|_| StoreError::Corrupt("the SQLite writer task stopped".into()))??
+            }
+            (Pool::Postgres(pool), _) => {
+                let mut tx = pool.begin().await?;
+                let newest = insert_message!(tx, &message).await?;
+                tx.commit().await?;
+                newest
+            }
+            (Pool::Sqlite(pool), None) => {
+                let _turn = self.write_turn().await;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let newest = insert_message!(tx, &message).await?;
+                tx.commit().await?;
+                newest
+            }
         };
-        let newest = on_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await?;
-            // ON CONFLICT covers only the nonce index: ids are fresh ULIDs.
-            let inserted = sqlx::query(
-                "INSERT INTO messages (id, channel_id, author_id, content, nonce, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(message.id.to_string())
-            .bind(message.channel_id.to_string())
-            .bind(message.author.id.to_string())
-            .bind(&message.content)
-            .bind(message.nonce.as_deref())
-            .bind(message.created_at.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let newest = if inserted == 1 {
-                self.count("raise_newest_message");
-                // ULID text sorts like the ids (Crockford base32, fixed width; byte collation
-                // on PostgreSQL).
-                let raised = sqlx::query(
-                    "UPDATE channels SET newest_message_id = $2 \
-                     WHERE id = $1 AND (newest_message_id IS NULL OR newest_message_id < $2)",
-                )
-                .bind(message.channel_id.to_string())
-                .bind(message.id.to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Some(raised == 1)
-            } else {
-                None
-            };
-            tx.commit().await?;
-            newest
-        });
+        if newest.is_some() {
+            self.count("raise_newest_message");
+        }
         if let Some(newest) = newest {
             return Ok(Posted::Created {
                 message: Message {

@@ -508,3 +508,47 @@ async fn the_newest_message_mark_only_rises(db: Db) {
     );
     assert_eq!(store.newest_message(Ulid::new()).await.unwrap(), None);
 }
+
+/// A burst of concurrent posts to one channel (SQLite: committed in groups by one writer): every
+/// post is stored and answered, all commit in id order (none counts as out of order, so the
+/// channel's cached history survives the burst), and the latest page shows them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_commit_in_id_order() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 5).await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let older_url = format!("{page}?before={}", posted[3]);
+    app.get(&older_url, &bob.token).await.expect(200);
+
+    let texts: Vec<String> = (0..40).map(|i| format!("burst {i}")).collect();
+    let burst = join_all(
+        texts
+            .iter()
+            .map(|text| app.post_message(&ann, &channel, text)),
+    )
+    .await;
+    let mut burst_ids: Vec<String> = burst
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    burst_ids.sort();
+    let queries = app.queries_of("messages");
+    app.get(&older_url, &bob.token).await.expect(200);
+    assert_eq!(
+        app.queries_of("messages"),
+        queries,
+        "no post of the burst was out of order"
+    );
+    let latest = app
+        .get(&format!("{page}?limit=100"), &bob.token)
+        .await
+        .expect(200);
+    let mut shown = ids(&latest.body);
+    shown.reverse();
+    assert_eq!(shown[5..], burst_ids[..]);
+    let cid: Ulid = channel.parse().unwrap();
+    assert_eq!(
+        app.state.store().newest_message(cid).await.unwrap(),
+        Some(burst_ids.last().unwrap().parse().unwrap())
+    );
+}
