@@ -894,8 +894,14 @@ fn bench_command(
             .args(["--duration", &format!("{duration}s")])
             .args(["--scenario", scenario.name]);
     }
+    // A warm-up's summary is not a row of the report: it goes beside the scenarios' summaries.
+    let summaries = if scenario.warmup {
+        "warmup"
+    } else {
+        "scenarios"
+    };
     bench.arg("--dataset").arg(dataset).arg("--out").arg(
-        out.join("scenarios")
+        out.join(summaries)
             .join(format!("{}.json", scenario.name)),
     );
 
