@@ -900,10 +900,11 @@ fn bench_command(
     } else {
         "scenarios"
     };
-    bench.arg("--dataset").arg(dataset).arg("--out").arg(
-        out.join(summaries)
-            .join(format!("{}.json", scenario.name)),
-    );
+    bench
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--out")
+        .arg(out.join(summaries).join(format!("{}.json", scenario.name)));
 
     if scenario.kind == Kind::Outage {
         // `--check` holds every latest-page read to the posts acknowledged before it was sent
