@@ -6,7 +6,7 @@
 //!
 //! # Keys, tags and what invalidates them
 //!
-//! | key (`{prefix}:v1:…`)                  | value                  | tags                        | invalidated by (event) |
+//! | key (`{prefix}:v2:…`)                  | value                  | tags                        | invalidated by (event) |
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
 //! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `message_posted`, `messages_changed` (edit, delete, reaction add/remove in `cid`) |

@@ -789,4 +789,32 @@ mod tests {
             "postgres://***@h:5432/db"
         );
     }
+
+    #[test]
+    fn the_dashboard_is_local_by_default_and_takes_a_long_token() {
+        let local = parse(&[], &[]).unwrap().into_config(|_| None).unwrap();
+        assert_eq!(local.dashboard, DashboardAccess::Local);
+        let token = "a-dashboard-token-0123";
+        let config = parse(&[], &[("DASHBOARD_TOKEN", token)])
+            .unwrap()
+            .into_config(|_| None)
+            .unwrap();
+        assert_eq!(
+            config.dashboard,
+            DashboardAccess::Token(SecretString::new(token))
+        );
+        // The token never shows in Debug output.
+        assert!(!format!("{config:?}").contains(token));
+        let short = parse(&[], &[("DASHBOARD_TOKEN", "short")])
+            .unwrap()
+            .into_config(|_| None)
+            .err()
+            .unwrap();
+        assert!(short.to_string().contains("at least 16"), "{short}");
+        let off = parse(&[], &[("DASHBOARD", "off"), ("DASHBOARD_TOKEN", token)])
+            .unwrap()
+            .into_config(|_| None)
+            .unwrap();
+        assert_eq!(off.dashboard, DashboardAccess::Off);
+    }
 }
