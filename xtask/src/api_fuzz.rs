@@ -10,13 +10,13 @@
 //! `cargo xtask api-fuzz [--time SECS] [--no-build]`: 60 s by default; `--no-build` uses the
 //! chat-api binary already in the target directory (CI builds it for the tests just before).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 
 use crate::util::{
-    Process, cargo, free_port, http_json, json_string_field, project_root, python_venv, run_cmd,
-    seconds_arg, target_dir, wait_ready,
+    debug_chat_api, http_json, json_string_field, project_root, python_venv, run_cmd, seconds_arg,
+    start_test_chat_api, target_dir,
 };
 
 const USAGE: &str = "usage: cargo xtask api-fuzz [--time SECS] [--no-build]";
@@ -33,14 +33,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let root = project_root();
-    let bin = target_dir()
-        .join("debug")
-        .join(format!("chat-api{}", std::env::consts::EXE_SUFFIX));
-    if build || !bin.is_file() {
-        let mut cmd = cargo();
-        cmd.args(["build", "-p", "chat-api", "--bin", "chat-api"]);
-        run_cmd(cmd)?;
-    }
+    let bin = debug_chat_api(build)?;
     let python = python_venv(
         "api-fuzz",
         &root.join("fuzz").join("api").join("requirements.txt"),
@@ -49,25 +42,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let work = target_dir().join("api-fuzz").join("run");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let port = free_port()?;
-    let server = Process::spawn(
-        "chat-api",
-        Command::new(&bin)
-            .current_dir(&work)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", work.join("chat.db").display()),
-            )
-            .env("CACHE_BACKEND", "memory")
-            .env("RATE_LIMIT", "off")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("chat-api.log"))?),
-    )?;
-    wait_ready("chat-api", port, "/health")?;
+    let (server, port) = start_test_chat_api(&bin, &work, &work.join("chat-api.log"))?;
 
     // A user with a channel and a message, for the parameters in schemathesis.toml.
     let (status, body) = http_json(

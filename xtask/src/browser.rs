@@ -10,14 +10,11 @@
 //! installs them); `$CHROMEDRIVER` and `$CHROMIUM` override where they are looked for.
 //! `cargo xtask browser [--no-build]`.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::util::{Process, cargo, free_port, project_root, run_cmd, target_dir, wait_ready};
+use crate::util::{debug_chat_api, project_root, start_test_chat_api, target_dir};
 
 const USAGE: &str = "usage: cargo xtask browser [--no-build]";
 
@@ -34,38 +31,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         "CHROMIUM",
         &["chromium", "chromium-browser", "google-chrome"],
     )?;
-    let bin = target_dir()
-        .join("debug")
-        .join(format!("chat-api{}", std::env::consts::EXE_SUFFIX));
-    if build || !bin.is_file() {
-        let mut cmd = cargo();
-        cmd.args(["build", "-p", "chat-api", "--bin", "chat-api"]);
-        run_cmd(cmd)?;
-    }
+    let bin = debug_chat_api(build)?;
 
     let artifacts = target_dir().join("browser");
     let work = artifacts.join("run");
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&work)?;
-    let port = free_port()?;
-    let server = Process::spawn(
-        "chat-api",
-        Command::new(&bin)
-            .current_dir(&work)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", work.join("chat.db").display()),
-            )
-            .env("CACHE_BACKEND", "memory")
-            .env("RATE_LIMIT", "off")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(artifacts.join("chat-api.log"))?),
-    )?;
-    wait_ready("chat-api", port, "/health")?;
+    let (server, port) = start_test_chat_api(&bin, &work, &artifacts.join("chat-api.log"))?;
 
     let script = project_root()
         .join("crates")

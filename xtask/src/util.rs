@@ -483,6 +483,48 @@ pub(crate) fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The debug chat-api binary, built first when `build` is set or it is missing.
+pub(crate) fn debug_chat_api(build: bool) -> anyhow::Result<PathBuf> {
+    let bin = target_dir()
+        .join("debug")
+        .join(format!("chat-api{}", std::env::consts::EXE_SUFFIX));
+    if build || !bin.is_file() {
+        let mut cmd = cargo();
+        cmd.args(["build", "-p", "chat-api", "--bin", "chat-api"]);
+        run_cmd(cmd)?;
+    }
+    Ok(bin)
+}
+
+/// `bin` (a chat-api) on a free port with a fresh SQLite database in `work`, the memory cache and
+/// rate limits off, its log in `log`; returns once `/health` answers.
+pub(crate) fn start_test_chat_api(
+    bin: &Path,
+    work: &Path,
+    log: &Path,
+) -> anyhow::Result<(Process, u16)> {
+    let port = free_port()?;
+    let server = Process::spawn(
+        "chat-api",
+        Command::new(bin)
+            .current_dir(work)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CHAT_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", work.join("chat.db").display()),
+            )
+            .env("CACHE_BACKEND", "memory")
+            .env("RATE_LIMIT", "off")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?),
+    )?;
+    wait_ready("chat-api", port, "/health")?;
+    Ok((server, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,10 +398,7 @@ impl Frame {
                 .tiers
                 .iter()
                 .filter_map(|t| Some((t.requests?, t.commands.unwrap_or(0))))
-                .fold(None, |sum: Option<(u64, u64)>, (r, c)| {
-                    let (sr, sc) = sum.unwrap_or_default();
-                    Some((sr + r, sc + c))
-                })
+                .reduce(|(r1, c1), (r2, c2)| (r1 + r2, c1 + c2))
         };
         let upstash = upstash_tiers(t).map(|(requests, commands)| {
             let (old_requests, old_commands) = upstash_tiers(f).unwrap_or_default();

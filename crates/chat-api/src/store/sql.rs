@@ -730,28 +730,21 @@ impl Store for SqlStore {
         self.count("post_message");
         // The insert and the channel's high-water mark in one transaction: the mark can never
         // miss a stored message.
-        let newest = match (&self.pool, &self.posts) {
-            (Pool::Sqlite(_), Some(posts)) => {
+        let newest = match &self.pool {
+            Pool::Sqlite(_) => {
+                let stopped = || StoreError::Corrupt("the SQLite writer task stopped".into());
+                let posts = self.posts.as_ref().ok_or_else(stopped)?;
                 let (reply, outcome) = oneshot::channel();
                 posts
                     .send(PostJob {
                         message: message.clone(),
                         reply,
                     })
-                    .map_err(|_| StoreError::Corrupt("the SQLite writer task stopped".into()))?;
-                outcome
-                    .await
-                    .map_err(|_| StoreError::Corrupt("the SQLite writer task stopped".into()))??
+                    .map_err(|_| stopped())?;
+                outcome.await.map_err(|_| stopped())??
             }
-            (Pool::Postgres(pool), _) => {
+            Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let newest = insert_message!(tx, &message).await?;
-                tx.commit().await?;
-                newest
-            }
-            (Pool::Sqlite(pool), None) => {
-                let _turn = self.write_turn().await;
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let newest = insert_message!(tx, &message).await?;
                 tx.commit().await?;
                 newest

@@ -257,20 +257,7 @@ async fn the_latest_page_has_an_etag_and_answers_304() {
 #[tokio::test]
 async fn older_pages_are_cached_until_the_channel_changes() {
     let app = TestApp::start(Db::Sqlite).await.unwrap();
-    let ann = app.register("ann").await;
-    let bob = app.register("bob").await;
-    let channel = app.create_channel(&ann, "general", "public").await;
-    app.put(
-        &format!("/api/v1/channels/{channel}/members/me"),
-        &bob.token,
-    )
-    .await
-    .expect(204);
-    let mut posted = Vec::new();
-    for i in 0..25 {
-        let message = app.post_message(&ann, &channel, &format!("m{i}")).await;
-        posted.push(message["id"].as_str().unwrap().to_owned());
-    }
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 25).await;
     let page = format!("/api/v1/channels/{channel}/messages");
     let latest = app
         .get(&format!("{page}?limit=10"), &ann.token)
