@@ -11,6 +11,7 @@
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
 //! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `message_posted`, `messages_changed` (edit, delete, reaction add/remove in `cid`) |
 //! | `channel-history:{cid}:{before}:{limit}` | an older page (before a cursor), rendered; only stable ones (below) | `#channel-history:{cid}` | `messages_changed`; `message_posted` only for a post out of order |
+//! | `channel-around:{cid}:{around}:{limit}` | a page around a message, rendered; only stable ones (below) | `#channel-history:{cid}` | as older pages |
 //! | `auth-user:{uid}`                      | name + token hash (existing users only) | `#auth-user:{uid}` | `user_registered` |
 //! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
 //! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
@@ -29,6 +30,10 @@
 //!   before the page, is at or above the cursor, and some message exists at or after it. A post
 //!   in order is above the mark, so outside such a page; a delete of the messages after it drops
 //!   the history with `messages_changed`.
+//! - A page around a message is cached only when a message exists beyond its newest one
+//!   (`has_more_after`). Its newer half is read first: a post in order that this read did not
+//!   see is newer than that message, so outside the page, and the older half, read after, can
+//!   only see more of what was committed before it.
 //!
 //! Every invalidation runs after the database commit, so a read that follows the write's response
 //! cannot see older data (the cache's tag stamps reject entries whose data was read before the
@@ -351,6 +356,14 @@ impl CacheKeys {
             .tagged(&[self.channel_history_tag(channel)])
     }
 
+    /// A page of a channel around a message: the `limit / 2` messages after `around` and the
+    /// rest at or before it. Tagged by the channel's history, like older pages.
+    fn around_page(&self, channel: Ulid, around: Ulid, limit: u32) -> Key {
+        self.ns
+            .key("channel-around", &[&channel, &around, &limit])
+            .tagged(&[self.channel_history_tag(channel)])
+    }
+
     /// Tag of a channel's latest pages (every page size).
     fn channel_messages_tag(&self, channel: Ulid) -> Tag {
         self.ns.tag("channel-messages", &[&channel])
@@ -525,17 +538,20 @@ pub enum Kind {
     LatestPage,
     /// An older page of a channel.
     OlderPage,
+    /// A page of a channel around a message.
+    AroundPage,
 }
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::UserAuth,
         Kind::Membership,
         Kind::Channel,
         Kind::UserChannels,
         Kind::LatestPage,
         Kind::OlderPage,
+        Kind::AroundPage,
     ];
 
     /// The name in `/stats`, `/metrics` and the dashboard.
@@ -547,6 +563,7 @@ impl Kind {
             Kind::UserChannels => "user_channels",
             Kind::LatestPage => "latest_page",
             Kind::OlderPage => "older_page",
+            Kind::AroundPage => "around_page",
         }
     }
 }
@@ -818,6 +835,56 @@ impl ChatCache {
             .map_err(load_error)
     }
 
+    /// The `limit` messages of a channel around the message id `around` (jumping to a message):
+    /// the `limit / 2` newest after it, the rest at or before it, rendered. Cached like older
+    /// pages, when stable (see the module docs).
+    pub async fn around_page(
+        &self,
+        channel: Ulid,
+        around: Ulid,
+        limit: u32,
+    ) -> Result<Arc<RenderedPage>, AppError> {
+        self.shared.kinds.lookup(Kind::AroundPage);
+        let shared = Arc::clone(&self.shared);
+        self.cache
+            .get_or_load_if(
+                &self.keys.around_page(channel, around, limit),
+                &self.policies.messages,
+                |page: &Arc<RenderedPage>| page.stable,
+                move || async move {
+                    shared.kinds.load(Kind::AroundPage);
+                    let store = &shared.store;
+                    let older_wanted = (limit - limit / 2) as usize;
+                    let newer_wanted = (limit / 2) as usize;
+                    // The newer half first (see the module docs).
+                    let mut newer = store
+                        .messages(channel, Slice::After(around), newer_wanted as u32 + 1)
+                        .await?;
+                    let mut older = store
+                        .messages(channel, Slice::AtOrBefore(around), older_wanted as u32 + 1)
+                        .await?;
+                    let has_more_before = older.len() > older_wanted;
+                    older.truncate(older_wanted);
+                    let has_more_after = newer.len() > newer_wanted;
+                    // Newest first: keep the newer messages closest to the anchor (the end).
+                    let excess = newer.len().saturating_sub(newer_wanted);
+                    newer.drain(..excess);
+                    newer.extend(older);
+                    let page = MessagePage {
+                        messages: newer,
+                        has_more_before,
+                        has_more_after,
+                    };
+                    let mut rendered = RenderedPage::render(&page)
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                    rendered.stable = has_more_after;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(rendered))
+                },
+            )
+            .await
+            .map_err(load_error)
+    }
+
     /// After a user `user` was registered: its token record (a miss cached before it existed).
     pub async fn user_registered(&self, user: Ulid) {
         self.invalidate(Write::UserRegistered { user }).await;
@@ -896,6 +963,7 @@ mod tests {
             ("user-channels", keys.user_channels(u)),
             ("channel-messages", keys.latest_page(c, 50)),
             ("channel-history", keys.older_page(c, u, 50)),
+            ("channel-around", keys.around_page(c, u, 50)),
             ("auth-user", keys.auth_user(u)),
             ("membership", keys.membership(c, u)),
             ("channel", keys.channel(c)),
@@ -903,6 +971,7 @@ mod tests {
             ("other", keys.user_channels(other_u)),
             ("other", keys.latest_page(other_c, 50)),
             ("other", keys.older_page(other_c, u, 50)),
+            ("other", keys.around_page(other_c, u, 50)),
             ("other", keys.auth_user(other_u)),
             ("other", keys.membership(other_c, u)),
             ("other", keys.membership(c, other_u)),
@@ -933,7 +1002,7 @@ mod tests {
         );
         assert_eq!(
             hidden(Write::MessagesChanged { channel: c }),
-            ["channel-messages", "channel-history"]
+            ["channel-messages", "channel-history", "channel-around"]
         );
         assert_eq!(
             hidden(Write::MessagePosted {
@@ -947,7 +1016,7 @@ mod tests {
                 channel: c,
                 in_order: false
             }),
-            ["channel-messages", "channel-history"]
+            ["channel-messages", "channel-history", "channel-around"]
         );
         assert_eq!(hidden(Write::Acked { user: u }), ["user-channels"]);
     }

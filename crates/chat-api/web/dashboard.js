@@ -76,6 +76,7 @@
   const KIND_LABELS = {
     user_auth: "user auth", membership: "membership", channel: "channel",
     user_channels: "user channels", latest_page: "latest page", older_page: "older pages",
+    around_page: "around pages",
   };
 
   function setText(id, text) {

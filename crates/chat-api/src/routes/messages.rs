@@ -140,15 +140,16 @@ fn page_response(page: Arc<RenderedPage>, headers: &HeaderMap) -> Response {
 }
 
 /// A page of messages, newest first. Without a cursor it is the latest page; with `before`, an
-/// older one (scrolling back). Both are served from the cache with an `ETag` (304 on
-/// `If-None-Match`).
+/// older one (scrolling back); with `around`, the messages around one (jumping to it). These
+/// three are served from the cache with an `ETag` (304 on `If-None-Match`); `after` is read from
+/// the database.
 #[utoipa::path(
     get, path = "/api/v1/channels/{cid}/messages", tag = "messages",
     security(("bearer" = [])),
     params(("cid" = String, Path, description = "Channel ULID"), MessagesQuery),
     responses(
         (status = 200, description = "A page", body = MessagePage),
-        (status = 304, description = "The page (latest, or before a cursor) is unchanged"),
+        (status = 304, description = "The page (latest, before or around a cursor) is unchanged"),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Not a member", body = ErrorBody),
@@ -215,22 +216,8 @@ pub(crate) async fn list(
             (messages, older, newer)
         }
         (_, _, Some(around)) => {
-            let older_wanted = (limit - limit / 2) as usize;
-            let newer_wanted = (limit / 2) as usize;
-            let mut older = store
-                .messages(cid, Slice::AtOrBefore(around), older_wanted as u32 + 1)
-                .await?;
-            let mut newer = store
-                .messages(cid, Slice::After(around), newer_wanted as u32 + 1)
-                .await?;
-            let has_older = older.len() > older_wanted;
-            older.truncate(older_wanted);
-            let has_newer = newer.len() > newer_wanted;
-            // Keep the newer messages closest to the anchor (the end of a newest-first list).
-            let excess = newer.len().saturating_sub(newer_wanted);
-            newer.drain(..excess);
-            newer.extend(older);
-            (newer, has_older, has_newer)
+            let page = state.cache().around_page(cid, around, limit).await?;
+            return Ok(page_response(page, &headers));
         }
     };
     Ok(axum::Json(MessagePage {

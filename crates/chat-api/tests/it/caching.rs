@@ -242,7 +242,7 @@ async fn the_latest_page_has_an_etag_and_answers_304() {
     app.post_message(&ann, &channel, "news").await;
     let changed = app.send(conditional(etag.clone())).await.expect(200);
     assert_ne!(changed.headers[header::ETAG], etag.as_str());
-    // Pages after or around a cursor are not cached and carry no ETag.
+    // Pages after a cursor are not cached and carry no ETag.
     let mid = ids(&changed.body)[0].clone();
     let newer = app
         .get(&format!("{page}?after={mid}"), &ann.token)
@@ -312,6 +312,68 @@ async fn older_pages_are_cached_until_the_channel_changes() {
     let read = app.get(&older_url, &bob.token).await.expect(200);
     assert!(!ids(&read.body).contains(edited));
     assert_eq!(ids(&read.body).len(), 10);
+}
+
+/// Jumping to a message: a page around it is cached like an older page (ETag, 304, no query
+/// for later readers, kept across posts in order, dropped by an edit), except when the next post
+/// could change it: around the newest message, the page would gain the post.
+#[tokio::test]
+async fn around_pages_are_cached_unless_a_post_could_change_them() {
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let (ann, bob, channel, posted) = channel_with_messages(&app, 25).await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let around_url = format!("{page}?around={}&limit=10", posted[10]);
+
+    let first = app.get(&around_url, &ann.token).await.expect(200);
+    assert_eq!(
+        ids(&first.body),
+        posted[6..16].iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(first.body["has_more_before"], true);
+    assert_eq!(first.body["has_more_after"], true);
+    let etag = first.headers[header::ETAG].to_str().unwrap().to_owned();
+
+    let queries = app.queries_of("messages");
+    let again = app.get(&around_url, &bob.token).await.expect(200);
+    assert_eq!(again.body, first.body);
+    let conditional = Request::get(&around_url)
+        .header(header::AUTHORIZATION, format!("Bearer {}", bob.token))
+        .header(header::IF_NONE_MATCH, etag.clone())
+        .body(Body::empty())
+        .unwrap();
+    app.send(conditional).await.expect(304);
+    app.post_message(&ann, &channel, "newest").await;
+    let after_post = app.get(&around_url, &bob.token).await.expect(200);
+    assert_eq!(after_post.body, first.body);
+    assert_eq!(
+        app.queries_of("messages"),
+        queries,
+        "served from the cache, across a post in order"
+    );
+
+    let edited = &posted[12];
+    app.call(
+        axum::http::Method::PATCH,
+        &format!("{page}/{edited}"),
+        Some(&ann.token),
+        Some(json!({"content": "m12, edited"})),
+    )
+    .await
+    .expect(200);
+    let read = app.get(&around_url, &bob.token).await.expect(200);
+    assert_eq!(read.body["messages"][3]["content"], "m12, edited");
+    assert_ne!(read.headers[header::ETAG], etag.as_str());
+
+    // Around the newest message there is nothing after the page: the next post belongs to it.
+    let newest = app.get(&page, &bob.token).await.expect(200);
+    let newest_id = ids(&newest.body)[0].clone();
+    let edge_url = format!("{page}?around={newest_id}&limit=10");
+    let edge = app.get(&edge_url, &bob.token).await.expect(200);
+    assert_eq!(edge.body["has_more_after"], false);
+    let new = app.post_message(&ann, &channel, "one more").await;
+    let edge = app.get(&edge_url, &bob.token).await.expect(200);
+    assert_eq!(ids(&edge.body)[0], new["id"].as_str().unwrap());
+    assert_eq!(edge.body["has_more_after"], false);
 }
 
 /// A message by `author` with the id `id`, as the post handler would store it.
