@@ -24,7 +24,7 @@ pub struct IssuedToken {
     /// `{user_id}.{secret}`, for the client, once.
     pub token: String,
     /// SHA-256 of the secret, for the database.
-    pub hash: Vec<u8>,
+    pub hash: [u8; 32],
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -55,8 +55,8 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn hash_secret(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
+fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// The token of an `Authorization: Bearer …` header, if there is one.
@@ -89,7 +89,7 @@ pub fn claimed_user(token: &str) -> Option<Ulid> {
 
 fn verify(record: UserAuth, secret: &str) -> Result<UserRef, AppError> {
     let presented = hash_secret(secret);
-    if bool::from(presented.ct_eq(&record.token_hash)) {
+    if bool::from(presented.as_slice().ct_eq(record.token_hash.as_slice())) {
         Ok(record.user)
     } else {
         Err(AppError::Unauthorized)

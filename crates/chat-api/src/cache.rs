@@ -332,8 +332,7 @@ impl CacheKeys {
     /// A user's channel list.
     fn user_channels(&self, user: Ulid) -> Key {
         self.ns
-            .key("user-channels", &[&user])
-            .tagged(&[self.user_channels_tag(user)])
+            .tagged_key("user-channels", &[&user], &[self.user_channels_tag(user)])
     }
 
     /// Tag of a user's channel list.
@@ -343,25 +342,31 @@ impl CacheKeys {
 
     /// The latest page of a channel at one page size.
     fn latest_page(&self, channel: Ulid, limit: u32) -> Key {
-        self.ns
-            .key("channel-messages", &[&channel, &limit])
-            .tagged(&[self.channel_messages_tag(channel)])
+        self.ns.tagged_key(
+            "channel-messages",
+            &[&channel, &limit],
+            &[self.channel_messages_tag(channel)],
+        )
     }
 
     /// An older page of a channel: the `limit` messages before the cursor `before`. Tagged by the
     /// channel's history, which in-order posts leave alone (see the module docs).
     fn older_page(&self, channel: Ulid, before: Ulid, limit: u32) -> Key {
-        self.ns
-            .key("channel-history", &[&channel, &before, &limit])
-            .tagged(&[self.channel_history_tag(channel)])
+        self.ns.tagged_key(
+            "channel-history",
+            &[&channel, &before, &limit],
+            &[self.channel_history_tag(channel)],
+        )
     }
 
     /// A page of a channel around a message: the `limit / 2` messages after `around` and the
     /// rest at or before it. Tagged by the channel's history, like older pages.
     fn around_page(&self, channel: Ulid, around: Ulid, limit: u32) -> Key {
-        self.ns
-            .key("channel-around", &[&channel, &around, &limit])
-            .tagged(&[self.channel_history_tag(channel)])
+        self.ns.tagged_key(
+            "channel-around",
+            &[&channel, &around, &limit],
+            &[self.channel_history_tag(channel)],
+        )
     }
 
     /// Tag of a channel's latest pages (every page size).
@@ -377,8 +382,7 @@ impl CacheKeys {
     /// A user's token check record.
     fn auth_user(&self, user: Ulid) -> Key {
         self.ns
-            .key("auth-user", &[&user])
-            .tagged(&[self.auth_user_tag(user)])
+            .tagged_key("auth-user", &[&user], &[self.auth_user_tag(user)])
     }
 
     /// Tag of a user's token check record.
@@ -388,9 +392,11 @@ impl CacheKeys {
 
     /// A user's membership of a channel (or its absence).
     fn membership(&self, channel: Ulid, user: Ulid) -> Key {
-        self.ns
-            .key("membership", &[&channel, &user])
-            .tagged(&[self.membership_tag(channel, user)])
+        self.ns.tagged_key(
+            "membership",
+            &[&channel, &user],
+            &[self.membership_tag(channel, user)],
+        )
     }
 
     /// Tag of one membership.
@@ -401,8 +407,7 @@ impl CacheKeys {
     /// A channel (or its absence).
     fn channel(&self, channel: Ulid) -> Key {
         self.ns
-            .key("channel", &[&channel])
-            .tagged(&[self.channel_tag(channel)])
+            .tagged_key("channel", &[&channel], &[self.channel_tag(channel)])
     }
 
     /// Tag of a channel.

@@ -198,7 +198,7 @@ pub(crate) async fn add_member(
 ) -> Result<StatusCode, AppError> {
     let cid = validate::id("cid", &cid)?;
     let uid = validate::id("uid", &uid)?;
-    let (_, membership) = member_channel(&state, cid, &user).await?;
+    let membership = member_channel(&state, cid, &user).await?;
     if membership.role != Role::Owner {
         return Err(AppError::NotOwner);
     }

@@ -169,16 +169,28 @@ pub(crate) async fn visible_channel(
     Ok((channel, membership))
 }
 
-/// The channel `cid` if `user` is a member: 404 for invisible channels, 403 `not_a_member` for
+/// `user`'s membership of channel `cid`: 404 for invisible channels, 403 `not_a_member` for
 /// public channels the user has not joined.
+///
+/// A membership references its channel and channels are never deleted, so a member's request
+/// costs one lookup (the membership); the channel is looked up only to tell the two errors apart.
 pub(crate) async fn member_channel(
     state: &AppState,
     cid: Ulid,
     user: &UserRef,
-) -> Result<(Channel, Membership), AppError> {
-    let (channel, membership) = visible_channel(state, cid, user).await?;
-    let membership = membership.ok_or(AppError::NotAMember)?;
-    Ok((channel, membership))
+) -> Result<Membership, AppError> {
+    if let Some(membership) = state.cache().membership(cid, user.id).await? {
+        return Ok(membership);
+    }
+    let channel = state
+        .cache()
+        .channel(cid)
+        .await?
+        .ok_or(AppError::ChannelNotFound)?;
+    Err(match channel.kind {
+        ChannelKind::Private => AppError::ChannelNotFound,
+        ChannelKind::Public => AppError::NotAMember,
+    })
 }
 
 #[cfg(test)]

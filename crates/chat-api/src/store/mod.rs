@@ -59,8 +59,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct UserAuth {
     /// The user.
     pub user: UserRef,
-    /// SHA-256 of the token's secret part.
-    pub token_hash: Vec<u8>,
+    /// SHA-256 of the token's secret part (inline: a cache hit clones no buffer).
+    pub token_hash: [u8; 32],
 }
 
 /// Which messages of a channel to read. Every slice is returned newest first.

@@ -525,7 +525,12 @@ impl Store for SqlStore {
                     id: parse_id(&r.id)?,
                     name: r.name,
                 },
-                token_hash: r.token_hash,
+                token_hash: r.token_hash.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "a token hash of {} bytes, not 32",
+                        r.token_hash.len()
+                    ))
+                })?,
             })
         })
         .transpose()

@@ -33,9 +33,12 @@ async fn repeated_reads_are_served_without_a_query(db: Db) {
     app.post_message(&ann, &channel, "hello").await;
     let page = format!("/api/v1/channels/{channel}/messages");
 
-    // First reads load (token, channel, membership, page, list) …
+    // First reads load (token, membership, page, list, channel) …
     app.get(&page, &ann.token).await.expect(200);
     app.get("/api/v1/users/me/channels", &ann.token)
+        .await
+        .expect(200);
+    app.get(&format!("/api/v1/channels/{channel}"), &ann.token)
         .await
         .expect(200);
     let before = app.queries();
@@ -312,6 +315,49 @@ async fn older_pages_are_cached_until_the_channel_changes() {
     let read = app.get(&older_url, &bob.token).await.expect(200);
     assert!(!ids(&read.body).contains(edited));
     assert_eq!(ids(&read.body).len(), 10);
+}
+
+/// A member's page read costs three cache lookups (token, membership, page): a membership
+/// implies its channel, which is looked up only to tell a stranger 404 from 403.
+#[tokio::test]
+async fn a_members_page_read_looks_up_token_membership_and_page_only() {
+    use chat_api::cache::Kind;
+    let app = TestApp::start(Db::Sqlite).await.unwrap();
+    let ann = app.register("ann").await;
+    let bob = app.register("bob").await;
+    let channel = app.create_channel(&ann, "general", "public").await;
+    let page = format!("/api/v1/channels/{channel}/messages");
+    let lookups = || -> Vec<(Kind, u64)> {
+        app.state
+            .cache()
+            .kind_stats()
+            .iter()
+            .map(|k| (k.kind, k.lookups))
+            .collect()
+    };
+    let delta = |before: &[(Kind, u64)]| -> Vec<Kind> {
+        lookups()
+            .iter()
+            .zip(before)
+            .flat_map(|((kind, after), (_, before))| {
+                std::iter::repeat_n(*kind, (after - before) as usize)
+            })
+            .collect()
+    };
+    app.get(&page, &ann.token).await.expect(200);
+    let before = lookups();
+    app.get(&page, &ann.token).await.expect(200);
+    assert_eq!(
+        delta(&before),
+        [Kind::UserAuth, Kind::Membership, Kind::LatestPage]
+    );
+    // Not a member: the channel tells which error.
+    let before = lookups();
+    app.get(&page, &bob.token).await.expect(403);
+    assert_eq!(
+        delta(&before),
+        [Kind::UserAuth, Kind::Membership, Kind::Channel]
+    );
 }
 
 /// Jumping to a message: a page around it is cached like an older page (ETag, 304, no query
