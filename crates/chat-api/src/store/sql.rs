@@ -893,3 +893,28 @@ impl Store for SqlStore {
         Ok(done == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, sqlite::SqliteConnection};
+
+    /// The bundled SQLite is built with the workspace's `LIBSQLITE3_FLAGS` (`.cargo/config.toml`):
+    /// without them every allocation and page-cache access of every connection takes one of two
+    /// global mutexes. A build that lost the setting fails here.
+    #[tokio::test]
+    async fn sqlite_is_built_without_global_allocation_locks() {
+        let mut connection = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+}
