@@ -50,6 +50,7 @@
 //! its sets are fills of data read after the last invalidation.
 
 use std::{
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -501,7 +502,7 @@ impl RenderedPage {
         let mut etag = String::with_capacity(34);
         etag.push('"');
         for byte in &digest[..16] {
-            etag.push_str(&format!("{byte:02x}"));
+            let _ = write!(etag, "{byte:02x}"); // Writing to a String cannot fail.
         }
         etag.push('"');
         Ok(RenderedPage {
@@ -510,6 +511,16 @@ impl RenderedPage {
             stable: true,
         })
     }
+}
+
+/// A page loader's result: `page` rendered, marked `stable` or not (see [`RenderedPage::stable`]).
+fn render_page(
+    page: &MessagePage,
+    stable: bool,
+) -> Result<Arc<RenderedPage>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut rendered = RenderedPage::render(page)?;
+    rendered.stable = stable;
+    Ok(Arc::new(rendered))
 }
 
 /// The cached reads of chat-api, each through [`Cache::get_or_load`] with the store as loader.
@@ -780,9 +791,7 @@ impl ChatCache {
                         has_more_before,
                         has_more_after: false,
                     };
-                    RenderedPage::render(&page)
-                        .map(Arc::new)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                    render_page(&page, true)
                 },
             )
             .await
@@ -830,10 +839,7 @@ impl ChatCache {
                         has_more_before,
                         has_more_after,
                     };
-                    let mut rendered = RenderedPage::render(&page)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-                    rendered.stable = has_more_after && newest.is_some_and(|n| before <= n);
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(rendered))
+                    render_page(&page, has_more_after && newest.is_some_and(|n| before <= n))
                 },
             )
             .await
@@ -880,10 +886,7 @@ impl ChatCache {
                         has_more_before,
                         has_more_after,
                     };
-                    let mut rendered = RenderedPage::render(&page)
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-                    rendered.stable = has_more_after;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Arc::new(rendered))
+                    render_page(&page, has_more_after)
                 },
             )
             .await
