@@ -47,6 +47,15 @@ pub trait CacheBackend: Send + Sync + 'static {
         None
     }
 
+    /// [`get_now`](CacheBackend::get_now) by the key's name alone, for a hit that builds no
+    /// [`Key`] (see [`KeyName`](crate::KeyName)): an in-process backend that keeps the tags
+    /// of the key each entry was stored under checks those. `None` means "build the key and call
+    /// `get_now` or `get`", so backends without an in-process tier keep this default.
+    fn get_now_named(&self, name: &str) -> Option<Entry> {
+        let _ = name;
+        None
+    }
+
     /// The entries for `keys`, in order.
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
         let mut out = Vec::with_capacity(keys.len());

@@ -18,7 +18,7 @@ use crate::{
     codec::Codec,
     entry::Entry,
     error::{BoxError, Error, Result},
-    key::{Key, Tag},
+    key::{Key, KeyName, Tag},
     policy::TtlPolicy,
     single_flight::{self, Role, SingleFlight},
     stats::{CacheStats, Counter, LoadStats},
@@ -322,6 +322,45 @@ impl Cache {
                 "key {key} was loaded concurrently as two different types"
             ))),
         }
+    }
+
+    /// [`get_or_load_if`](Cache::get_or_load_if) for a key given by its name, built on the
+    /// stack with [`Namespace::key_name`](crate::Namespace::key_name): a fresh hit in the
+    /// backend's in-process tier is answered from the name alone, without building a [`Key`]
+    /// (no allocation when `T` clones without one, as an `Arc` does). On anything else (a miss,
+    /// a stale entry, a backend without an in-process tier) `make_key` builds the key, which must
+    /// have this name, and the call goes on as `get_or_load_if`.
+    pub async fn get_or_load_named<T, K, F, Fut, E>(
+        &self,
+        name: &KeyName<'_>,
+        make_key: K,
+        policy: &TtlPolicy,
+        keep: fn(&T) -> bool,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: CacheValue,
+        K: FnOnce() -> Key,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        if let Some(entry) = inner.backend.get_now_named(name.as_str()) {
+            if entry.is_fresh_when_alive(|| inner.clock.now_for_expiry()) {
+                if let Ok(value) = self.decode::<T>(&entry) {
+                    inner.counters.hits.inc();
+                    return Ok(value);
+                }
+            }
+        }
+        let key = make_key();
+        debug_assert_eq!(
+            key.as_str(),
+            name.as_str(),
+            "make_key built a key of another name"
+        );
+        self.get_or_load_if(&key, policy, keep, loader).await
     }
 
     /// The fresh value of `key` in the backend's in-process tier, if it has one: no I/O, no

@@ -87,7 +87,7 @@ fn check_tag_body(body: &str, whole: &str) -> Result<()> {
     pieces.try_for_each(|part| check_escaped(part, whole))
 }
 
-/// A part as [`escape_into`] writes it: no `:`, and `%` only in `%25` or `%3A`.
+/// A part as `Escaping` writes it: no `:`, and `%` only in `%25` or `%3A`.
 fn check_escaped(part: &str, whole: &str) -> Result<()> {
     let bytes = part.as_bytes();
     let mut at = 0;
@@ -186,18 +186,7 @@ impl Namespace {
     /// # Panics
     /// If `kind` is not a lowercase identifier.
     pub fn tagged_key(&self, kind: &str, parts: &[&dyn fmt::Display], tags: &[Tag]) -> Key {
-        let name = self.join("", kind, parts);
-        let mut all = Vec::with_capacity(1 + tags.len());
-        all.push(self.all_tag.clone());
-        for tag in tags {
-            if !all.contains(tag) {
-                all.push(tag.clone());
-            }
-        }
-        Key(Arc::new(KeyInner {
-            name,
-            tags: all.into(),
-        }))
+        Key::new(self.join("", kind, parts), self, tags)
     }
 
     /// Like [`Namespace::key`] for keys built from untrusted input: errors instead of panicking,
@@ -254,27 +243,60 @@ impl Namespace {
         Ok(tag)
     }
 
+    /// The name of a key of `kind` identified by `parts`, written on the stack: what
+    /// [`Cache::get_or_load_named`](crate::Cache::get_or_load_named) needs to answer a hit from
+    /// an in-process tier without allocating. [`KeyName::tagged`] builds the [`Key`] for a miss.
+    ///
+    /// # Panics
+    /// If `kind` is not a lowercase identifier.
+    pub fn key_name<'ns>(&'ns self, kind: &str, parts: &[&dyn fmt::Display]) -> KeyName<'ns> {
+        let mut name = KeyName {
+            ns: self,
+            buf: NameBuf::Inline {
+                len: 0,
+                bytes: [0; INLINE_NAME],
+            },
+        };
+        self.write_name(&mut name.buf, "", kind, parts);
+        name
+    }
+
     fn join(&self, marker: &str, kind: &str, parts: &[&dyn fmt::Display]) -> Box<str> {
-        if let Err(err) = check_kind(kind) {
-            panic!("{err}");
-        }
         // Room for parts as long as a ULID, so the common keys are built without growing.
         let mut out = String::with_capacity(
             self.base.len() + marker.len() + kind.len() + 1 + parts.len() * 27,
         );
-        out.push_str(&self.base);
-        out.push(':');
-        out.push_str(marker);
-        out.push_str(kind);
-        for part in parts {
-            out.push(':');
-            // Written straight into the key, escaped on the way: no string per part.
-            let written = fmt::write(&mut Escaping(&mut out), format_args!("{part}"));
-            if written.is_err() {
-                panic!("a key part's Display implementation returned an error");
-            }
-        }
+        self.write_name(&mut out, marker, kind, parts);
         out.into_boxed_str()
+    }
+
+    /// Writes `{namespace}:{marker}{kind}:{part}:…` to `out`, parts escaped: the one writer of
+    /// key and tag names.
+    fn write_name(
+        &self,
+        out: &mut impl fmt::Write,
+        marker: &str,
+        kind: &str,
+        parts: &[&dyn fmt::Display],
+    ) {
+        if let Err(err) = check_kind(kind) {
+            panic!("{err}");
+        }
+        let written = (|| {
+            out.write_str(&self.base)?;
+            out.write_char(':')?;
+            out.write_str(marker)?;
+            out.write_str(kind)?;
+            for part in parts {
+                out.write_char(':')?;
+                // Written straight into the name, escaped on the way: no string per part.
+                fmt::write(&mut Escaping(&mut *out), format_args!("{part}"))?;
+            }
+            Ok::<_, fmt::Error>(())
+        })();
+        if written.is_err() {
+            panic!("a key part's Display implementation returned an error");
+        }
     }
 }
 
@@ -298,27 +320,96 @@ impl FromStr for Namespace {
     }
 }
 
-/// A `fmt::Write` that escapes what is written to it into a key (see [`escape_into`]).
-struct Escaping<'a>(&'a mut String);
+/// A `fmt::Write` that escapes what is written to it into a key name: `%` → `%25`, `:` → `%3A`.
+struct Escaping<'a, W: fmt::Write>(&'a mut W);
 
-impl fmt::Write for Escaping<'_> {
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
     fn write_str(&mut self, part: &str) -> fmt::Result {
-        escape_into(self.0, part);
+        if !part.contains(['%', ':']) {
+            return self.0.write_str(part);
+        }
+        for c in part.chars() {
+            match c {
+                '%' => self.0.write_str("%25")?,
+                ':' => self.0.write_str("%3A")?,
+                c => self.0.write_char(c)?,
+            }
+        }
         Ok(())
     }
 }
 
-fn escape_into(out: &mut String, part: &str) {
-    if !part.contains(['%', ':']) {
-        out.push_str(part);
-        return;
-    }
-    for c in part.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            c => out.push(c),
+/// Bytes of a [`KeyName`] kept on the stack; longer names (rare: a long prefix and long parts)
+/// move to the heap.
+const INLINE_NAME: usize = 160;
+
+/// The name of a key, without its tags, written on the stack by [`Namespace::key_name`].
+///
+/// A hit on an in-process tier needs only the name (the tier keeps the tags of the key the
+/// entry was stored under), so probing with a `KeyName` costs no allocation where a [`Key`]
+/// costs several. One rule makes that sound: a name is always stored with the same tags, which
+/// holds when, as with [`Namespace::tagged_key`], the tags are a function of the key's parts.
+pub struct KeyName<'ns> {
+    ns: &'ns Namespace,
+    buf: NameBuf,
+}
+
+enum NameBuf {
+    Inline {
+        len: usize,
+        bytes: [u8; INLINE_NAME],
+    },
+    Heap(String),
+}
+
+impl fmt::Write for NameBuf {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        match self {
+            NameBuf::Inline { len, bytes } => {
+                if let Some(room) = bytes.get_mut(*len..*len + text.len()) {
+                    room.copy_from_slice(text.as_bytes());
+                    *len += text.len();
+                } else {
+                    let mut heap = String::with_capacity(*len + text.len());
+                    // Whole `&str`s were copied in, so the bytes so far are UTF-8.
+                    heap.push_str(std::str::from_utf8(&bytes[..*len]).map_err(|_| fmt::Error)?);
+                    heap.push_str(text);
+                    *self = NameBuf::Heap(heap);
+                }
+            }
+            NameBuf::Heap(heap) => heap.push_str(text),
         }
+        Ok(())
+    }
+}
+
+impl KeyName<'_> {
+    /// The name, as [`Key::as_str`] returns it for the key built from it.
+    pub fn as_str(&self) -> &str {
+        match &self.buf {
+            // Only whole `&str`s are copied in, so the bytes are UTF-8; checking costs a pass
+            // over ~80 bytes, which is still cheaper than the allocation it replaces.
+            NameBuf::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len]).unwrap_or(""),
+            NameBuf::Heap(heap) => heap,
+        }
+    }
+
+    /// The [`Key`] of this name, tagged with `tags` and the namespace tag: what
+    /// [`Namespace::tagged_key`] builds from the same kind and parts.
+    pub fn tagged(&self, tags: &[Tag]) -> Key {
+        Key::new(self.as_str().into(), self.ns, tags)
+    }
+}
+
+impl fmt::Debug for KeyName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyName").field(&self.as_str()).finish()
+    }
+}
+
+impl fmt::Display for KeyName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -334,6 +425,22 @@ struct KeyInner {
 }
 
 impl Key {
+    /// The key `name` of namespace `ns`, tagged with `tags` and the namespace tag (first;
+    /// duplicates ignored).
+    fn new(name: Box<str>, ns: &Namespace, tags: &[Tag]) -> Key {
+        let mut all = Vec::with_capacity(1 + tags.len());
+        all.push(ns.all_tag.clone());
+        for tag in tags {
+            if !all.contains(tag) {
+                all.push(tag.clone());
+            }
+        }
+        Key(Arc::new(KeyInner {
+            name,
+            tags: all.into(),
+        }))
+    }
+
     /// The key as stored in the backend.
     pub fn as_str(&self) -> &str {
         &self.0.name
@@ -527,6 +634,24 @@ mod tests {
         assert_eq!(one.as_str(), "app:v1:page:a%3Ab:50:100%25");
         assert_eq!(one.tags().len(), 3);
         assert_eq!(one.namespace_tag(), ns.all_tag());
+    }
+
+    /// A name built on the stack is the name of the key built from the same kind and parts,
+    /// escapes included, also when it outgrows its inline buffer; its key carries the tags.
+    #[test]
+    fn key_names_name_the_keys_of_the_same_parts() {
+        let ns = Namespace::new("app", 1).unwrap();
+        let tag = ns.tag("channel", &[&7]);
+        let long = "x:%".repeat(100);
+        let cases: [&[&dyn fmt::Display]; 4] = [&[], &[&7, &"a:b"], &[&"100%", &long], &[&long]];
+        for parts in cases {
+            let name = ns.key_name("page", parts);
+            let key = ns.tagged_key("page", parts, std::slice::from_ref(&tag));
+            assert_eq!(name.as_str(), key.as_str());
+            assert_eq!(name.to_string(), key.as_str());
+            assert_eq!(name.tagged(std::slice::from_ref(&tag)), key);
+        }
+        assert!(ns.key_name("page", &[&long]).as_str().len() > INLINE_NAME);
     }
 
     /// A part whose `Display` writes in pieces is escaped piece by piece, as a whole.

@@ -30,7 +30,7 @@ pub use cache::{Cache, CacheConfig, CacheValue};
 pub use codec::{Codec, Compression};
 pub use entry::Entry;
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use key::{Key, MAX_KEY_LEN, Namespace, Tag};
+pub use key::{Key, KeyName, MAX_KEY_LEN, Namespace, Tag};
 pub use noop::NoopBackend;
 pub use policy::TtlPolicy;
 pub use stats::CacheStats;

@@ -743,6 +743,10 @@ impl CacheBackend for TieredBackend {
         self.core.get_now(key)
     }
 
+    fn get_now_named(&self, name: &str) -> Option<Entry> {
+        self.core.get_now_named(name)
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.core.get(key).await
     }
@@ -794,6 +798,12 @@ impl CacheBackend for Core {
 
     fn get_now(&self, key: &Key) -> Option<Entry> {
         let entry = self.l1.get_now(key)?;
+        self.counters.l1_hits.inc();
+        Some(entry)
+    }
+
+    fn get_now_named(&self, name: &str) -> Option<Entry> {
+        let entry = self.l1.get_now_named(name)?;
         self.counters.l1_hits.inc();
         Some(entry)
     }

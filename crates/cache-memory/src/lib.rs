@@ -60,7 +60,7 @@ impl MemoryConfig {
 
 /// A moka-backed [`CacheBackend`]. See the crate docs.
 pub struct MemoryBackend {
-    entries: moka::sync::Cache<Arc<str>, Entry>,
+    entries: moka::sync::Cache<Arc<str>, Stored>,
     stamps: moka::sync::Cache<Tag, Stamp>,
     // Serializes stamp updates so stamps only move forward.
     stamp_lock: Mutex<()>,
@@ -69,6 +69,14 @@ pub struct MemoryBackend {
     max_expires_at: AtomicU64,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
+}
+
+/// An entry with the key it was stored under, whose tags decide its validity: so a probe by
+/// name alone ([`CacheBackend::get_now_named`]) checks the same tags as one by [`Key`].
+#[derive(Clone)]
+struct Stored {
+    entry: Entry,
+    key: Key,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,24 +106,24 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<Arc<str>, Entry> for EntryExpiry {
+impl Expiry<Arc<str>, Stored> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        value: &Entry,
+        value: &Stored,
         _created_at: Instant,
     ) -> Option<Duration> {
-        self.ttl(value)
+        self.ttl(&value.entry)
     }
 
     fn expire_after_update(
         &self,
         _key: &Arc<str>,
-        value: &Entry,
+        value: &Stored,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        self.ttl(value)
+        self.ttl(&value.entry)
     }
 }
 
@@ -160,8 +168,9 @@ impl MemoryBackend {
         let listener_counters = Arc::clone(&counters);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|key: &Arc<str>, entry: &Entry| {
-                u32::try_from(key.len() + entry.value().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            .weigher(|key: &Arc<str>, stored: &Stored| {
+                u32::try_from(key.len() + stored.entry.value().len() + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry {
                 clock: Arc::clone(&config.clock),
@@ -201,18 +210,33 @@ impl MemoryBackend {
         self.stamps.entry_count()
     }
 
-    fn lookup(&self, key: &Key, entry: &Entry) -> bool {
+    /// Whether `stored` is still valid: no tag of the key it was stored under, nor of the key
+    /// it is asked for by (`asked`, when a probe has one), was invalidated at or after it was
+    /// created.
+    fn lookup(&self, stored: &Stored, asked: Option<&Key>) -> bool {
         // Expiry is moka's job (it checks on every read, see `EntryExpiry`); a second clock read
         // here would cost as much as the rest of the hit path.
         // Read the generation before the stamps: an invalidation that lands after this load bumps
         // the generation, so the entry is checked again on the next read.
         let generation = self.generation.load(Ordering::Acquire);
-        let created = entry.created_at();
-        entry.is_valid_at(generation, || {
-            key.tags()
-                .iter()
+        let created = stored.entry.created_at();
+        let untouched = |tags: &[Tag]| {
+            tags.iter()
                 .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created))
+        };
+        stored.entry.is_valid_at(generation, || {
+            untouched(stored.key.tags())
+                && asked.is_none_or(|key| key == &stored.key || untouched(key.tags()))
         })
+    }
+
+    fn probe(&self, name: &str, asked: Option<&Key>) -> Option<Entry> {
+        let stored = self.entries.get(name)?;
+        if !self.lookup(&stored, asked) {
+            return None;
+        }
+        self.record(true);
+        Some(stored.entry)
     }
 
     fn record(&self, hit: bool) {
@@ -237,13 +261,16 @@ impl MemoryBackend {
             .entry(Arc::<str>::from(key.as_str()))
             .and_compute_with(|old| {
                 let keep_old = old.is_some_and(|old| {
-                    let old = old.value();
+                    let old = &old.value().entry;
                     old.created_at() > entry.created_at() && old.is_alive(now)
                 });
                 if keep_old {
                     moka::ops::compute::Op::Nop
                 } else {
-                    moka::ops::compute::Op::Put(entry)
+                    moka::ops::compute::Op::Put(Stored {
+                        entry,
+                        key: key.clone(),
+                    })
                 }
             });
     }
@@ -263,12 +290,11 @@ impl CacheBackend for MemoryBackend {
     }
 
     fn get_now(&self, key: &Key) -> Option<Entry> {
-        let entry = self.entries.get(key.as_str())?;
-        if !self.lookup(key, &entry) {
-            return None;
-        }
-        self.record(true);
-        Some(entry)
+        self.probe(key.as_str(), Some(key))
+    }
+
+    fn get_now_named(&self, name: &str) -> Option<Entry> {
+        self.probe(name, None)
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {

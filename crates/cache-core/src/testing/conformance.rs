@@ -52,6 +52,7 @@ macro_rules! backend_conformance_tests {
             ping_answers,
             stats_name_a_tier,
             no_stale_reads_under_concurrent_writes,
+            named_probes_never_show_what_get_hides,
         );
     };
     (@checks $factory:path; $($check:ident),* $(,)?) => {
@@ -461,4 +462,39 @@ pub async fn no_stale_reads_under_concurrent_writes(backend: &DynBackend) {
     while let Some(result) = tasks.join_next().await {
         result.expect("task panicked");
     }
+}
+
+/// A probe by name alone ([`CacheBackend::get_now_named`](crate::CacheBackend::get_now_named))
+/// may decline (`None`: build the key and ask again), but what it answers is what `get` would:
+/// never an entry whose tags were invalidated, deleted or overwritten.
+pub async fn named_probes_never_show_what_get_hides(backend: &DynBackend) {
+    let ns = namespace();
+    let tag = ns.tag("channel", &[&3]);
+    let name = ns.key_name("page", &[&3, &50]);
+    let key = name.tagged(std::slice::from_ref(&tag));
+    let probe = || backend.get_now_named(name.as_str());
+    assert!(probe().is_none(), "nothing stored yet");
+    let first = entry("1", MINUTE);
+    backend.set(&key, first.clone()).await.expect("set");
+    if let Some(found) = probe() {
+        assert_eq!(found, first);
+    }
+    let second = entry("2", MINUTE);
+    backend.set(&key, second.clone()).await.expect("set");
+    if let Some(found) = probe() {
+        assert_eq!(found, second, "an overwritten entry is not answered");
+    }
+    backend
+        .invalidate_tags(std::slice::from_ref(&tag), now())
+        .await
+        .expect("invalidate");
+    assert!(probe().is_none(), "an invalidated tag hides the entry");
+    assert!(get(backend, &key).await.is_none());
+    let third = entry("3", MINUTE);
+    backend.set(&key, third.clone()).await.expect("set");
+    if let Some(found) = probe() {
+        assert_eq!(found, third);
+    }
+    backend.delete(&key).await.expect("delete");
+    assert!(probe().is_none(), "a deleted entry is not answered");
 }
