@@ -23,7 +23,7 @@ Examples:
   cachectl ping
   cachectl set greeting hello --ttl 30s
   cachectl get greeting
-  cachectl scan --pattern 'chat:v2:*' --limit 20
+  cachectl scan --pattern 'chat:v3:*' --limit 20
   cachectl invalidate --tag channel-messages:01J9Z3K7QX8V5M2N4P6R8T0W1Y
   cachectl stats --server http://127.0.0.1:3000 --watch
   cachectl latency -n 100 --json";

@@ -4,7 +4,11 @@
 //! registration. The database keeps only SHA-256 of the secret (a fast hash is right for random
 //! secrets: there is nothing to brute-force). A check looks the user up by the public id (cached)
 //! and compares the hashes in constant time, so response timing says nothing about the secret.
+//! The record looked up carries the user's memberships, so the [`CurrentUser`] a check yields
+//! also answers "is this user a member of that channel" without another lookup.
 //! Tokens never reach logs: the trace layer records no headers and no query strings.
+
+use std::{ops::Deref, sync::Arc};
 
 use axum::{
     extract::FromRequestParts,
@@ -14,7 +18,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use ulid::Ulid;
 
-use crate::{error::AppError, model::UserRef, state::AppState, store::UserAuth};
+use crate::{
+    error::AppError,
+    model::{Membership, UserRef},
+    state::AppState,
+    store::UserAuth,
+};
 
 /// Random bytes in a token's secret.
 const SECRET_BYTES: usize = 32;
@@ -87,17 +96,17 @@ pub fn claimed_user(token: &str) -> Option<Ulid> {
     parse_token(token).map(|(id, _)| id)
 }
 
-fn verify(record: UserAuth, secret: &str) -> Result<UserRef, AppError> {
+fn verify(record: Arc<UserAuth>, secret: &str) -> Result<CurrentUser, AppError> {
     let presented = hash_secret(secret);
     if bool::from(presented.as_slice().ct_eq(record.token_hash.as_slice())) {
-        Ok(record.user)
+        Ok(CurrentUser(record))
     } else {
         Err(AppError::Unauthorized)
     }
 }
 
 /// The user a token belongs to, or `Unauthorized`. A malformed token costs no lookup.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRef, AppError> {
+pub async fn authenticate(state: &AppState, token: &str) -> Result<CurrentUser, AppError> {
     let (id, secret) = parse_token(token).ok_or(AppError::Unauthorized)?;
     let record = state
         .cache()
@@ -109,18 +118,50 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRef, AppE
 
 /// The user a token belongs to if that can be told from the in-process cache alone (no remote
 /// cache, no database); `None` if it cannot, whether or not the token is valid.
-pub fn authenticate_in_memory(state: &AppState, token: &str) -> Option<UserRef> {
+pub fn authenticate_in_memory(state: &AppState, token: &str) -> Option<CurrentUser> {
     let (id, secret) = parse_token(token)?;
     let record = state.cache().user_auth_in_memory(id)?;
     verify(record, secret).ok()
 }
 
-/// The authenticated caller. Rejects with 401 `unauthorized`.
+/// The authenticated caller: the user (it dereferences to its [`UserRef`]) and its memberships
+/// as of the token check. Rejects with 401 `unauthorized`.
 ///
 /// The rate-limit middleware authenticates first and leaves the user (or [`AuthFailed`]) in the
 /// request's extensions; the extractor reuses the outcome instead of checking the token twice.
-#[derive(Debug, Clone)]
-pub struct CurrentUser(pub UserRef);
+#[derive(Clone)]
+pub struct CurrentUser(Arc<UserAuth>);
+
+impl CurrentUser {
+    /// The user.
+    pub fn user(&self) -> &UserRef {
+        &self.0.user
+    }
+
+    /// The user's membership of `channel`, as of the token check: the request started after
+    /// every acknowledged join or leave of this user, and those invalidate the record it read.
+    pub fn membership(&self, channel: Ulid) -> Option<&Membership> {
+        self.0.membership(channel)
+    }
+}
+
+impl Deref for CurrentUser {
+    type Target = UserRef;
+
+    fn deref(&self) -> &UserRef {
+        &self.0.user
+    }
+}
+
+impl std::fmt::Debug for CurrentUser {
+    // The token hash stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentUser")
+            .field("user", &self.0.user)
+            .field("memberships", &self.0.memberships.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Left in a request's extensions by the rate-limit middleware when its token was looked up and
 /// refused, so the handler does not look it up a second time.
@@ -139,8 +180,8 @@ impl FromRequestParts<AppState> for CurrentUser {
         }
         let token = bearer_token(&parts.headers).ok_or(AppError::Unauthorized)?;
         let user = authenticate(state, token).await?;
-        parts.extensions.insert(CurrentUser(user.clone()));
-        Ok(CurrentUser(user))
+        parts.extensions.insert(user.clone());
+        Ok(user)
     }
 }
 

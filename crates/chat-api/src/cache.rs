@@ -6,15 +6,21 @@
 //!
 //! # Keys, tags and what invalidates them
 //!
-//! | key (`{prefix}:v2:…`)                  | value                  | tags                        | invalidated by (event) |
+//! | key (`{prefix}:v3:…`)                  | value                  | tags                        | invalidated by (event) |
 //! |----------------------------------------|------------------------|-----------------------------|----------------|
 //! | `user-channels:{uid}`                  | the user's channel list | `#user-channels:{uid}`     | `channel_created` (owner), `membership_changed` (that user: join, leave, member added), `acked` (by that user) |
 //! | `channel-messages:{cid}:{limit}`       | the latest page, rendered | `#channel-messages:{cid}` | `message_posted`, `messages_changed` (edit, delete, reaction add/remove in `cid`) |
 //! | `channel-history:{cid}:{before}:{limit}` | an older page (before a cursor), rendered; only stable ones (below) | `#channel-history:{cid}` | `messages_changed`; `message_posted` only for a post out of order |
 //! | `channel-around:{cid}:{around}:{limit}` | a page around a message, rendered; only stable ones (below) | `#channel-history:{cid}` | as older pages |
-//! | `auth-user:{uid}`                      | name + token hash (existing users only) | `#auth-user:{uid}` | `user_registered` |
-//! | `membership:{cid}:{uid}`               | role, or none          | `#membership:{cid}:{uid}`   | `channel_created` (owner), `membership_changed` |
+//! | `auth-user:{uid}`                      | name, token hash and every membership (existing users only) | `#auth-user:{uid}` | `user_registered`, `channel_created` (owner), `membership_changed` (that user) |
 //! | `channel:{cid}`                        | the channel, or none   | `#channel:{cid}`            | `channel_created` |
+//!
+//! A token check reads the user's memberships with the user, so a member's read costs two
+//! lookups (the token, the page) and the handler's membership check none. The price: a join or
+//! leave reloads that user's record (one row per membership).
+//!
+//! Reads probe the in-process tier by key name alone ([`Cache::get_or_load_named`]): a hit
+//! builds no [`Key`] and allocates nothing; the key and its tag are built on a miss.
 //!
 //! A post invalidates exactly one tag, however many members the channel has and however many page
 //! sizes are cached, and leaves the channel's history pages alone: a new message is newer than
@@ -60,7 +66,8 @@ use std::{
 
 use cache_core::{
     Backplane, BackplaneConfig, BackplaneState, Cache, Clock, DynBackend, DynTransport, Key,
-    Namespace, OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp, TtlPolicy,
+    KeyName, Namespace, OffsetClock, SystemClock, Tag, TieredBackend, TieredConfig, Timestamp,
+    TtlPolicy,
 };
 use cache_memory::{MemoryBackend, MemoryConfig};
 use cache_upstash::{Redis, Secret, UpstashBackend};
@@ -71,7 +78,7 @@ use ulid::Ulid;
 use crate::{
     config::{CacheBackendKind, Config, ConfigError},
     error::AppError,
-    model::{Channel, Membership, MessagePage, MyChannel},
+    model::{Channel, MessagePage, MyChannel},
     store::{Slice, Store, StoreError, UserAuth},
 };
 
@@ -79,8 +86,9 @@ use crate::{
 pub const KEY_PREFIX: &str = "chat";
 /// The format version of cached entries: bump it when a cached type changes shape or what
 /// invalidates an entry changes (instances of two versions must not share entries). 2: older
-/// pages got their own tag.
-pub const FORMAT_VERSION: u32 = 2;
+/// pages got their own tag. 3: the token record carries the user's memberships, and memberships
+/// have no entries of their own.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Builds the cache backend `config` asks for, without a backplane. The one place that knows the
 /// backends.
@@ -322,6 +330,23 @@ struct CacheKeys {
     ns: Namespace,
 }
 
+/// A key of chat-api before it is built: its name, on the stack, and how to make its one tag
+/// (every tag here is a function of one id). A hit in memory needs only the name
+/// ([`Cache::get_or_load_named`]); [`ChatKey::key`] builds the key for a miss.
+struct ChatKey<'k> {
+    name: KeyName<'k>,
+    keys: &'k CacheKeys,
+    tag: fn(&CacheKeys, Ulid) -> Tag,
+    id: Ulid,
+}
+
+impl ChatKey<'_> {
+    /// The key, with its tag.
+    fn key(&self) -> Key {
+        self.name.tagged(&[(self.tag)(self.keys, self.id)])
+    }
+}
+
 impl CacheKeys {
     /// Keys under `prefix` at [`FORMAT_VERSION`].
     fn new(prefix: &str) -> Result<Self, ConfigError> {
@@ -330,10 +355,25 @@ impl CacheKeys {
             .map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// A key of `kind` named by `parts`, tagged with `tag(id)`.
+    fn key(
+        &self,
+        kind: &str,
+        parts: &[&dyn std::fmt::Display],
+        tag: fn(&CacheKeys, Ulid) -> Tag,
+        id: Ulid,
+    ) -> ChatKey<'_> {
+        ChatKey {
+            name: self.ns.key_name(kind, parts),
+            keys: self,
+            tag,
+            id,
+        }
+    }
+
     /// A user's channel list.
-    fn user_channels(&self, user: Ulid) -> Key {
-        self.ns
-            .tagged_key("user-channels", &[&user], &[self.user_channels_tag(user)])
+    fn user_channels(&self, user: Ulid) -> ChatKey<'_> {
+        self.key("user-channels", &[&user], Self::user_channels_tag, user)
     }
 
     /// Tag of a user's channel list.
@@ -342,31 +382,34 @@ impl CacheKeys {
     }
 
     /// The latest page of a channel at one page size.
-    fn latest_page(&self, channel: Ulid, limit: u32) -> Key {
-        self.ns.tagged_key(
+    fn latest_page(&self, channel: Ulid, limit: u32) -> ChatKey<'_> {
+        self.key(
             "channel-messages",
             &[&channel, &limit],
-            &[self.channel_messages_tag(channel)],
+            Self::channel_messages_tag,
+            channel,
         )
     }
 
     /// An older page of a channel: the `limit` messages before the cursor `before`. Tagged by the
     /// channel's history, which in-order posts leave alone (see the module docs).
-    fn older_page(&self, channel: Ulid, before: Ulid, limit: u32) -> Key {
-        self.ns.tagged_key(
+    fn older_page(&self, channel: Ulid, before: Ulid, limit: u32) -> ChatKey<'_> {
+        self.key(
             "channel-history",
             &[&channel, &before, &limit],
-            &[self.channel_history_tag(channel)],
+            Self::channel_history_tag,
+            channel,
         )
     }
 
     /// A page of a channel around a message: the `limit / 2` messages after `around` and the
     /// rest at or before it. Tagged by the channel's history, like older pages.
-    fn around_page(&self, channel: Ulid, around: Ulid, limit: u32) -> Key {
-        self.ns.tagged_key(
+    fn around_page(&self, channel: Ulid, around: Ulid, limit: u32) -> ChatKey<'_> {
+        self.key(
             "channel-around",
             &[&channel, &around, &limit],
-            &[self.channel_history_tag(channel)],
+            Self::channel_history_tag,
+            channel,
         )
     }
 
@@ -380,10 +423,9 @@ impl CacheKeys {
         self.ns.tag("channel-history", &[&channel])
     }
 
-    /// A user's token check record.
-    fn auth_user(&self, user: Ulid) -> Key {
-        self.ns
-            .tagged_key("auth-user", &[&user], &[self.auth_user_tag(user)])
+    /// A user's token check record, with the user's memberships.
+    fn auth_user(&self, user: Ulid) -> ChatKey<'_> {
+        self.key("auth-user", &[&user], Self::auth_user_tag, user)
     }
 
     /// Tag of a user's token check record.
@@ -391,24 +433,9 @@ impl CacheKeys {
         self.ns.tag("auth-user", &[&user])
     }
 
-    /// A user's membership of a channel (or its absence).
-    fn membership(&self, channel: Ulid, user: Ulid) -> Key {
-        self.ns.tagged_key(
-            "membership",
-            &[&channel, &user],
-            &[self.membership_tag(channel, user)],
-        )
-    }
-
-    /// Tag of one membership.
-    fn membership_tag(&self, channel: Ulid, user: Ulid) -> Tag {
-        self.ns.tag("membership", &[&channel, &user])
-    }
-
     /// A channel (or its absence).
-    fn channel(&self, channel: Ulid) -> Key {
-        self.ns
-            .tagged_key("channel", &[&channel], &[self.channel_tag(channel)])
+    fn channel(&self, channel: Ulid) -> ChatKey<'_> {
+        self.key("channel", &[&channel], Self::channel_tag, channel)
     }
 
     /// Tag of a channel.
@@ -423,12 +450,11 @@ impl CacheKeys {
             Write::ChannelCreated { channel, owner } => vec![
                 self.user_channels_tag(owner),
                 self.channel_tag(channel),
-                self.membership_tag(channel, owner),
+                self.auth_user_tag(owner),
             ],
-            Write::MembershipChanged { channel, user } => vec![
-                self.user_channels_tag(user),
-                self.membership_tag(channel, user),
-            ],
+            Write::MembershipChanged { user, .. } => {
+                vec![self.user_channels_tag(user), self.auth_user_tag(user)]
+            }
             Write::MessagePosted {
                 channel,
                 in_order: true,
@@ -464,7 +490,7 @@ pub struct Policies {
     pub channels: TtlPolicy,
     /// Latest pages (the original: 2 min).
     pub messages: TtlPolicy,
-    /// Token and membership lookups, channels.
+    /// Token records (with memberships), channels.
     pub lookups: TtlPolicy,
 }
 
@@ -542,10 +568,8 @@ struct Shared {
 /// dashboard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A user's name and token hash (`auth-user`).
+    /// A user's name, token hash and memberships (`auth-user`).
     UserAuth,
-    /// A user's membership of a channel.
-    Membership,
     /// A channel.
     Channel,
     /// A user's channel list.
@@ -560,9 +584,8 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 6] = [
         Kind::UserAuth,
-        Kind::Membership,
         Kind::Channel,
         Kind::UserChannels,
         Kind::LatestPage,
@@ -574,7 +597,6 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::UserAuth => "user_auth",
-            Kind::Membership => "membership",
             Kind::Channel => "channel",
             Kind::UserChannels => "user_channels",
             Kind::LatestPage => "latest_page",
@@ -680,89 +702,88 @@ impl ChatCache {
         &self.shared.store
     }
 
-    /// A user's name and token hash.
-    ///
-    /// Only users that exist are cached. The id comes from the client's token, so "no such user"
-    /// for a made-up id would save no later load (the next made-up id differs) while costing a
-    /// key in every tier, Upstash included; the rate limiter bounds those loads instead.
-    pub async fn user_auth(&self, user: Ulid) -> Result<Option<UserAuth>, AppError> {
-        self.shared.kinds.lookup(Kind::UserAuth);
+    /// `key`'s value, loaded by `load` on a miss and counted as a lookup (and a load) of
+    /// `kind`. A hit in memory is answered by the key's name alone; `keep` decides which loaded
+    /// values are cached.
+    async fn read<T, F, Fut, E>(
+        &self,
+        kind: Kind,
+        key: ChatKey<'_>,
+        policy: &TtlPolicy,
+        keep: fn(&T) -> bool,
+        load: F,
+    ) -> Result<T, AppError>
+    where
+        T: cache_core::CacheValue,
+        F: FnOnce(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        self.shared.kinds.lookup(kind);
         let shared = Arc::clone(&self.shared);
         self.cache
-            .get_or_load_if(
-                &self.keys.auth_user(user),
-                &self.policies.lookups,
-                Option::is_some,
-                move || async move {
-                    shared.kinds.load(Kind::UserAuth);
-                    shared.store.user_auth(user).await
+            .get_or_load_named(
+                &key.name,
+                || key.key(),
+                policy,
+                keep,
+                move || {
+                    shared.kinds.load(kind);
+                    load(shared)
                 },
             )
             .await
             .map_err(load_error)
     }
 
-    /// A user's name and token hash if the in-process tier holds them fresh: no remote cache, no
-    /// database. `None` also when they may exist but are not in memory.
-    pub fn user_auth_in_memory(&self, user: Ulid) -> Option<UserAuth> {
+    /// A user's name, token hash and memberships.
+    ///
+    /// Only users that exist are cached. The id comes from the client's token, so "no such user"
+    /// for a made-up id would save no later load (the next made-up id differs) while costing a
+    /// key in every tier, Upstash included; the rate limiter bounds those loads instead.
+    pub async fn user_auth(&self, user: Ulid) -> Result<Option<Arc<UserAuth>>, AppError> {
+        self.read(
+            Kind::UserAuth,
+            self.keys.auth_user(user),
+            &self.policies.lookups,
+            Option::is_some,
+            move |shared| async move {
+                Ok::<_, StoreError>(shared.store.user_auth(user).await?.map(Arc::new))
+            },
+        )
+        .await
+    }
+
+    /// A user's token record if the in-process tier holds it fresh: no remote cache, no
+    /// database. `None` also when the user may exist but is not in memory.
+    pub fn user_auth_in_memory(&self, user: Ulid) -> Option<Arc<UserAuth>> {
         self.cache
-            .get_in_memory::<Option<UserAuth>>(&self.keys.auth_user(user))
+            .get_in_memory::<Option<Arc<UserAuth>>>(&self.keys.auth_user(user).key())
             .flatten()
     }
 
     /// A channel.
     pub async fn channel(&self, channel: Ulid) -> Result<Option<Channel>, AppError> {
-        self.shared.kinds.lookup(Kind::Channel);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load(
-                &self.keys.channel(channel),
-                &self.policies.lookups,
-                move || async move {
-                    shared.kinds.load(Kind::Channel);
-                    shared.store.channel(channel).await
-                },
-            )
-            .await
-            .map_err(load_error)
-    }
-
-    /// A user's membership of a channel.
-    pub async fn membership(
-        &self,
-        channel: Ulid,
-        user: Ulid,
-    ) -> Result<Option<Membership>, AppError> {
-        self.shared.kinds.lookup(Kind::Membership);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load(
-                &self.keys.membership(channel, user),
-                &self.policies.lookups,
-                move || async move {
-                    shared.kinds.load(Kind::Membership);
-                    shared.store.membership(channel, user).await
-                },
-            )
-            .await
-            .map_err(load_error)
+        self.read(
+            Kind::Channel,
+            self.keys.channel(channel),
+            &self.policies.lookups,
+            |_| true,
+            move |shared| async move { shared.store.channel(channel).await },
+        )
+        .await
     }
 
     /// A user's channel list.
     pub async fn user_channels(&self, user: Ulid) -> Result<Arc<Vec<MyChannel>>, AppError> {
-        self.shared.kinds.lookup(Kind::UserChannels);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load(
-                &self.keys.user_channels(user),
-                &self.policies.channels,
-                move || async move {
-                    shared.kinds.load(Kind::UserChannels);
-                    shared.store.user_channels(user).await.map(Arc::new)
-                },
-            )
-            .await
-            .map_err(load_error)
+        self.read(
+            Kind::UserChannels,
+            self.keys.user_channels(user),
+            &self.policies.channels,
+            |_| true,
+            move |shared| async move { shared.store.user_channels(user).await.map(Arc::new) },
+        )
+        .await
     }
 
     /// The latest `limit` messages of a channel, rendered.
@@ -771,31 +792,28 @@ impl ChatCache {
         channel: Ulid,
         limit: u32,
     ) -> Result<Arc<RenderedPage>, AppError> {
-        self.shared.kinds.lookup(Kind::LatestPage);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load(
-                &self.keys.latest_page(channel, limit),
-                &self.policies.messages,
-                move || async move {
-                    shared.kinds.load(Kind::LatestPage);
-                    // One extra row says whether older messages exist.
-                    let mut messages = shared
-                        .store
-                        .messages(channel, Slice::Latest, limit + 1)
-                        .await?;
-                    let has_more_before = messages.len() > limit as usize;
-                    messages.truncate(limit as usize);
-                    let page = MessagePage {
-                        messages,
-                        has_more_before,
-                        has_more_after: false,
-                    };
-                    render_page(&page, true)
-                },
-            )
-            .await
-            .map_err(load_error)
+        self.read(
+            Kind::LatestPage,
+            self.keys.latest_page(channel, limit),
+            &self.policies.messages,
+            |_| true,
+            move |shared| async move {
+                // One extra row says whether older messages exist.
+                let mut messages = shared
+                    .store
+                    .messages(channel, Slice::Latest, limit + 1)
+                    .await?;
+                let has_more_before = messages.len() > limit as usize;
+                messages.truncate(limit as usize);
+                let page = MessagePage {
+                    messages,
+                    has_more_before,
+                    has_more_after: false,
+                };
+                render_page(&page, true)
+            },
+        )
+        .await
     }
 
     /// The `limit` messages of a channel before the message id `before` (scrolling back),
@@ -808,42 +826,38 @@ impl ChatCache {
         before: Ulid,
         limit: u32,
     ) -> Result<Arc<RenderedPage>, AppError> {
-        self.shared.kinds.lookup(Kind::OlderPage);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load_if(
-                &self.keys.older_page(channel, before, limit),
-                &self.policies.messages,
-                |page: &Arc<RenderedPage>| page.stable,
-                move || async move {
-                    shared.kinds.load(Kind::OlderPage);
-                    let store = &shared.store;
-                    // Before the page: a post in order that the page does not see raised the
-                    // mark after this read, so it is above the mark read here.
-                    let newest = store.newest_message(channel).await?;
-                    let mut messages = store
-                        .messages(channel, Slice::Before(before), limit + 1)
-                        .await?;
-                    let has_more_before = messages.len() > limit as usize;
-                    messages.truncate(limit as usize);
-                    // Newer messages exist if anything is at or after the cursor.
-                    let has_more_after = match before.0.checked_sub(1) {
-                        Some(prev) => !store
-                            .messages(channel, Slice::After(Ulid(prev)), 1)
-                            .await?
-                            .is_empty(),
-                        None => false,
-                    };
-                    let page = MessagePage {
-                        messages,
-                        has_more_before,
-                        has_more_after,
-                    };
-                    render_page(&page, has_more_after && newest.is_some_and(|n| before <= n))
-                },
-            )
-            .await
-            .map_err(load_error)
+        self.read(
+            Kind::OlderPage,
+            self.keys.older_page(channel, before, limit),
+            &self.policies.messages,
+            |page: &Arc<RenderedPage>| page.stable,
+            move |shared| async move {
+                let store = &shared.store;
+                // Before the page: a post in order that the page does not see raised the
+                // mark after this read, so it is above the mark read here.
+                let newest = store.newest_message(channel).await?;
+                let mut messages = store
+                    .messages(channel, Slice::Before(before), limit + 1)
+                    .await?;
+                let has_more_before = messages.len() > limit as usize;
+                messages.truncate(limit as usize);
+                // Newer messages exist if anything is at or after the cursor.
+                let has_more_after = match before.0.checked_sub(1) {
+                    Some(prev) => !store
+                        .messages(channel, Slice::After(Ulid(prev)), 1)
+                        .await?
+                        .is_empty(),
+                    None => false,
+                };
+                let page = MessagePage {
+                    messages,
+                    has_more_before,
+                    has_more_after,
+                };
+                render_page(&page, has_more_after && newest.is_some_and(|n| before <= n))
+            },
+        )
+        .await
     }
 
     /// The `limit` messages of a channel around the message id `around` (jumping to a message):
@@ -855,42 +869,38 @@ impl ChatCache {
         around: Ulid,
         limit: u32,
     ) -> Result<Arc<RenderedPage>, AppError> {
-        self.shared.kinds.lookup(Kind::AroundPage);
-        let shared = Arc::clone(&self.shared);
-        self.cache
-            .get_or_load_if(
-                &self.keys.around_page(channel, around, limit),
-                &self.policies.messages,
-                |page: &Arc<RenderedPage>| page.stable,
-                move || async move {
-                    shared.kinds.load(Kind::AroundPage);
-                    let store = &shared.store;
-                    let older_wanted = (limit - limit / 2) as usize;
-                    let newer_wanted = (limit / 2) as usize;
-                    // The newer half first (see the module docs).
-                    let mut newer = store
-                        .messages(channel, Slice::After(around), newer_wanted as u32 + 1)
-                        .await?;
-                    let mut older = store
-                        .messages(channel, Slice::AtOrBefore(around), older_wanted as u32 + 1)
-                        .await?;
-                    let has_more_before = older.len() > older_wanted;
-                    older.truncate(older_wanted);
-                    let has_more_after = newer.len() > newer_wanted;
-                    // Newest first: keep the newer messages closest to the anchor (the end).
-                    let excess = newer.len().saturating_sub(newer_wanted);
-                    newer.drain(..excess);
-                    newer.extend(older);
-                    let page = MessagePage {
-                        messages: newer,
-                        has_more_before,
-                        has_more_after,
-                    };
-                    render_page(&page, has_more_after)
-                },
-            )
-            .await
-            .map_err(load_error)
+        self.read(
+            Kind::AroundPage,
+            self.keys.around_page(channel, around, limit),
+            &self.policies.messages,
+            |page: &Arc<RenderedPage>| page.stable,
+            move |shared| async move {
+                let store = &shared.store;
+                let older_wanted = (limit - limit / 2) as usize;
+                let newer_wanted = (limit / 2) as usize;
+                // The newer half first (see the module docs).
+                let mut newer = store
+                    .messages(channel, Slice::After(around), newer_wanted as u32 + 1)
+                    .await?;
+                let mut older = store
+                    .messages(channel, Slice::AtOrBefore(around), older_wanted as u32 + 1)
+                    .await?;
+                let has_more_before = older.len() > older_wanted;
+                older.truncate(older_wanted);
+                let has_more_after = newer.len() > newer_wanted;
+                // Newest first: keep the newer messages closest to the anchor (the end).
+                let excess = newer.len().saturating_sub(newer_wanted);
+                newer.drain(..excess);
+                newer.extend(older);
+                let page = MessagePage {
+                    messages: newer,
+                    has_more_before,
+                    has_more_after,
+                };
+                render_page(&page, has_more_after)
+            },
+        )
+        .await
     }
 
     /// After a user `user` was registered: its token record (a miss cached before it existed).
@@ -898,7 +908,8 @@ impl ChatCache {
         self.invalidate(Write::UserRegistered { user }).await;
     }
 
-    /// After `owner` created `channel`: the owner's channel list and membership, and the channel
+    /// After `owner` created `channel`: the owner's channel list and token record (which lists
+    /// the owner's memberships), and the channel
     /// (a miss may have been cached under its id).
     pub async fn channel_created(&self, channel: Ulid, owner: Ulid) {
         self.invalidate(Write::ChannelCreated { channel, owner })
@@ -906,7 +917,8 @@ impl ChatCache {
     }
 
     /// After `user` joined or left `channel`, or was added to it: the user's channel list and
-    /// that one membership. Other members' entries do not change.
+    /// that user's token record, which lists its memberships. Other members' entries do not
+    /// change.
     pub async fn membership_changed(&self, channel: Ulid, user: Ulid) {
         self.invalidate(Write::MembershipChanged { channel, user })
             .await;
@@ -950,14 +962,19 @@ mod tests {
         let channel = Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
         let page = keys.latest_page(channel, 50);
         assert_eq!(
+            page.name.as_str(),
+            "chat:v3:channel-messages:01ARZ3NDEKTSV4RRFFQ69G5FAV:50"
+        );
+        let page = page.key();
+        assert_eq!(
             page.as_str(),
-            "chat:v2:channel-messages:01ARZ3NDEKTSV4RRFFQ69G5FAV:50"
+            "chat:v3:channel-messages:01ARZ3NDEKTSV4RRFFQ69G5FAV:50"
         );
         assert!(page.tags().contains(&keys.channel_messages_tag(channel)));
         // Every page size of a channel shares one tag: a post invalidates one tag.
         assert_eq!(
-            keys.latest_page(channel, 25).tags(),
-            keys.latest_page(channel, 100).tags()
+            keys.latest_page(channel, 25).key().tags(),
+            keys.latest_page(channel, 100).key().tags()
         );
     }
 
@@ -968,22 +985,19 @@ mod tests {
         let keys = CacheKeys::new(KEY_PREFIX).unwrap();
         let [c, other_c, u, other_u] = [1, 2, 3, 4].map(|n| Ulid::from_parts(n, 0));
         let entries = [
-            ("user-channels", keys.user_channels(u)),
-            ("channel-messages", keys.latest_page(c, 50)),
-            ("channel-history", keys.older_page(c, u, 50)),
-            ("channel-around", keys.around_page(c, u, 50)),
-            ("auth-user", keys.auth_user(u)),
-            ("membership", keys.membership(c, u)),
-            ("channel", keys.channel(c)),
+            ("user-channels", keys.user_channels(u).key()),
+            ("channel-messages", keys.latest_page(c, 50).key()),
+            ("channel-history", keys.older_page(c, u, 50).key()),
+            ("channel-around", keys.around_page(c, u, 50).key()),
+            ("auth-user", keys.auth_user(u).key()),
+            ("channel", keys.channel(c).key()),
             // The same kinds for another channel and user: no write of `c`/`u` touches them.
-            ("other", keys.user_channels(other_u)),
-            ("other", keys.latest_page(other_c, 50)),
-            ("other", keys.older_page(other_c, u, 50)),
-            ("other", keys.around_page(other_c, u, 50)),
-            ("other", keys.auth_user(other_u)),
-            ("other", keys.membership(other_c, u)),
-            ("other", keys.membership(c, other_u)),
-            ("other", keys.channel(other_c)),
+            ("other", keys.user_channels(other_u).key()),
+            ("other", keys.latest_page(other_c, 50).key()),
+            ("other", keys.older_page(other_c, u, 50).key()),
+            ("other", keys.around_page(other_c, u, 50).key()),
+            ("other", keys.auth_user(other_u).key()),
+            ("other", keys.channel(other_c).key()),
         ];
         let hidden = |write: Write| -> Vec<&str> {
             let tags = keys.invalidated_by(write);
@@ -999,14 +1013,14 @@ mod tests {
                 channel: c,
                 owner: u
             }),
-            ["user-channels", "membership", "channel"]
+            ["user-channels", "auth-user", "channel"]
         );
         assert_eq!(
             hidden(Write::MembershipChanged {
                 channel: c,
                 user: u
             }),
-            ["user-channels", "membership"]
+            ["user-channels", "auth-user"]
         );
         assert_eq!(
             hidden(Write::MessagesChanged { channel: c }),

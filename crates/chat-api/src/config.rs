@@ -125,7 +125,7 @@ pub struct Cli {
 
     /// Capacity of the in-process cache in MiB. Pages are ~20 KB each, lookups a few hundred
     /// bytes: too small a cache evicts the lookups every request needs to make room for pages
-    /// read once (64 MiB reloaded a membership on a third of the requests of the benchmark's
+    /// read once (64 MiB reloaded lookups on a third of the requests of the benchmark's
     /// 100,000-message dataset; 256 MiB holds its working set).
     #[arg(long, env = "CACHE_MEMORY_MIB", default_value_t = 256)]
     pub cache_memory_mib: u64,
@@ -138,7 +138,7 @@ pub struct Cli {
     #[arg(long, env = "CACHE_MESSAGES_TTL_SECS", default_value_t = 120)]
     pub cache_messages_ttl_secs: u64,
 
-    /// Seconds token and membership lookups stay fresh in the cache.
+    /// Seconds token records (a user and its memberships) and channels stay fresh in the cache.
     #[arg(long, env = "CACHE_LOOKUPS_TTL_SECS", default_value_t = 300)]
     pub cache_lookups_ttl_secs: u64,
 
@@ -305,7 +305,7 @@ pub struct Config {
     pub channels_ttl: Duration,
     /// Latest-page freshness.
     pub messages_ttl: Duration,
-    /// Token and membership lookup freshness.
+    /// Token record (user and memberships) and channel freshness.
     pub lookups_ttl: Duration,
     /// Stale grace period.
     pub cache_grace: Duration,

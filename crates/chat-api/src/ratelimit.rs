@@ -468,7 +468,7 @@ pub async fn rate_limit(
         Ok((user, decision)) => {
             let extensions = request.extensions_mut();
             if let Some(user) = user {
-                extensions.insert(CurrentUser(user));
+                extensions.insert(user);
             } else if access == Access::WebSocket && decision.allowed {
                 // Its rule: a bad token is a 401. Answered here, since the upgrade handler would
                 // otherwise look the token up again.
@@ -521,7 +521,7 @@ pub(crate) async fn authenticate_charged(
     token: &str,
 ) -> Result<UserRef, AppError> {
     if !state.config().rate_limit {
-        return authenticate(state, token).await;
+        return Ok(authenticate(state, token).await?.user().clone());
     }
     if claimed_user(token).is_none() {
         return Err(AppError::Unauthorized);
@@ -529,19 +529,21 @@ pub(crate) async fn authenticate_charged(
     let limiter = state.limiter();
     let attempt = limiter.check(address, Bucket::AuthFailures);
     if !attempt.allowed {
-        return authenticate_in_memory(state, token).ok_or_else(|| {
-            state.metrics().rate_limited(Bucket::AuthFailures);
-            AppError::RateLimited {
-                retry_after: attempt.reset_after,
-            }
-        });
+        return authenticate_in_memory(state, token)
+            .map(|user| user.user().clone())
+            .ok_or_else(|| {
+                state.metrics().rate_limited(Bucket::AuthFailures);
+                AppError::RateLimited {
+                    retry_after: attempt.reset_after,
+                }
+            });
     }
     let result = authenticate(state, token).await;
     if !matches!(result, Err(AppError::Unauthorized)) {
         // A success, or a cache or database failure (not the client's): no failure charged.
         limiter.refund(address, Bucket::AuthFailures, &attempt);
     }
-    result
+    result.map(|user| user.user().clone())
 }
 
 async fn charge_and_authenticate(
@@ -550,7 +552,7 @@ async fn charge_and_authenticate(
     claimed: ulid::Ulid,
     token: &str,
     bucket: Bucket,
-) -> Result<(Option<UserRef>, Decision), Stopped> {
+) -> Result<(Option<CurrentUser>, Decision), Stopped> {
     let limiter = state.limiter();
     let user_subject = format!("user:{claimed}");
     let decision = limiter.check(&user_subject, bucket);

@@ -142,8 +142,8 @@ pub(crate) async fn upgrade(
     let address = crate::ratelimit::address_subject(&state, peer.as_ref().map(|p| &p.0), &headers);
     // A bad token is a 401 whether or not the request is a proper upgrade.
     let user = match (known, bearer_token(&headers).or(query.token.as_deref())) {
-        (Some(axum::Extension(CurrentUser(user))), _) => Some(user),
-        (None, Some(token)) => Some(authenticate(&state, token).await?),
+        (Some(axum::Extension(user)), _) => Some(user.user().clone()),
+        (None, Some(token)) => Some(authenticate(&state, token).await?.user().clone()),
         (None, None) => None,
     };
     let ws = ws.map_err(|_| AppError::UpgradeRequired)?;

@@ -74,7 +74,7 @@
     return `${r}s`;
   }
   const KIND_LABELS = {
-    user_auth: "user auth", membership: "membership", channel: "channel",
+    user_auth: "user auth", channel: "channel",
     user_channels: "user channels", latest_page: "latest page", older_page: "older pages",
     around_page: "around pages",
   };

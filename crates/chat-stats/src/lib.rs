@@ -73,8 +73,8 @@ pub struct CacheStats {
     pub breaker: Option<BreakerStats>,
     /// Invalidations waiting to be replayed on L2.
     pub pending_invalidations: u64,
-    /// `get_or_load` per kind of cached data (`user_auth`, `membership`, `channel`,
-    /// `user_channels`, `latest_page`, `older_page`). Added in version 1 without a bump: older
+    /// `get_or_load` per kind of cached data (`user_auth`, `channel`,
+    /// `user_channels`, `latest_page`, `older_page`, `around_page`). Added in version 1 without a bump: older
     /// documents read as empty.
     pub kinds: Vec<KindStats>,
 }

@@ -25,7 +25,7 @@ const FRAME_MAGIC: &[u8] = b"\x00CZ\x01";
 /// bytes are written exactly as they are, for piping into a file or another tool.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cachectl get greeting\n  cachectl get 'chat:v2:channel:01J9Z3K7QX8V5M2N4P6R8T0W1Y'\n  cachectl get avatar --raw > avatar.png\n  cachectl get greeting --json | jq .value"
+    after_help = "Examples:\n  cachectl get greeting\n  cachectl get 'chat:v3:channel:01J9Z3K7QX8V5M2N4P6R8T0W1Y'\n  cachectl get avatar --raw > avatar.png\n  cachectl get greeting --json | jq .value"
 )]
 pub(crate) struct Cmd {
     /// The key, exactly as stored

@@ -25,8 +25,8 @@ Tags chat-api uses (CACHE_PREFIX chat, format v1; ids are ULIDs):
 
 Examples:
   cachectl invalidate --tag channel-messages:01J9Z3K7QX8V5M2N4P6R8T0W1Y
-  cachectl invalidate --tag 'chat:v2:#user-channels:01J9Z3K7QX8V5M2N4P6R8T0W1Y'
-  cachectl invalidate --tag '*' --namespace chat:v2";
+  cachectl invalidate --tag 'chat:v3:#user-channels:01J9Z3K7QX8V5M2N4P6R8T0W1Y'
+  cachectl invalidate --tag '*' --namespace chat:v3";
 
 /// Invalidate cached entries by tag, as chat-api does after a write
 ///
@@ -37,7 +37,7 @@ Examples:
 /// the database. Nothing is deleted: hidden entries expire on their own. Other chat-api instances
 /// see it at once in Upstash, and within CACHE_L1_MAX_TTL_MS (5 s by default) in their memory tier.
 ///
-/// A TAG is `kind:part:…` in the namespace, the full stored tag (`chat:v2:#kind:part`), or `*`
+/// A TAG is `kind:part:…` in the namespace, the full stored tag (`chat:v3:#kind:part`), or `*`
 /// for the whole namespace.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
@@ -132,7 +132,7 @@ pub(crate) fn parse_tag(namespace: &Namespace, text: &str) -> anyhow::Result<Tag
         };
         Hinted::new(
             format!("{text:?} is not a tag: {reason}"),
-            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v2:#KIND:PART), or *; \
+            "write KIND:PART (channel-messages:01J…), the stored tag (chat:v3:#KIND:PART), or *; \
              in a PART write ':' as %3A and '%' as %25",
         )
         .into()

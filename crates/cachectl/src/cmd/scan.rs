@@ -15,7 +15,7 @@ use crate::{cmd::Context, error::Outcome, output};
 /// renamed during the walk may show up twice.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cachectl scan\n  cachectl scan --pattern 'chat:v2:channel-messages:*' --limit 50\n  cachectl scan --pattern 'session:*' --json | jq -r .key"
+    after_help = "Examples:\n  cachectl scan\n  cachectl scan --pattern 'chat:v3:channel-messages:*' --limit 50\n  cachectl scan --pattern 'session:*' --json | jq -r .key"
 )]
 pub(crate) struct Cmd {
     /// Only keys matching this glob (Redis MATCH: *, ?, [abc], \ to escape)

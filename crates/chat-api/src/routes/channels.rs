@@ -81,7 +81,7 @@ struct MemberEvent<'a> {
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Json(request): Json<CreateChannel>,
 ) -> Result<Response, AppError> {
     validate::channel_name(&request.name)?;
@@ -114,7 +114,7 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
 ) -> Result<axum::Json<Channel>, AppError> {
     let cid = validate::id("cid", &cid)?;
@@ -135,7 +135,7 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn join(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let cid = validate::id("cid", &cid)?;
@@ -165,7 +165,7 @@ pub(crate) async fn join(
 )]
 pub(crate) async fn leave(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let cid = validate::id("cid", &cid)?;
@@ -193,7 +193,7 @@ pub(crate) async fn leave(
 )]
 pub(crate) async fn add_member(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, uid)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let cid = validate::id("cid", &cid)?;
@@ -232,7 +232,7 @@ pub(crate) async fn add_member(
 )]
 pub(crate) async fn members(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
     Query(query): Query<MembersQuery>,
 ) -> Result<axum::Json<MemberPage>, AppError> {

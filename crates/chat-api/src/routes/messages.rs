@@ -24,7 +24,7 @@ use crate::{
     cache::RenderedPage,
     error::{AppError, ErrorBody, Json, Path, Query},
     events::EventKind,
-    model::{Message, MessagePage, Millis, UserRef},
+    model::{Message, MessagePage, Millis},
     state::AppState,
     store::{NewMessage, Posted, Slice},
     validate,
@@ -158,7 +158,7 @@ fn page_response(page: Arc<RenderedPage>, headers: &HeaderMap) -> Response {
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
     Query(query): Query<MessagesQuery>,
     headers: HeaderMap,
@@ -246,7 +246,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn post(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path(cid): Path<String>,
     Json(request): Json<PostMessage>,
 ) -> Result<Response, AppError> {
@@ -273,7 +273,7 @@ pub(crate) async fn post(
         .post_message(NewMessage {
             id: next_message_id(),
             channel_id: cid,
-            author: user,
+            author: user.user().clone(),
             content: request.content,
             nonce: request.nonce,
             created_at: Millis::now(),
@@ -330,7 +330,7 @@ fn ids(cid: &str, mid: &str) -> Result<(Ulid, Ulid), AppError> {
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid)): Path<(String, String)>,
 ) -> Result<axum::Json<Message>, AppError> {
     let (cid, mid) = ids(&cid, &mid)?;
@@ -357,7 +357,7 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn edit(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid)): Path<(String, String)>,
     Json(request): Json<EditMessage>,
 ) -> Result<axum::Json<Message>, AppError> {
@@ -399,7 +399,7 @@ pub(crate) async fn edit(
 )]
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let (cid, mid) = ids(&cid, &mid)?;
@@ -443,7 +443,7 @@ pub(crate) async fn delete(
 )]
 pub(crate) async fn react(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid, emoji)): Path<(String, String, String)>,
 ) -> Result<StatusCode, AppError> {
     reaction(state, user, cid, mid, emoji, true).await
@@ -468,7 +468,7 @@ pub(crate) async fn react(
 )]
 pub(crate) async fn unreact(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid, emoji)): Path<(String, String, String)>,
 ) -> Result<StatusCode, AppError> {
     reaction(state, user, cid, mid, emoji, false).await
@@ -476,7 +476,7 @@ pub(crate) async fn unreact(
 
 async fn reaction(
     state: AppState,
-    user: UserRef,
+    user: CurrentUser,
     cid: String,
     mid: String,
     emoji: String,
@@ -528,7 +528,7 @@ async fn reaction(
 )]
 pub(crate) async fn ack(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
     Path((cid, mid)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let (cid, mid) = ids(&cid, &mid)?;

@@ -23,8 +23,9 @@ use axum::{
 use ulid::Ulid;
 
 use crate::{
+    auth::CurrentUser,
     error::AppError,
-    model::{Channel, ChannelKind, Membership, UserRef},
+    model::{Channel, ChannelKind, Membership},
     ratelimit::{Bucket, RouteBuckets},
     state::AppState,
     ws,
@@ -155,14 +156,14 @@ pub fn api_route_table() -> Vec<ApiRoute> {
 pub(crate) async fn visible_channel(
     state: &AppState,
     cid: Ulid,
-    user: &UserRef,
+    user: &CurrentUser,
 ) -> Result<(Channel, Option<Membership>), AppError> {
     let channel = state
         .cache()
         .channel(cid)
         .await?
         .ok_or(AppError::ChannelNotFound)?;
-    let membership = state.cache().membership(cid, user.id).await?;
+    let membership = user.membership(cid).cloned();
     if channel.kind == ChannelKind::Private && membership.is_none() {
         return Err(AppError::ChannelNotFound);
     }
@@ -172,15 +173,16 @@ pub(crate) async fn visible_channel(
 /// `user`'s membership of channel `cid`: 404 for invisible channels, 403 `not_a_member` for
 /// public channels the user has not joined.
 ///
-/// A membership references its channel and channels are never deleted, so a member's request
-/// costs one lookup (the membership); the channel is looked up only to tell the two errors apart.
+/// The token check read the user's memberships, so a member's request costs no lookup here: a
+/// membership references its channel and channels are never deleted. The channel is looked up
+/// only to tell the two errors apart.
 pub(crate) async fn member_channel(
     state: &AppState,
     cid: Ulid,
-    user: &UserRef,
+    user: &CurrentUser,
 ) -> Result<Membership, AppError> {
-    if let Some(membership) = state.cache().membership(cid, user.id).await? {
-        return Ok(membership);
+    if let Some(membership) = user.membership(cid) {
+        return Ok(membership.clone());
     }
     let channel = state
         .cache()

@@ -98,8 +98,8 @@ pub(crate) async fn register(
         (status = 401, description = "No or bad token", body = ErrorBody),
     )
 )]
-pub(crate) async fn me(CurrentUser(user): CurrentUser) -> axum::Json<UserRef> {
-    axum::Json(user)
+pub(crate) async fn me(user: CurrentUser) -> axum::Json<UserRef> {
+    axum::Json(user.user().clone())
 }
 
 /// The caller's channels (cached per user).
@@ -113,7 +113,7 @@ pub(crate) async fn me(CurrentUser(user): CurrentUser) -> axum::Json<UserRef> {
 )]
 pub(crate) async fn my_channels(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
+    user: CurrentUser,
 ) -> Result<axum::Json<MyChannels>, AppError> {
     let channels = state.cache().user_channels(user.id).await?;
     Ok(axum::Json(MyChannels { channels }))

@@ -54,13 +54,27 @@ impl From<sqlx::Error> for StoreError {
 /// `Result` with [`StoreError`].
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// What the token check needs to know about a user.
+/// What the token check needs to know about a user, and what a request checks after it: the
+/// user's memberships, so that one lookup answers both "who is this" and "may they read this
+/// channel".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserAuth {
     /// The user.
     pub user: UserRef,
     /// SHA-256 of the token's secret part (inline: a cache hit clones no buffer).
     pub token_hash: [u8; 32],
+    /// Every membership of the user, sorted by channel id.
+    pub memberships: Vec<(Ulid, Membership)>,
+}
+
+impl UserAuth {
+    /// The user's membership of `channel`, if any.
+    pub fn membership(&self, channel: Ulid) -> Option<&Membership> {
+        self.memberships
+            .binary_search_by_key(&channel, |(id, _)| *id)
+            .ok()
+            .map(|at| &self.memberships[at].1)
+    }
 }
 
 /// Which messages of a channel to read. Every slice is returned newest first.
@@ -125,7 +139,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`user_name_key`](crate::validate::user_name_key) (differs only in case or look-alikes).
     async fn create_user(&self, user: &User, token_hash: &[u8]) -> StoreResult<bool>;
 
-    /// The user and token hash for a token check.
+    /// The user, token hash and memberships for a token check.
     async fn user_auth(&self, id: Ulid) -> StoreResult<Option<UserAuth>>;
 
     /// A user.
@@ -136,9 +150,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// A channel.
     async fn channel(&self, id: Ulid) -> StoreResult<Option<Channel>>;
-
-    /// A user's membership of a channel.
-    async fn membership(&self, channel: Ulid, user: Ulid) -> StoreResult<Option<Membership>>;
 
     /// Adds a membership. `false` if it already existed.
     async fn join(&self, channel: Ulid, user: Ulid, role: Role, at: Millis) -> StoreResult<bool>;

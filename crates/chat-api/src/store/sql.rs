@@ -260,7 +260,8 @@ impl ChannelRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct MembershipRow {
+struct UserMembershipRow {
+    channel_id: String,
     role: String,
     joined_at: i64,
 }
@@ -519,21 +520,43 @@ impl Store for SqlStore {
         .bind(id.to_string())
         .fetch_optional(pool)
         .await)?;
-        row.map(|r| {
-            Ok(UserAuth {
-                user: UserRef {
-                    id: parse_id(&r.id)?,
-                    name: r.name,
-                },
-                token_hash: r.token_hash.as_slice().try_into().map_err(|_| {
-                    StoreError::Corrupt(format!(
-                        "a token hash of {} bytes, not 32",
-                        r.token_hash.len()
-                    ))
-                })?,
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        // Read after the user: a membership committed before this read started is seen (the
+        // cache stamps its load before both reads, so one committed later hides the result).
+        let rows: Vec<UserMembershipRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT channel_id, role, joined_at FROM memberships WHERE user_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_all(pool)
+        .await)?;
+        let mut memberships = rows
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    parse_id(&r.channel_id)?,
+                    Membership {
+                        role: parse_role(&r.role)?,
+                        joined_at: Millis(r.joined_at),
+                    },
+                ))
             })
-        })
-        .transpose()
+            .collect::<StoreResult<Vec<_>>>()?;
+        memberships.sort_unstable_by_key(|(channel, _)| *channel);
+        Ok(Some(UserAuth {
+            user: UserRef {
+                id: parse_id(&row.id)?,
+                name: row.name,
+            },
+            token_hash: row.token_hash.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "a token hash of {} bytes, not 32",
+                    row.token_hash.len()
+                ))
+            })?,
+            memberships,
+        }))
     }
 
     async fn user(&self, id: Ulid) -> StoreResult<Option<UserRef>> {
@@ -591,24 +614,6 @@ impl Store for SqlStore {
         .fetch_optional(pool)
         .await)?;
         row.map(ChannelRow::into_channel).transpose()
-    }
-
-    async fn membership(&self, channel: Ulid, user: Ulid) -> StoreResult<Option<Membership>> {
-        self.count("membership");
-        let row: Option<MembershipRow> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT role, joined_at FROM memberships WHERE channel_id = $1 AND user_id = $2",
-        )
-        .bind(channel.to_string())
-        .bind(user.to_string())
-        .fetch_optional(pool)
-        .await)?;
-        row.map(|r| {
-            Ok(Membership {
-                role: parse_role(&r.role)?,
-                joined_at: Millis(r.joined_at),
-            })
-        })
-        .transpose()
     }
 
     async fn join(&self, channel: Ulid, user: Ulid, role: Role, at: Millis) -> StoreResult<bool> {

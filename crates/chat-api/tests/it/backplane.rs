@@ -186,7 +186,7 @@ async fn a_post_is_read_on_every_other_instance(cluster: &Cluster) {
     let [a, b, c] = [&cluster.apps[0], &cluster.apps[1], &cluster.apps[2]];
     let ann = a.register("ann").await;
     let channel = a.create_channel(&ann, "general", "public").await;
-    // Users registered and joined on other instances: token and membership lookups cross too.
+    // Users registered and joined on other instances: token records (with memberships) cross too.
     let bob = member(b, "bob", &channel).await;
     let cid = member(c, "cid", &channel).await;
     let mut sockets = Vec::new();
