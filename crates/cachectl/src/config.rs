@@ -28,7 +28,7 @@ pub(crate) const PREFIX_VAR: &str = "CACHE_PREFIX";
 /// chat-api's default key prefix (`chat_api::cache::KEY_PREFIX`).
 pub(crate) const DEFAULT_PREFIX: &str = "chat";
 /// chat-api's cache format version (`chat_api::cache::FORMAT_VERSION`).
-pub(crate) const DEFAULT_FORMAT_VERSION: u32 = 2;
+pub(crate) const DEFAULT_FORMAT_VERSION: u32 = 3;
 /// The dotenv files read, weakest first.
 const DOTENV_FILES: [&str; 2] = [".env", ".env.local"];
 
