@@ -171,12 +171,16 @@ fn criterion(quick: bool) -> anyhow::Result<String> {
         .spawn()
         .context("starting cargo bench")?;
     let mut sizes = Vec::new();
+    let mut p1 = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines() {
             let line = line?;
             eprintln!("{line}");
             if let Some(size) = codec_size(&line) {
                 sizes.push(size);
+            }
+            if let Some(rounds) = p1_rounds(&line) {
+                p1.push(rounds);
             }
         }
     }
@@ -202,22 +206,22 @@ fn criterion(quick: bool) -> anyhow::Result<String> {
             duration(e.high)
         );
     }
-    let ratios: Vec<String> = estimates
-        .iter()
-        .filter_map(|(id, tiered)| {
-            let group = id.strip_suffix("/facade_tiered_get")?;
-            let raw = estimates.get(&format!("{group}/raw_moka_get"))?;
-            Some(format!(
-                "| `{group}` | {:.2}× |",
-                tiered.median / raw.median
-            ))
-        })
-        .collect();
-    if !ratios.is_empty() {
-        md.push_str("\n| L1 hit, tiered facade / raw moka get | median ratio |\n|---|---|\n");
-        for row in ratios {
-            md.push_str(&row);
-            md.push('\n');
+    if !p1.is_empty() {
+        md.push_str(
+            "\n| L1 hit, tiered facade / raw moka get | median of per-round ratios | min – max | rounds |\n|---|---|---|---|\n",
+        );
+        for P1Rounds {
+            group,
+            median,
+            min,
+            max,
+            rounds,
+        } in p1
+        {
+            let _ = writeln!(
+                md,
+                "| `{group}` | {median:.2}× | {min:.2}× – {max:.2}× | {rounds} |"
+            );
         }
     }
     if !sizes.is_empty() {
@@ -253,6 +257,37 @@ fn natural_key(id: &str) -> String {
         }
     }
     key
+}
+
+/// The P1 ratio of one value type, as the l1_hit bench prints it.
+#[derive(Debug, PartialEq)]
+struct P1Rounds {
+    group: String,
+    median: f64,
+    min: f64,
+    max: f64,
+    rounds: u32,
+}
+
+/// `p1/l1_hit/channel: median 1.234 min 1.100 max 1.400 rounds 21`, as the l1_hit bench prints
+/// it.
+fn p1_rounds(line: &str) -> Option<P1Rounds> {
+    let (group, rest) = line.strip_prefix("p1/")?.split_once(": ")?;
+    let mut fields = rest.split(' ');
+    let mut field = |name: &str| {
+        if fields.next()? == name {
+            fields.next()
+        } else {
+            None
+        }
+    };
+    Some(P1Rounds {
+        group: group.to_owned(),
+        median: field("median")?.parse().ok()?,
+        min: field("min")?.parse().ok()?,
+        max: field("max")?.parse().ok()?,
+        rounds: field("rounds")?.parse().ok()?,
+    })
 }
 
 /// `codec/16KiB/lz4: 16513 bytes -> 2344 bytes (14.2%)`, as the codec bench prints it.
@@ -351,6 +386,28 @@ fn duration(ns: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p1_lines_are_read_and_other_lines_ignored() {
+        assert_eq!(
+            p1_rounds("p1/l1_hit/channel: median 1.234 min 1.100 max 1.400 rounds 21"),
+            Some(P1Rounds {
+                group: "l1_hit/channel".into(),
+                median: 1.234,
+                min: 1.1,
+                max: 1.4,
+                rounds: 21,
+            })
+        );
+        for other in [
+            "codec/16KiB/lz4: 16513 bytes -> 2344 bytes (14.2%)",
+            "p1/l1_hit/channel: median 1.2 max 1.4 min 1.1 rounds 21",
+            "p1/l1_hit/channel: median x min 1 max 1 rounds 21",
+            "l1_hit/channel/raw_moka_get  time:   [246.1 ns 247.0 ns 248.2 ns]",
+        ] {
+            assert_eq!(p1_rounds(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn splice_replaces_only_the_generated_part() {
