@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::time::Timestamp;
+use crate::{key::Key, time::Timestamp};
 
 type Decoded = Arc<dyn Any + Send + Sync>;
 
@@ -39,6 +39,8 @@ struct Inner {
     // The invalidation generation at which an in-process backend last found this entry valid
     // (`u64::MAX`: never); see `Entry::is_valid_at`.
     validated_generation: AtomicU64,
+    // The key an in-process backend stores this entry under; see `Entry::stored_under`.
+    stored_key: OnceLock<Key>,
 }
 
 impl Entry {
@@ -57,6 +59,7 @@ impl Entry {
             local_expires_at: expires_at,
             decoded: OnceLock::new(),
             validated_generation: AtomicU64::new(u64::MAX),
+            stored_key: OnceLock::new(),
         }))
     }
 
@@ -126,6 +129,7 @@ impl Entry {
             local_expires_at: local.min(expires_at),
             decoded: OnceLock::new(),
             validated_generation: AtomicU64::new(u64::MAX),
+            stored_key: OnceLock::new(),
         }));
         if let Some(decoded) = self.0.decoded.get() {
             entry.attach_decoded(Arc::clone(decoded));
@@ -148,6 +152,34 @@ impl Entry {
                 .store(generation, Ordering::Release);
         }
         valid
+    }
+
+    /// For in-process backends: this entry, carrying `key` as the key it is stored under, so a
+    /// later probe by name alone ([`CacheBackend::get_now_named`](crate::CacheBackend::get_now_named))
+    /// can check that key's tags without cloning anything but the entry. The same entry if it
+    /// carries no key yet or already carries one of this name; otherwise a copy sharing the bytes
+    /// and the decoded value.
+    #[must_use]
+    pub fn stored_under(&self, key: &Key) -> Entry {
+        match self.0.stored_key.get() {
+            None if self.0.stored_key.set(key.clone()).is_ok() => self.clone(),
+            Some(stored) if stored.as_str() == key.as_str() => self.clone(),
+            // Another key (or a racing `stored_under` won): a copy of its own.
+            _ => {
+                let copy = self.rebuilt(
+                    self.0.fresh_until,
+                    self.0.expires_at,
+                    self.0.local_expires_at,
+                );
+                let _ = copy.0.stored_key.set(key.clone());
+                copy
+            }
+        }
+    }
+
+    /// The key given to [`Entry::stored_under`], if any.
+    pub fn stored_key(&self) -> Option<&Key> {
+        self.0.stored_key.get()
     }
 
     /// The decoded value of type `T`, if one was attached and is of that type.
@@ -195,6 +227,29 @@ mod tests {
             t,
             Timestamp::from_micros(2_000),
         )
+    }
+
+    #[test]
+    fn an_entry_carries_the_one_key_it_is_stored_under() {
+        let ns = crate::Namespace::new("entry", 1).unwrap();
+        let (a, b) = (ns.key("k", &[&"a"]), ns.key("k", &[&"b"]));
+        let entry = entry();
+        assert!(entry.stored_key().is_none());
+        let under_a = entry.stored_under(&a);
+        assert_eq!(under_a.stored_key(), Some(&a));
+        assert!(
+            Arc::ptr_eq(&under_a.0, &entry.0),
+            "no copy for the first key"
+        );
+        let again = entry.stored_under(&ns.key("k", &[&"a"]));
+        assert!(Arc::ptr_eq(&again.0, &entry.0), "nor for the same name");
+        // Stored under another key too (one value set under two keys): a copy of its own, and
+        // the first keeps its key.
+        let under_b = entry.stored_under(&b);
+        assert_eq!(under_b.stored_key(), Some(&b));
+        assert!(!Arc::ptr_eq(&under_b.0, &entry.0));
+        assert_eq!(under_b, entry, "same data and times");
+        assert_eq!(entry.stored_key(), Some(&a));
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl MemoryConfig {
 
 /// A moka-backed [`CacheBackend`]. See the crate docs.
 pub struct MemoryBackend {
-    entries: moka::sync::Cache<Arc<str>, Stored>,
+    entries: moka::sync::Cache<Arc<str>, Entry>,
     stamps: moka::sync::Cache<Tag, Stamp>,
     // Serializes stamp updates so stamps only move forward.
     stamp_lock: Mutex<()>,
@@ -69,14 +69,6 @@ pub struct MemoryBackend {
     max_expires_at: AtomicU64,
     clock: Arc<dyn Clock>,
     counters: Arc<Counters>,
-}
-
-/// An entry with the key it was stored under, whose tags decide its validity: so a probe by
-/// name alone ([`CacheBackend::get_now_named`]) checks the same tags as one by [`Key`].
-#[derive(Clone)]
-struct Stored {
-    entry: Entry,
-    key: Key,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,24 +98,24 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<Arc<str>, Stored> for EntryExpiry {
+impl Expiry<Arc<str>, Entry> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &Arc<str>,
-        value: &Stored,
+        value: &Entry,
         _created_at: Instant,
     ) -> Option<Duration> {
-        self.ttl(&value.entry)
+        self.ttl(value)
     }
 
     fn expire_after_update(
         &self,
         _key: &Arc<str>,
-        value: &Stored,
+        value: &Entry,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        self.ttl(&value.entry)
+        self.ttl(value)
     }
 }
 
@@ -168,9 +160,8 @@ impl MemoryBackend {
         let listener_counters = Arc::clone(&counters);
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|key: &Arc<str>, stored: &Stored| {
-                u32::try_from(key.len() + stored.entry.value().len() + ENTRY_OVERHEAD)
-                    .unwrap_or(u32::MAX)
+            .weigher(|key: &Arc<str>, entry: &Entry| {
+                u32::try_from(key.len() + entry.value().len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry {
                 clock: Arc::clone(&config.clock),
@@ -210,33 +201,34 @@ impl MemoryBackend {
         self.stamps.entry_count()
     }
 
-    /// Whether `stored` is still valid: no tag of the key it was stored under, nor of the key
-    /// it is asked for by (`asked`, when a probe has one), was invalidated at or after it was
-    /// created.
-    fn lookup(&self, stored: &Stored, asked: Option<&Key>) -> bool {
+    /// Whether `entry` is still valid: no tag of the key it was stored under (every entry here
+    /// carries it, see [`Entry::stored_under`]), nor of the key it is asked for by (`asked`, when
+    /// a probe has one), was invalidated at or after it was created.
+    fn lookup(&self, entry: &Entry, asked: Option<&Key>) -> bool {
         // Expiry is moka's job (it checks on every read, see `EntryExpiry`); a second clock read
         // here would cost as much as the rest of the hit path.
         // Read the generation before the stamps: an invalidation that lands after this load bumps
         // the generation, so the entry is checked again on the next read.
         let generation = self.generation.load(Ordering::Acquire);
-        let created = stored.entry.created_at();
+        let created = entry.created_at();
         let untouched = |tags: &[Tag]| {
             tags.iter()
                 .all(|tag| self.stamps.get(tag).is_none_or(|stamp| stamp.at < created))
         };
-        stored.entry.is_valid_at(generation, || {
-            untouched(stored.key.tags())
-                && asked.is_none_or(|key| key == &stored.key || untouched(key.tags()))
+        entry.is_valid_at(generation, || {
+            let stored = entry.stored_key();
+            stored.is_some_and(|stored| untouched(stored.tags()))
+                && asked.is_none_or(|key| stored == Some(key) || untouched(key.tags()))
         })
     }
 
     fn probe(&self, name: &str, asked: Option<&Key>) -> Option<Entry> {
-        let stored = self.entries.get(name)?;
-        if !self.lookup(&stored, asked) {
+        let entry = self.entries.get(name)?;
+        if !self.lookup(&entry, asked) {
             return None;
         }
         self.record(true);
-        Some(stored.entry)
+        Some(entry)
     }
 
     fn record(&self, hit: bool) {
@@ -261,16 +253,13 @@ impl MemoryBackend {
             .entry(Arc::<str>::from(key.as_str()))
             .and_compute_with(|old| {
                 let keep_old = old.is_some_and(|old| {
-                    let old = &old.value().entry;
+                    let old = old.value();
                     old.created_at() > entry.created_at() && old.is_alive(now)
                 });
                 if keep_old {
                     moka::ops::compute::Op::Nop
                 } else {
-                    moka::ops::compute::Op::Put(Stored {
-                        entry,
-                        key: key.clone(),
-                    })
+                    moka::ops::compute::Op::Put(entry.stored_under(key))
                 }
             });
     }
